@@ -1,0 +1,61 @@
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::ItemFn;
+use syn::spanned::Spanned;
+
+use super::check::Signature;
+use super::parse::{Ack, Args};
+
+pub(crate) fn handler(args: &Args, func: &ItemFn, signature: &Signature) -> TokenStream {
+    let name = &func.sig.ident;
+    let name_str = name.to_string();
+    let pattern = &args.pattern;
+    let once = args.once;
+    let ack = match &args.ack {
+        Ack::None => quote!(::serve_common::__private::AckDef::None),
+        Ack::Completed => quote!(::serve_common::__private::AckDef::Completed),
+        Ack::Named(lit) => quote!(::serve_common::__private::AckDef::Named(#lit)),
+    };
+    let event = quote!(__serve_common_event);
+    let mut call_args = Vec::new();
+    let mut read_payload = TokenStream::new();
+    if signature.takes_name {
+        call_args.push(quote!(#event.name()));
+    }
+    if let Some(ty) = &signature.payload {
+        read_payload = quote_spanned! {ty.span()=>
+            let __serve_common_payload = ::serve_common::__private::payload::<#ty>(#event)?;
+        };
+        call_args.push(quote!(&*__serve_common_payload));
+    }
+    let output_span = match &func.sig.output {
+        syn::ReturnType::Default => name.span(),
+        syn::ReturnType::Type(_, ty) => ty.span(),
+    };
+    let call = quote_spanned! {output_span=>
+        ::serve_common::__private::outcome(#name(#(#call_args),*))
+    };
+    quote! {
+        #func
+
+        const _: () = {
+            fn __serve_common_on_event(
+                #event: &::serve_common::event::Event,
+            ) -> ::core::result::Result<(), ::std::string::String> {
+                #read_payload
+                #call
+            }
+
+            ::serve_common::__private::inventory::submit! {
+                ::serve_common::__private::OnEventHandler {
+                    pattern: #pattern,
+                    once: #once,
+                    ack: #ack,
+                    name: ::core::concat!(::core::module_path!(), "::", #name_str),
+                    line: ::core::line!(),
+                    call: __serve_common_on_event,
+                }
+            }
+        };
+    }
+}

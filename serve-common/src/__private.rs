@@ -1,0 +1,45 @@
+//! What generated code needs. Not a public API: it changes without notice.
+
+pub use inventory;
+
+use crate::event::{Event, Payload};
+use serde::de::DeserializeOwned;
+
+/// An acknowledgement option of `#[on_event]`.
+#[derive(Clone, Copy, Debug)]
+pub enum AckDef {
+    /// No acknowledgement.
+    None,
+    /// `completed:<event>`.
+    Completed,
+    /// A chosen name.
+    Named(&'static str),
+}
+
+/// One `#[on_event]` handler, collected with `inventory`.
+pub struct OnEventHandler {
+    /// The pattern literal, validated by the macro.
+    pub pattern: &'static str,
+    /// Single use.
+    pub once: bool,
+    /// Acknowledgement.
+    pub ack: AckDef,
+    /// `module::path::fn_name`, for logs and ordering.
+    pub name: &'static str,
+    /// The line of the fn, for ordering.
+    pub line: u32,
+    /// The generated adapter.
+    pub call: fn(&Event) -> Result<(), String>,
+}
+
+inventory::collect!(OnEventHandler);
+
+/// Reads an event's payload for a typed `#[on_event]` handler.
+pub fn payload<T: DeserializeOwned + 'static>(event: &Event) -> Result<Payload<'_, T>, String> {
+    event.payload::<T>().map_err(|e| e.to_string())
+}
+
+/// Turns a handler's return value into the loop's outcome.
+pub fn outcome<R: crate::HandlerOutcome>(r: R) -> Result<(), String> {
+    r.into_outcome()
+}

@@ -1,0 +1,726 @@
+//! Events: register functions for names or patterns of names, and call them
+//! by notifying events. The seed's `callback` module.
+//!
+//! ```
+//! use std::time::Duration;
+//! use serve_common::event::{EventBus, Event};
+//!
+//! let bus = EventBus::new();
+//! bus.on("job.*.done").ack().call_typed(|name: &str, job: &u64| {
+//!     println!("{name}: job {job}");
+//! })?;
+//! // Registers the wait for `completed:job.7.done`, notifies, waits.
+//! let ack = bus.notify_and_wait("job.7.done", 7_u64, None, Duration::from_secs(5))?;
+//! assert_eq!(ack.name(), "completed:job.7.done");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Model
+//!
+//! - [`notify`](EventBus::notify) enqueues and returns. One dispatcher thread
+//!   per bus takes events in order and runs the matching handlers in
+//!   registration order. A handler that returns `Err` or panics is logged
+//!   with the event name (target `serve_common::event`) and the loop goes on.
+//! - Patterns: exact names, globs and full-match regexes ([`EventPattern`]).
+//!   Exact names are found in a hash map; globs and regexes are compiled into
+//!   one regex set, rebuilt lazily after registrations change, with a bounded
+//!   per-name cache of matches.
+//! - Payloads are any `Serialize + Send + Sync + 'static` value. In-process
+//!   delivery hands the handler the notifier's value by reference, never
+//!   serialized. A handler asking for another type gets a serde conversion
+//!   (through CBOR's data model), exactly as it would for an event from
+//!   another process. A payload it cannot take is logged, not a crash.
+//! - Events are local-only ([`notify_local`](EventBus::notify_local), config
+//!   reloads) or not. A bus with an [`EventTransport`] hands every event
+//!   notified here that is not local-only to it; events from elsewhere come
+//!   in through [`EventBus::deliver`] and are not handed back (no echo).
+//! - The queue is unbounded: `notify` never blocks and never drops.
+//! - The global bus ([`bus`]) also runs the handlers of
+//!   [`#[on_event]`](macro@crate::on_event), registered when it is created,
+//!   in the order of their module path and line.
+//! - Creating processes by `fork` without `exec` after the bus started is
+//!   not supported (its thread does not survive a fork).
+
+mod payload;
+mod pattern;
+mod registry;
+mod wait;
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use once_cell::sync::{Lazy, OnceCell};
+use parking_lot::{Mutex, MutexGuard, RwLock};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use self::pattern::{EventPattern, PatternError};
+pub use self::payload::{Payload, PayloadError};
+pub use self::wait::{EventWaiter, WaitError};
+use self::payload::PayloadRepr;
+use self::registry::{Ack, Entry, HandlerFn, Registry};
+use self::wait::WaitSlot;
+use crate::HandlerOutcome;
+
+/// Where an event was notified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// In this process.
+    Local,
+    /// In another process; came in through [`EventBus::deliver`].
+    Remote,
+}
+
+/// An event: a name, a payload, and whether it stays in this process.
+///
+/// Cloning is cheap (the name and payload are shared).
+#[derive(Clone)]
+pub struct Event {
+    name: Arc<str>,
+    payload: PayloadRepr,
+    local_only: bool,
+    origin: Origin,
+}
+
+impl Event {
+    /// A local event that transports may carry to other processes.
+    pub fn new<T: Serialize + Send + Sync + 'static>(name: impl Into<Arc<str>>, payload: T) -> Self {
+        Self {
+            name: name.into(),
+            payload: PayloadRepr::Local(Arc::new(payload)),
+            local_only: false,
+            origin: Origin::Local,
+        }
+    }
+
+    /// An event received from another process: `encoded` is the payload in
+    /// CBOR (what [`encode_payload`](Self::encode_payload) produced there).
+    pub fn from_remote(name: impl Into<Arc<str>>, encoded: impl Into<Arc<[u8]>>) -> Self {
+        Self {
+            name: name.into(),
+            payload: PayloadRepr::Encoded(encoded.into()),
+            local_only: false,
+            origin: Origin::Remote,
+        }
+    }
+
+    /// Marks the event as staying in this process (or not).
+    pub fn with_local_only(mut self, local_only: bool) -> Self {
+        self.local_only = local_only;
+        self
+    }
+
+    /// The event's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether transports must not carry this event to other processes.
+    pub fn is_local_only(&self) -> bool {
+        self.local_only
+    }
+
+    /// Where the event was notified.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The payload read as `T`: borrowed when the notifier sent a `T` in
+    /// this process, else converted through serde.
+    pub fn payload<T: DeserializeOwned + 'static>(&self) -> Result<Payload<'_, T>, PayloadError> {
+        self.payload.read(&self.name)
+    }
+
+    /// The payload in CBOR, for transports.
+    pub fn encode_payload(&self) -> Result<Arc<[u8]>, PayloadError> {
+        self.payload.encode().map_err(|message| PayloadError {
+            event: self.name.to_string(),
+            expected: "CBOR",
+            found: self.payload.describe(),
+            message,
+        })
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("name", &self.name)
+            .field("payload", &self.payload.describe())
+            .field("local_only", &self.local_only)
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+/// The payload of an acknowledgement (`completed:<event>` or the name a
+/// registration chose), notified after the handler returned, whether it
+/// succeeded or not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    /// The event the handler ran for.
+    pub event: String,
+    /// The handler's error or panic message, if it failed.
+    pub error: Option<String>,
+}
+
+/// Carries events to other processes (IPC, NATS). The bus calls
+/// [`publish`](Self::publish) on its dispatcher thread, before the local
+/// handlers run, for every event notified in this process that is not
+/// local-only. Keep it quick: enqueue, do not block.
+pub trait EventTransport: Send + Sync + 'static {
+    /// Sends `event` on; use [`Event::encode_payload`] for the payload.
+    fn publish(&self, event: &Event);
+}
+
+enum Item {
+    Event(Event),
+    Barrier(Arc<WaitSlot>),
+}
+
+struct QueueState {
+    items: VecDeque<Item>,
+    idle: bool,
+    stopping: bool,
+}
+
+type InboundHook = Arc<dyn Fn(&Event) + Send + Sync>;
+
+pub(crate) struct Core {
+    queue: Mutex<QueueState>,
+    registry: Mutex<Registry>,
+    transport: RwLock<Option<Arc<dyn EventTransport>>>,
+    inbound_hooks: RwLock<Vec<InboundHook>>,
+    dispatcher: OnceCell<Thread>,
+    failures: AtomicU64,
+    dispatched: AtomicU64,
+}
+
+impl Core {
+    fn enqueue(&self, item: Item) {
+        let wake = {
+            let mut queue = self.queue.lock();
+            queue.items.push_back(item);
+            std::mem::replace(&mut queue.idle, false)
+        };
+        if wake {
+            if let Some(thread) = self.dispatcher.get() {
+                thread.unpark();
+            }
+        }
+    }
+
+    fn register(&self, pattern: EventPattern, make: impl FnOnce(u64) -> Entry) -> Result<u64, PatternError> {
+        let regex = match &pattern {
+            EventPattern::Exact(_) => None,
+            _ => Some(pattern.anchored_regex()?),
+        };
+        let mut registry = self.registry.lock();
+        let id = registry.next_id();
+        let entry = make(id);
+        match (pattern, regex) {
+            (EventPattern::Exact(name), _) => registry.insert_exact(name.into(), entry),
+            (_, Some(regex)) => registry.insert_pattern(regex, entry),
+            (_, None) => unreachable!("non-exact patterns always have a regex"),
+        }
+        Ok(id)
+    }
+
+    fn run(&self) {
+        let mut batch = VecDeque::new();
+        let mut matched = Vec::new();
+        loop {
+            {
+                let mut queue = self.queue.lock();
+                while queue.items.is_empty() {
+                    if queue.stopping {
+                        return;
+                    }
+                    queue.idle = true;
+                    MutexGuard::unlocked(&mut queue, thread::park);
+                }
+                queue.idle = false;
+                std::mem::swap(&mut queue.items, &mut batch);
+            }
+            for item in batch.drain(..) {
+                match item {
+                    Item::Event(event) => self.dispatch(&event, &mut matched),
+                    Item::Barrier(slot) => slot.fill(&Event::new("", ())),
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, event: &Event, matched: &mut Vec<Arc<Entry>>) {
+        match event.origin {
+            Origin::Local if !event.local_only => {
+                let transport = self.transport.read().clone();
+                if let Some(transport) = transport {
+                    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| transport.publish(event))) {
+                        tracing::error!(event = %event.name, panic = %panic_message(&*panic),
+                            "event transport panicked");
+                    }
+                }
+            }
+            Origin::Remote => {
+                let hooks = self.inbound_hooks.read().clone();
+                for hook in hooks {
+                    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| hook(event))) {
+                        tracing::error!(event = %event.name, panic = %panic_message(&*panic),
+                            "inbound event hook panicked");
+                    }
+                }
+            }
+            Origin::Local => {}
+        }
+        self.registry.lock().collect(&event.name, matched);
+        for entry in matched.drain(..) {
+            let outcome = match catch_unwind(AssertUnwindSafe(|| (entry.handler)(event))) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => {
+                    tracing::error!(event = %event.name, handler = %entry.label, %error,
+                        "event handler failed");
+                    Err(error)
+                }
+                Err(panic) => {
+                    let error = format!("panicked: {}", panic_message(&*panic));
+                    tracing::error!(event = %event.name, handler = %entry.label, %error,
+                        "event handler panicked");
+                    Err(error)
+                }
+            };
+            if outcome.is_err() {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(ack) = &entry.ack {
+                let name: Arc<str> = match ack {
+                    Ack::Completed => format!("completed:{}", event.name).into(),
+                    Ack::Named(name) => name.clone(),
+                };
+                let completion = Completion {
+                    event: event.name.to_string(),
+                    error: outcome.err(),
+                };
+                self.enqueue(Item::Event(Event::new(name, completion).with_local_only(event.local_only)));
+            }
+        }
+        self.dispatched.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(non-string panic payload)")
+}
+
+struct Owner {
+    core: Arc<Core>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.core.queue.lock().stopping = true;
+        if let Some(thread) = self.core.dispatcher.get() {
+            thread.unpark();
+        }
+    }
+}
+
+/// An event bus with its own dispatcher thread.
+///
+/// Cloning gives another handle to the same bus. When the last handle is
+/// dropped the dispatcher runs what is queued, then exits.
+#[derive(Clone)]
+pub struct EventBus {
+    owner: Arc<Owner>,
+}
+
+impl fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventBus")
+            .field("registrations", &self.core().registry.lock().len())
+            .field("dispatched", &self.core().dispatched.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventBus {
+    /// A new bus with no registrations, and its dispatcher thread.
+    pub fn new() -> Self {
+        let core = Arc::new(Core {
+            queue: Mutex::new(QueueState {
+                items: VecDeque::new(),
+                idle: false,
+                stopping: false,
+            }),
+            registry: Mutex::new(Registry::default()),
+            transport: RwLock::new(None),
+            inbound_hooks: RwLock::new(Vec::new()),
+            dispatcher: OnceCell::new(),
+            failures: AtomicU64::new(0),
+            dispatched: AtomicU64::new(0),
+        });
+        let thread_core = core.clone();
+        let handle = thread::Builder::new()
+            .name("serve-common-events".into())
+            .spawn(move || thread_core.run())
+            .expect("cannot spawn the event dispatcher thread");
+        let _ = core.dispatcher.set(handle.thread().clone());
+        Self {
+            owner: Arc::new(Owner { core }),
+        }
+    }
+
+    fn core(&self) -> &Arc<Core> {
+        &self.owner.core
+    }
+
+    /// Starts a registration for `pattern` (see [`EventPattern::parse`] for
+    /// what a plain string means); finish it with [`HandlerBuilder::call`],
+    /// [`call_typed`](HandlerBuilder::call_typed) or
+    /// [`call_data`](HandlerBuilder::call_data).
+    pub fn on(&self, pattern: impl Into<EventPattern>) -> HandlerBuilder<'_> {
+        HandlerBuilder {
+            bus: self,
+            pattern: pattern.into(),
+            once: false,
+            ack: None,
+            label: None,
+        }
+    }
+
+    /// Registers `handler` for every event matching `pattern`.
+    pub fn register<F, R>(&self, pattern: impl Into<EventPattern>, handler: F) -> Result<Registration, PatternError>
+    where
+        F: Fn(&Event) -> R + Send + Sync + 'static,
+        R: HandlerOutcome,
+    {
+        self.on(pattern).call(handler)
+    }
+
+    /// Notifies an event: matching handlers here run with `payload`, and a
+    /// transport, if any, carries it to the service's other processes.
+    pub fn notify<T: Serialize + Send + Sync + 'static>(&self, name: impl Into<Arc<str>>, payload: T) {
+        self.core().enqueue(Item::Event(Event::new(name, payload)));
+    }
+
+    /// Notifies an event that stays in this process.
+    pub fn notify_local<T: Serialize + Send + Sync + 'static>(&self, name: impl Into<Arc<str>>, payload: T) {
+        self.core()
+            .enqueue(Item::Event(Event::new(name, payload).with_local_only(true)));
+    }
+
+    /// The entry point for events from a second source (a transport
+    /// receiving from other processes): `event` is dispatched to the local
+    /// handlers like any other, after the inbound hooks, and is not handed
+    /// to the transport again. Build it with [`Event::from_remote`].
+    pub fn deliver(&self, event: Event) {
+        self.core().enqueue(Item::Event(event));
+    }
+
+    /// Sets (or, with `None`, removes) the transport that carries this
+    /// process's events to others.
+    pub fn set_transport(&self, transport: Option<Arc<dyn EventTransport>>) {
+        *self.core().transport.write() = transport;
+    }
+
+    /// Runs `hook` on the dispatcher thread for every event from
+    /// [`deliver`](Self::deliver) with a remote origin, before its handlers.
+    /// The config uses this to apply other processes' `set`s first.
+    #[doc(hidden)]
+    pub fn add_inbound_hook(&self, hook: impl Fn(&Event) + Send + Sync + 'static) {
+        self.core().inbound_hooks.write().push(Arc::new(hook));
+    }
+
+    /// Returns a waiter for the next event matching `pattern`, registered
+    /// now. Create it before triggering the event.
+    pub fn wait_for(&self, pattern: impl Into<EventPattern>) -> Result<EventWaiter, PatternError> {
+        let pattern = pattern.into();
+        let slot = Arc::new(WaitSlot::default());
+        let fill = slot.clone();
+        let label = format!("wait_for({pattern})");
+        let shown = pattern.to_string();
+        let id = self.core().register(pattern, |id| Entry {
+            id,
+            handler: Arc::new(move |event: &Event| {
+                fill.fill(event);
+                Ok(())
+            }),
+            once: true,
+            ack: None,
+            label: label.into(),
+        })?;
+        Ok(EventWaiter {
+            slot,
+            id,
+            core: Arc::downgrade(self.core()),
+            pattern: shown,
+        })
+    }
+
+    /// Notifies `name` and blocks until the acknowledgement `ack` (default
+    /// `completed:<name>`, what `.ack()` registrations notify) arrives, at
+    /// most `timeout`. The wait is registered before the notification, so
+    /// a fast handler cannot beat it. Returns the first acknowledgement,
+    /// whose payload is a [`Completion`].
+    pub fn notify_and_wait<T: Serialize + Send + Sync + 'static>(
+        &self,
+        name: &str,
+        payload: T,
+        ack: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Event, WaitError> {
+        let ack_name = match ack {
+            Some(ack) => ack.to_owned(),
+            None => format!("completed:{name}"),
+        };
+        let waiter = self.wait_for(EventPattern::Exact(ack_name))?;
+        self.notify(name, payload);
+        waiter.wait(timeout)
+    }
+
+    /// Blocks until everything notified before this call has been
+    /// dispatched (acknowledgements it caused may still be queued), at most
+    /// `timeout`. Returns whether it got there.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let slot = Arc::new(WaitSlot::default());
+        self.core().enqueue(Item::Barrier(slot.clone()));
+        slot.wait_until(Instant::now() + timeout).is_some()
+    }
+
+    /// How many handler calls failed (error or panic) on this bus.
+    pub fn failures(&self) -> u64 {
+        self.core().failures.load(Ordering::Relaxed)
+    }
+
+    /// How many events this bus dispatched.
+    pub fn dispatched(&self) -> u64 {
+        self.core().dispatched.load(Ordering::Relaxed)
+    }
+
+    /// Registers the [`#[on_event]`](macro@crate::on_event) handlers linked
+    /// into this binary on this bus. The global bus does it when created.
+    pub fn register_on_event_handlers(&self) -> Vec<Registration> {
+        let mut defs: Vec<&crate::__private::OnEventHandler> =
+            inventory::iter::<crate::__private::OnEventHandler>.into_iter().collect();
+        defs.sort_by_key(|def| (def.name, def.line));
+        defs.into_iter()
+            .filter_map(|def| {
+                let mut builder = self.on(def.pattern).label(def.name);
+                if def.once {
+                    builder = builder.once();
+                }
+                builder = match def.ack {
+                    crate::__private::AckDef::None => builder,
+                    crate::__private::AckDef::Completed => builder.ack(),
+                    crate::__private::AckDef::Named(name) => builder.ack_as(name),
+                };
+                let call = def.call;
+                match builder.call(call) {
+                    Ok(registration) => Some(registration),
+                    Err(error) => {
+                        tracing::error!(handler = def.name, %error, "cannot register #[on_event] handler");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// Options of a registration in progress, from [`EventBus::on`].
+#[must_use = "a registration happens when you call `call`, `call_typed` or `call_data`"]
+pub struct HandlerBuilder<'a> {
+    bus: &'a EventBus,
+    pattern: EventPattern,
+    once: bool,
+    ack: Option<Ack>,
+    label: Option<Cow<'static, str>>,
+}
+
+impl HandlerBuilder<'_> {
+    /// Runs the handler for the first matching event only (the original's
+    /// single use), then unregisters it.
+    pub fn once(mut self) -> Self {
+        self.once = true;
+        self
+    }
+
+    /// After the handler returns, notifies `completed:<event>` with a
+    /// [`Completion`].
+    pub fn ack(mut self) -> Self {
+        self.ack = Some(Ack::Completed);
+        self
+    }
+
+    /// After the handler returns, notifies `name` with a [`Completion`].
+    pub fn ack_as(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.ack = Some(Ack::Named(name.into()));
+        self
+    }
+
+    /// Names the handler in log lines (default: its type name).
+    pub fn label(mut self, label: impl Into<Cow<'static, str>>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    fn finish(self, label: &'static str, handler: Arc<HandlerFn>) -> Result<Registration, PatternError> {
+        let core = self.bus.core();
+        let (once, ack) = (self.once, self.ack);
+        let label = self.label.unwrap_or(Cow::Borrowed(label));
+        let id = core.register(self.pattern, |id| Entry {
+            id,
+            handler,
+            once,
+            ack,
+            label,
+        })?;
+        Ok(Registration {
+            id,
+            core: Arc::downgrade(core),
+        })
+    }
+
+    /// Registers a handler that takes the whole [`Event`].
+    pub fn call<F, R>(self, handler: F) -> Result<Registration, PatternError>
+    where
+        F: Fn(&Event) -> R + Send + Sync + 'static,
+        R: HandlerOutcome,
+    {
+        self.finish(
+            std::any::type_name::<F>(),
+            Arc::new(move |event: &Event| handler(event).into_outcome()),
+        )
+    }
+
+    /// Registers a handler that takes the event name and the payload as `T`.
+    pub fn call_typed<T, F, R>(self, handler: F) -> Result<Registration, PatternError>
+    where
+        T: DeserializeOwned + 'static,
+        F: Fn(&str, &T) -> R + Send + Sync + 'static,
+        R: HandlerOutcome,
+    {
+        self.finish(
+            std::any::type_name::<F>(),
+            Arc::new(move |event: &Event| {
+                let payload = event.payload::<T>().map_err(|e| e.to_string())?;
+                handler(event.name(), &payload).into_outcome()
+            }),
+        )
+    }
+
+    /// Registers a handler that takes the payload only (the original's
+    /// "do not pass the event name").
+    pub fn call_data<T, F, R>(self, handler: F) -> Result<Registration, PatternError>
+    where
+        T: DeserializeOwned + 'static,
+        F: Fn(&T) -> R + Send + Sync + 'static,
+        R: HandlerOutcome,
+    {
+        self.finish(
+            std::any::type_name::<F>(),
+            Arc::new(move |event: &Event| {
+                let payload = event.payload::<T>().map_err(|e| e.to_string())?;
+                handler(&payload).into_outcome()
+            }),
+        )
+    }
+}
+
+/// A registered handler. Dropping it keeps the registration;
+/// [`unregister`](Self::unregister) removes it.
+#[derive(Debug)]
+pub struct Registration {
+    id: u64,
+    core: Weak<Core>,
+}
+
+impl Registration {
+    /// Removes the handler. Returns whether it was still registered (a
+    /// single-use handler that ran is gone already).
+    pub fn unregister(self) -> bool {
+        self.core
+            .upgrade()
+            .is_some_and(|core| core.registry.lock().remove(self.id))
+    }
+
+    /// Whether the handler is still registered.
+    pub fn is_active(&self) -> bool {
+        self.core
+            .upgrade()
+            .is_some_and(|core| core.registry.lock().contains(self.id))
+    }
+}
+
+static GLOBAL: Lazy<EventBus> = Lazy::new(|| {
+    let bus = EventBus::new();
+    bus.register_on_event_handlers();
+    bus
+});
+
+/// The process's default bus, created on first use with every
+/// [`#[on_event]`](macro@crate::on_event) handler registered.
+pub fn bus() -> &'static EventBus {
+    &GLOBAL
+}
+
+/// Creates the global bus now (idempotent): registers the `#[on_event]`
+/// handlers and starts the dispatcher.
+pub fn initialize() -> &'static EventBus {
+    bus()
+}
+
+/// [`EventBus::register`] on the global bus.
+pub fn register<F, R>(pattern: impl Into<EventPattern>, handler: F) -> Result<Registration, PatternError>
+where
+    F: Fn(&Event) -> R + Send + Sync + 'static,
+    R: HandlerOutcome,
+{
+    bus().register(pattern, handler)
+}
+
+/// [`EventBus::on`] on the global bus.
+pub fn on(pattern: impl Into<EventPattern>) -> HandlerBuilder<'static> {
+    bus().on(pattern)
+}
+
+/// [`EventBus::notify`] on the global bus.
+pub fn notify<T: Serialize + Send + Sync + 'static>(name: impl Into<Arc<str>>, payload: T) {
+    bus().notify(name, payload);
+}
+
+/// [`EventBus::notify_local`] on the global bus.
+pub fn notify_local<T: Serialize + Send + Sync + 'static>(name: impl Into<Arc<str>>, payload: T) {
+    bus().notify_local(name, payload);
+}
+
+/// [`EventBus::wait_for`] on the global bus.
+pub fn wait_for(pattern: impl Into<EventPattern>) -> Result<EventWaiter, PatternError> {
+    bus().wait_for(pattern)
+}
+
+/// [`EventBus::notify_and_wait`] on the global bus.
+pub fn notify_and_wait<T: Serialize + Send + Sync + 'static>(
+    name: &str,
+    payload: T,
+    ack: Option<&str>,
+    timeout: Duration,
+) -> Result<Event, WaitError> {
+    bus().notify_and_wait(name, payload, ack, timeout)
+}

@@ -1,0 +1,188 @@
+//! Which handlers match a name: exact names in a hash map, globs and regexes
+//! in one `RegexSet` rebuilt lazily, with a bounded per-name cache.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
+
+use super::Event;
+
+pub(crate) type HandlerFn = dyn Fn(&Event) -> Result<(), String> + Send + Sync;
+
+/// Where an acknowledgement goes once a handler returned.
+#[derive(Clone, Debug)]
+pub(crate) enum Ack {
+    /// `completed:<event>`.
+    Completed,
+    /// A name of the registration's choosing.
+    Named(Arc<str>),
+}
+
+pub(crate) struct Entry {
+    pub(crate) id: u64,
+    pub(crate) handler: Arc<HandlerFn>,
+    pub(crate) once: bool,
+    pub(crate) ack: Option<Ack>,
+    pub(crate) label: Cow<'static, str>,
+}
+
+enum Matcher {
+    Set(RegexSet),
+    /// Used only if the set cannot be built (size limits): slow, never wrong.
+    Each(Vec<Regex>),
+}
+
+/// How many distinct names the match cache remembers before it starts over.
+const CACHE_LIMIT: usize = 4096;
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    next_id: u64,
+    exact: HashMap<Arc<str>, Vec<Arc<Entry>>>,
+    /// In registration order, with the anchored regex of each.
+    patterns: Vec<(Arc<Entry>, String)>,
+    /// `None` when `patterns` changed since it was built.
+    matcher: Option<Matcher>,
+    cache: HashMap<Box<str>, Arc<[u32]>>,
+    /// For unregistering: the exact name, or `None` for a pattern.
+    index: HashMap<u64, Option<Arc<str>>>,
+}
+
+impl Registry {
+    pub(crate) fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub(crate) fn insert_exact(&mut self, name: Arc<str>, entry: Entry) {
+        self.index.insert(entry.id, Some(name.clone()));
+        self.exact.entry(name).or_default().push(Arc::new(entry));
+    }
+
+    pub(crate) fn insert_pattern(&mut self, regex: String, entry: Entry) {
+        self.index.insert(entry.id, None);
+        self.patterns.push((Arc::new(entry), regex));
+        self.invalidate();
+    }
+
+    pub(crate) fn remove(&mut self, id: u64) -> bool {
+        match self.index.remove(&id) {
+            None => false,
+            Some(Some(name)) => {
+                if let Some(list) = self.exact.get_mut(&name) {
+                    list.retain(|e| e.id != id);
+                    if list.is_empty() {
+                        self.exact.remove(&name);
+                    }
+                }
+                true
+            }
+            Some(None) => {
+                self.patterns.retain(|(e, _)| e.id != id);
+                self.invalidate();
+                true
+            }
+        }
+    }
+
+    pub(crate) fn contains(&self, id: u64) -> bool {
+        self.index.contains_key(&id)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn invalidate(&mut self) {
+        self.matcher = None;
+        self.cache.clear();
+    }
+
+    fn matcher(&mut self) -> &Matcher {
+        self.matcher.get_or_insert_with(|| {
+            let sources = self.patterns.iter().map(|(_, re)| re.as_str());
+            match RegexSetBuilder::new(sources)
+                .size_limit(256 << 20)
+                .dfa_size_limit(64 << 20)
+                .build()
+            {
+                Ok(set) => Matcher::Set(set),
+                Err(e) => {
+                    tracing::warn!(error = %e, patterns = self.patterns.len(),
+                        "event patterns do not fit one regex set; matching them one by one");
+                    Matcher::Each(
+                        self.patterns
+                            .iter()
+                            .filter_map(|(_, re)| Regex::new(re).ok())
+                            .collect(),
+                    )
+                }
+            }
+        })
+    }
+
+    fn pattern_matches(&mut self, name: &str) -> Arc<[u32]> {
+        if let Some(hit) = self.cache.get(name) {
+            return hit.clone();
+        }
+        let found: Arc<[u32]> = match self.matcher() {
+            Matcher::Set(set) => set
+                .matches(name.as_bytes())
+                .into_iter()
+                .map(|i| i as u32)
+                .collect(),
+            Matcher::Each(each) => each
+                .iter()
+                .enumerate()
+                .filter(|(_, re)| re.is_match(name.as_bytes()))
+                .map(|(i, _)| i as u32)
+                .collect(),
+        };
+        if self.cache.len() >= CACHE_LIMIT {
+            self.cache.clear();
+        }
+        self.cache.insert(name.into(), found.clone());
+        found
+    }
+
+    /// Pushes the handlers matching `name` onto `out`, in registration
+    /// order, and removes the single-use ones among them.
+    pub(crate) fn collect(&mut self, name: &str, out: &mut Vec<Arc<Entry>>) {
+        let exact = self.exact.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        let first = out.len();
+        if self.patterns.is_empty() {
+            out.extend(exact.iter().cloned());
+        } else {
+            let found = self.pattern_matches(name);
+            let exact = self.exact.get(name).map(Vec::as_slice).unwrap_or(&[]);
+            // Merge two id-sorted lists.
+            let (mut i, mut j) = (0, 0);
+            while i < exact.len() || j < found.len() {
+                let take_exact = match (exact.get(i), found.get(j)) {
+                    (Some(e), Some(&p)) => e.id < self.patterns[p as usize].0.id,
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+                if take_exact {
+                    out.push(exact[i].clone());
+                    i += 1;
+                } else {
+                    out.push(self.patterns[found[j] as usize].0.clone());
+                    j += 1;
+                }
+            }
+        }
+        if out[first..].iter().any(|e| e.once) {
+            let once: Vec<u64> = out[first..]
+                .iter()
+                .filter(|e| e.once)
+                .map(|e| e.id)
+                .collect();
+            for id in once {
+                self.remove(id);
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! # serve-common
+//!
+//! The boring parts of a web service, done well once. This crate is the Rust
+//! counterpart of the Python `serve-common` (falcon + gunicorn): a module per
+//! seed module, with proc macros doing what Python decorators did.
+//!
+//! | module | what it gives you |
+//! |---|---|
+//! | [`event`] | an event bus: [`notify`](event::notify), [`register`](event::register), [`#[on_event]`](macro@on_event), waits and acknowledgements |
+//! | [`config`] | layered, typed, hot-reloaded configuration from `config.toml` |
+//! | [`reloading`] | file watchers: inotify with a safety poll, or plain polling |
+//! | [`prelude`] | the glob import (the seed's `export` module) |
+//!
+//! ```no_run
+//! use serve_common::prelude::*;
+//!
+//! #[on_event("config:greeting.*")]
+//! fn greeting_changed(event: &str, change: &ConfigChange) {
+//!     tracing::info!(%event, new = ?change.new, "greeting changed");
+//! }
+//!
+//! fn main() -> Result<(), serve_common::config::ConfigError> {
+//!     serve_common::event::initialize();
+//!     let config = serve_common::config::init(Config::builder().watch(true))?;
+//!     let name: String = config.get_or("greeting.name", "world".to_owned());
+//!     println!("hello, {name}");
+//!     Ok(())
+//! }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod event;
+mod outcome;
+pub mod prelude;
+pub mod reloading;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use outcome::HandlerOutcome;
+
+/// Registers a free function as an event handler at start-up.
+///
+/// ```
+/// use serve_common::prelude::*;
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Job { id: u64 }
+///
+/// // The event name, then the payload; either may be left out.
+/// #[on_event("job.*.done")]
+/// fn job_done(event: &str, job: &Job) {
+///     tracing::info!(%event, id = job.id, "job finished");
+/// }
+///
+/// // Options: `once` (run for the first matching event only) and
+/// // `ack` / `ack = "name"` (notify `completed:<event>` or `name` after it ran).
+/// #[on_event("re:shutdown|stop", once, ack)]
+/// fn on_stop() -> Result<(), String> {
+///     Ok(())
+/// }
+/// ```
+///
+/// The pattern is a string literal with the syntax of
+/// [`EventPattern::parse`](event::EventPattern::parse): an exact name, a glob
+/// (`*`, `?`, `[..]`, `{a,b}`), or a regex after `re:` that must match the
+/// whole name. Parameters are `&str` (the event name, first) and/or `&T`
+/// (the payload, `T: DeserializeOwned`). The function may return `()` or
+/// `Result<(), E>` with `E: Display`; an `Err` or a panic is logged with the
+/// event name and the bus goes on.
+///
+/// Handlers are collected with `inventory` and registered on the global bus
+/// ([`event::bus`]) when it is first used. A crate that only contains
+/// handlers must still be linked into the binary (reference one of its items
+/// from `main`, or `use my_handlers as _;`), otherwise the linker drops it.
+pub use serve_common_macros::on_event;

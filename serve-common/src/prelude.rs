@@ -1,0 +1,10 @@
+//! The glob import: `use serve_common::prelude::*;`.
+//!
+//! This is the seed's `export` module. In Rust, `pub` already is the export
+//! list; a prelude gathers what a service uses every day.
+
+pub use crate::HandlerOutcome;
+pub use crate::config::{ChangeSource, Config, ConfigChange, config};
+pub use crate::event::{Event, EventBus, EventPattern, Registration};
+pub use crate::on_event;
+pub use crate::reloading::Reloader;

@@ -1,0 +1,413 @@
+//! File reloading: call a function when a file's content changes. The
+//! seed's `reloading` module.
+//!
+//! ```no_run
+//! use serve_common::reloading::Reloader;
+//!
+//! let reloader = Reloader::new("config.toml", |path: &std::path::Path| {
+//!     let text = std::fs::read_to_string(path)?;
+//!     println!("new content: {text}");
+//!     Ok::<(), std::io::Error>(())
+//! })?;
+//! // ... the watcher stops when `reloader` is dropped.
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! - [`PollingReloader`] checks the file's metadata every interval (1 s by
+//!   default, as in the original).
+//! - [`InotifyReloader`] (feature `inotify`, on by default) watches the
+//!   file's directory, so it sees editors' atomic renames and
+//!   Kubernetes-style `..data` symlink swaps; it waits for a burst of
+//!   events to go quiet (debounce, 10 ms) and keeps a slow safety poll
+//!   (10 s) for filesystems that drop events (bind mounts, overlayfs, NFS).
+//! - [`Reloader::new`] picks inotify and falls back to polling.
+//!
+//! All of them compare the content: a touch, or a save of the same bytes,
+//! does not call the function. A file that disappears does not call it
+//! either (the last content stays current); it is compared again when it
+//! comes back. A function that returns `Err` or panics is logged and the
+//! watcher goes on. The function runs on the watcher's thread.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::Hasher;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use crate::HandlerOutcome;
+
+type ReloadFn = Box<dyn FnMut(&Path) -> Result<(), String> + Send>;
+
+/// The file, its last seen content, and the function to call.
+struct Watched {
+    path: PathBuf,
+    last: Option<(u64, u64)>,
+    reload: ReloadFn,
+}
+
+impl Watched {
+    fn new<F, R>(path: &Path, mut reload: F) -> Self
+    where
+        F: FnMut(&Path) -> R + Send + 'static,
+        R: HandlerOutcome,
+    {
+        let mut watched = Self {
+            path: path.to_owned(),
+            last: None,
+            reload: Box::new(move |path: &Path| reload(path).into_outcome()),
+        };
+        watched.last = watched.fingerprint();
+        watched
+    }
+
+    fn fingerprint(&self) -> Option<(u64, u64)> {
+        let bytes = std::fs::read(&self.path).ok()?;
+        let mut hasher = DefaultHasher::new();
+        hasher.write(&bytes);
+        Some((bytes.len() as u64, hasher.finish()))
+    }
+
+    /// Calls the function if the content differs from the last seen.
+    fn check(&mut self) {
+        let Some(now) = self.fingerprint() else {
+            return;
+        };
+        if self.last == Some(now) {
+            return;
+        }
+        self.last = Some(now);
+        let path = self.path.clone();
+        match catch_unwind(AssertUnwindSafe(|| (self.reload)(&path))) {
+            Ok(Ok(())) => tracing::debug!(file = %path.display(), "reloaded"),
+            Ok(Err(error)) => tracing::error!(file = %path.display(), %error, "reload failed"),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(non-string panic payload)");
+                tracing::error!(file = %path.display(), panic = message, "reload function panicked");
+            }
+        }
+    }
+}
+
+enum Msg {
+    #[cfg_attr(not(feature = "inotify"), allow(dead_code))]
+    Fs(Box<dyn Fn(&Path) -> bool + Send>),
+    Stop,
+}
+
+/// Stops the watcher thread when dropped.
+struct StopOnDrop(mpsc::Sender<Msg>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(Msg::Stop);
+    }
+}
+
+/// Checks the file's metadata (modification time, size, inode) every
+/// interval and calls the function when the content changed.
+pub struct PollingReloader {
+    _stop: StopOnDrop,
+}
+
+impl PollingReloader {
+    /// The original's default interval.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
+    /// Polls `path` every `interval`.
+    pub fn new<F, R>(path: impl AsRef<Path>, interval: Duration, reload: F) -> io::Result<Self>
+    where
+        F: FnMut(&Path) -> R + Send + 'static,
+        R: HandlerOutcome,
+    {
+        let mut watched = Watched::new(path.as_ref(), reload);
+        let (tx, rx) = mpsc::channel();
+        thread::Builder::new()
+            .name("serve-common-poll".into())
+            .spawn(move || {
+                let mut meta = stat(&watched.path);
+                loop {
+                    match rx.recv_timeout(interval) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Ok(Msg::Fs(_)) => continue,
+                        Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                    let now = stat(&watched.path);
+                    if now != meta {
+                        meta = now;
+                        watched.check();
+                    }
+                }
+            })?;
+        Ok(Self { _stop: StopOnDrop(tx) })
+    }
+}
+
+fn stat(path: &Path) -> Option<(i64, i64, u64, u64, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.mtime(), m.mtime_nsec(), m.size(), m.ino(), m.dev()))
+}
+
+/// Options of an [`InotifyReloader`].
+#[derive(Clone, Copy, Debug)]
+pub struct InotifyOptions {
+    /// How long events must be quiet before the file is read (default 10 ms).
+    pub debounce: Duration,
+    /// How often the file is checked even without events (default 10 s).
+    pub safety_poll: Duration,
+}
+
+impl Default for InotifyOptions {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(10),
+            safety_poll: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Watches the file's directory (and, for a symlink, its target's) with
+/// inotify through the `notify` crate.
+#[cfg(feature = "inotify")]
+pub struct InotifyReloader {
+    _stop: StopOnDrop,
+}
+
+#[cfg(feature = "inotify")]
+impl InotifyReloader {
+    /// Watches `path` with the default options.
+    pub fn new<F, R>(path: impl AsRef<Path>, reload: F) -> io::Result<Self>
+    where
+        F: FnMut(&Path) -> R + Send + 'static,
+        R: HandlerOutcome,
+    {
+        Self::with_options(path, InotifyOptions::default(), reload)
+    }
+
+    /// Watches `path`.
+    pub fn with_options<F, R>(path: impl AsRef<Path>, options: InotifyOptions, reload: F) -> io::Result<Self>
+    where
+        F: FnMut(&Path) -> R + Send + 'static,
+        R: HandlerOutcome,
+    {
+        use notify::Watcher;
+
+        let watched = Watched::new(path.as_ref(), reload);
+        let (tx, rx) = mpsc::channel();
+        let fs_tx = tx.clone();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let event = match res {
+                Ok(event) => event,
+                Err(error) => {
+                    tracing::warn!(%error, "file watcher error; checking the file");
+                    notify::Event::new(notify::EventKind::Any)
+                }
+            };
+            if matches!(event.kind, notify::EventKind::Access(kind)
+                if kind != notify::event::AccessKind::Close(notify::event::AccessMode::Write))
+            {
+                return;
+            }
+            let paths = event.paths;
+            let _ = fs_tx.send(Msg::Fs(Box::new(move |name_of_interest: &Path| {
+                paths.is_empty() || paths.iter().any(|p| touches(p, name_of_interest))
+            })));
+        })
+        .map_err(notify_to_io)?;
+        let mut dirs = Vec::new();
+        for dir in watch_dirs(&watched.path) {
+            watcher
+                .watch(&dir, notify::RecursiveMode::NonRecursive)
+                .map_err(notify_to_io)?;
+            dirs.push(dir);
+        }
+        thread::Builder::new()
+            .name("serve-common-watch".into())
+            .spawn(move || run_inotify(watched, watcher, dirs, rx, options))?;
+        Ok(Self { _stop: StopOnDrop(tx) })
+    }
+}
+
+/// Whether an event on `changed` may concern the watched file: the same
+/// name (or its symlink target's), or a `..`-prefixed entry (Kubernetes'
+/// `..data` swap).
+#[cfg(feature = "inotify")]
+fn touches(changed: &Path, file: &Path) -> bool {
+    let name = changed.file_name();
+    name == file.file_name()
+        || std::fs::canonicalize(file).ok().as_deref().and_then(Path::file_name) == name
+        || name.is_some_and(|n| n.to_string_lossy().starts_with(".."))
+        || changed == file
+}
+
+#[cfg(feature = "inotify")]
+fn watch_dirs(path: &Path) -> Vec<PathBuf> {
+    let parent = |p: &Path| match p.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut dirs = vec![parent(path)];
+    if let Ok(target) = std::fs::canonicalize(path) {
+        let target_dir = parent(&target);
+        if std::fs::canonicalize(&dirs[0]).ok() != Some(target_dir.clone()) {
+            dirs.push(target_dir);
+        }
+    }
+    dirs
+}
+
+#[cfg(feature = "inotify")]
+fn notify_to_io(e: notify::Error) -> io::Error {
+    match e.kind {
+        notify::ErrorKind::Io(io) => io,
+        _ => io::Error::other(e.to_string()),
+    }
+}
+
+#[cfg(feature = "inotify")]
+fn run_inotify(
+    mut watched: Watched,
+    mut watcher: notify::RecommendedWatcher,
+    mut dirs: Vec<PathBuf>,
+    rx: mpsc::Receiver<Msg>,
+    options: InotifyOptions,
+) {
+    use notify::Watcher;
+    use std::time::Instant;
+
+    let mut next_poll = Instant::now() + options.safety_poll;
+    loop {
+        let wait = next_poll.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                next_poll = Instant::now() + options.safety_poll;
+                watched.check();
+                continue;
+            }
+            Ok(Msg::Fs(concerns)) => {
+                if !concerns(&watched.path) {
+                    continue;
+                }
+            }
+        }
+        // Debounce: wait until events stay quiet, but not forever.
+        let give_up = Instant::now() + options.debounce * 20;
+        let mut quiet_at = Instant::now() + options.debounce;
+        loop {
+            let now = Instant::now();
+            if now >= quiet_at || now >= give_up {
+                break;
+            }
+            match rx.recv_timeout(quiet_at.min(give_up) - now) {
+                Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Ok(Msg::Fs(_)) => quiet_at = Instant::now() + options.debounce,
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+            }
+        }
+        watched.check();
+        // Follow a symlink whose target moved to another directory.
+        let wanted = watch_dirs(&watched.path);
+        for dir in &wanted {
+            if !dirs.contains(dir) {
+                match watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+                    Ok(()) => dirs.push(dir.clone()),
+                    Err(error) => tracing::debug!(dir = %dir.display(), %error, "cannot watch"),
+                }
+            }
+        }
+        dirs.retain(|dir| {
+            let keep = wanted.contains(dir);
+            if !keep {
+                let _ = watcher.unwatch(dir);
+            }
+            keep
+        });
+    }
+}
+
+/// Which mechanism a [`Reloader`] uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloaderKind {
+    /// inotify events, with a safety poll.
+    Inotify,
+    /// Metadata polling.
+    Polling,
+}
+
+/// The default reloader: inotify where it works, polling otherwise.
+pub struct Reloader {
+    kind: ReloaderKind,
+    _inner: Box<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader").field("kind", &self.kind).finish()
+    }
+}
+
+impl Reloader {
+    /// Watches `path` with inotify, or polls it every second if inotify
+    /// cannot watch it (the fallback is logged).
+    pub fn new<F, R>(path: impl AsRef<Path>, reload: F) -> io::Result<Self>
+    where
+        F: FnMut(&Path) -> R + Send + 'static,
+        R: HandlerOutcome,
+    {
+        let path = path.as_ref();
+        #[cfg(feature = "inotify")]
+        {
+            // The function is needed twice if inotify fails: share it.
+            let shared = std::sync::Arc::new(parking_lot::Mutex::new(reload));
+            let first = shared.clone();
+            match InotifyReloader::new(path, move |p: &Path| (&mut *first.lock())(p)) {
+                Ok(inner) => {
+                    return Ok(Self {
+                        kind: ReloaderKind::Inotify,
+                        _inner: Box::new(inner),
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(file = %path.display(), %error, "inotify unavailable; polling instead");
+                    let poll = PollingReloader::new(path, PollingReloader::DEFAULT_INTERVAL, move |p: &Path| {
+                        (&mut *shared.lock())(p)
+                    })?;
+                    return Ok(Self {
+                        kind: ReloaderKind::Polling,
+                        _inner: Box::new(poll),
+                    });
+                }
+            }
+        }
+        #[cfg(not(feature = "inotify"))]
+        Ok(Self {
+            kind: ReloaderKind::Polling,
+            _inner: Box::new(PollingReloader::new(path, PollingReloader::DEFAULT_INTERVAL, reload)?),
+        })
+    }
+
+    /// A polling reloader behind the common type.
+    pub fn polling<F, R>(path: impl AsRef<Path>, interval: Duration, reload: F) -> io::Result<Self>
+    where
+        F: FnMut(&Path) -> R + Send + 'static,
+        R: HandlerOutcome,
+    {
+        Ok(Self {
+            kind: ReloaderKind::Polling,
+            _inner: Box::new(PollingReloader::new(path, interval, reload)?),
+        })
+    }
+
+    /// Which mechanism this reloader uses.
+    pub fn kind(&self) -> ReloaderKind {
+        self.kind
+    }
+}
