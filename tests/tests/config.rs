@@ -1,0 +1,316 @@
+//! The config: real files, a real child process for environment layers,
+//! events awaited on real buses.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serve_common::config::{ChangeSource, Config, ConfigChange, ConfigError};
+use serve_common::event::{Event, EventBus};
+use serve_common_tests::logs;
+
+const LONG: Duration = Duration::from_secs(10);
+
+fn write(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn config_on(bus: &EventBus, path: &Path) -> Config {
+    Config::builder()
+        .path(path)
+        .no_env()
+        .event_bus(bus.clone())
+        .build()
+        .unwrap()
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+struct Logging {
+    level: String,
+    targets: BTreeMap<String, String>,
+}
+
+#[test]
+fn typed_reads_sections_defaults_and_errors_that_name_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "[a.b]\nc = \"deep\"\nn = 3\n[logging]\nlevel = \"INFO\"\n[logging.targets]\n\"my_app::db\" = \"trace\"\n",
+    );
+    let config = config_on(&EventBus::new(), &path);
+    assert_eq!(config.get::<String>("a.b.c").unwrap(), "deep");
+    assert_eq!(config.get::<u8>("a.b.n").unwrap(), 3);
+    let logging: Logging = config.get("logging").unwrap();
+    assert_eq!(logging.level, "INFO");
+    assert_eq!(logging.targets["my_app::db"], "trace");
+    assert_eq!(config.get_or("a.b.missing", 7_u32), 7);
+    assert_eq!(config.get_opt::<u32>("nope.nope").unwrap(), None);
+    assert!(config.contains("a.b") && !config.contains("a.x"));
+
+    let missing = config.get::<String>("a.b.zzz").unwrap_err();
+    assert!(matches!(missing, ConfigError::Missing { .. }));
+    assert!(missing.to_string().contains("`a.b.zzz`"), "{missing}");
+
+    let wrong = config.get::<u32>("a.b.c").unwrap_err();
+    assert!(matches!(wrong, ConfigError::Type { .. }));
+    let text = wrong.to_string();
+    assert!(text.contains("`a.b.c`") && text.contains("u32"), "{text}");
+    assert!(config.get_opt::<u32>("a.b.c").is_err(), "a wrong type is not `None`");
+    assert_eq!(config.get_or("a.b.c", 5_u32), 5);
+}
+
+#[test]
+fn a_missing_file_is_an_empty_config_and_bad_toml_is_a_clear_error() {
+    let logs = logs();
+    let dir = tempfile::tempdir().unwrap();
+    let absent = dir.path().join("absent-config.toml");
+    let config = Config::builder().path(&absent).no_env().no_events().build().unwrap();
+    assert!(config.snapshot().is_empty());
+    assert!(!logs.lines_with("absent-config.toml").is_empty(), "a warning names the file");
+
+    let path = write(dir.path(), "[server]\nbind = \n");
+    let error = Config::builder().path(&path).no_env().no_events().build().unwrap_err();
+    assert!(matches!(error, ConfigError::Parse { .. }));
+    let text = error.to_string();
+    assert!(text.contains("config.toml") && text.contains("line 2"), "{text}");
+}
+
+#[test]
+fn set_creates_tables_and_notifies_old_and_new() {
+    let bus = EventBus::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_on(&bus, &write(dir.path(), "[x]\ny = 1\n"));
+
+    let waiter = bus.wait_for("config:x.y").unwrap();
+    config.set("x.y", 2).unwrap();
+    let event = waiter.wait(LONG).unwrap();
+    assert!(!event.is_local_only(), "a runtime set travels to other processes");
+    let change = event.payload::<ConfigChange>().unwrap();
+    assert_eq!(change.path, "x.y");
+    assert_eq!(change.old, Some(toml::Value::Integer(1)));
+    assert_eq!(change.new, Some(toml::Value::Integer(2)));
+    assert_eq!(change.source, ChangeSource::Set);
+
+    let waiter = bus.wait_for("config:new.table.key").unwrap();
+    config.set("new.table.key", "v").unwrap();
+    let change = waiter.wait(LONG).unwrap();
+    let change = change.payload::<ConfigChange<String>>().unwrap();
+    assert_eq!((change.old.clone(), change.new.clone()), (None, Some("v".to_owned())));
+    assert_eq!(config.get::<String>("new.table.key").unwrap(), "v");
+
+    // The same value again changes nothing and notifies nothing.
+    let waiter = bus.wait_for("config:x.y").unwrap();
+    config.set("x.y", 2).unwrap();
+    assert!(bus.flush(LONG));
+    assert!(waiter.try_take().is_none());
+
+    let error = config.set("x.y.z", 1).unwrap_err();
+    assert!(matches!(error, ConfigError::NotATable { .. }), "{error}");
+    assert!(error.to_string().contains("`x.y`"), "{error}");
+    assert_eq!(config.get::<i64>("x.y").unwrap(), 2, "a failed set changes nothing");
+    assert!(matches!(config.set("a..b", 1), Err(ConfigError::BadPath { .. })));
+}
+
+#[test]
+fn unset_lets_the_file_show_through() {
+    let bus = EventBus::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_on(&bus, &write(dir.path(), "level = \"INFO\"\n"));
+    config.set("level", "DEBUG").unwrap();
+    assert!(bus.flush(LONG), "the set's own event is out of the way");
+    let waiter = bus.wait_for("config:level").unwrap();
+    assert!(config.unset("level").unwrap());
+    let change = waiter.wait(LONG).unwrap();
+    let change = change.payload::<ConfigChange<String>>().unwrap();
+    assert_eq!(change.new.as_deref(), Some("INFO"));
+    assert_eq!(change.source, ChangeSource::Unset);
+    assert!(!config.unset("level").unwrap());
+}
+
+#[test]
+fn reload_notifies_one_local_event_per_changed_leaf_and_keeps_runtime_sets() {
+    let bus = EventBus::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "[a]\nx = 1\ny = 2\nz = 3\n[b]\nkeep = true\n");
+    let config = config_on(&bus, &path);
+    config.set("b.runtime", "set at run time").unwrap();
+    assert!(bus.flush(LONG), "the set's own event is out of the way");
+
+    let (tx, rx) = mpsc::channel();
+    bus.register("config:*", move |e: &Event| {
+        let change = e.payload::<ConfigChange>().unwrap().into_owned();
+        tx.send((e.name().to_owned(), e.is_local_only(), change)).unwrap();
+    })
+    .unwrap();
+    assert!(bus.flush(LONG));
+    std::fs::write(&path, "[a]\nx = 1\ny = 20\n[b]\nkeep = true\n[c]\nnew = \"n\"\n").unwrap();
+    config.reload().unwrap();
+    assert!(bus.flush(LONG));
+    let events: Vec<_> = rx.try_iter().collect();
+    let names: Vec<_> = events.iter().map(|(name, _, _)| name.as_str()).collect();
+    assert_eq!(names, ["config:a.y", "config:a.z", "config:c.new"]);
+    assert!(events.iter().all(|(_, local_only, c)| *local_only && c.source == ChangeSource::Reload));
+    assert_eq!(events[0].2.old, Some(toml::Value::Integer(2)));
+    assert_eq!(events[0].2.new, Some(toml::Value::Integer(20)));
+    assert_eq!(events[1].2.new, None);
+    assert_eq!(config.get::<String>("b.runtime").unwrap(), "set at run time");
+}
+
+#[test]
+fn a_runtime_set_wins_over_the_file_across_edits() {
+    let bus = EventBus::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "level = \"INFO\"\nother = 1\n");
+    let config = config_on(&bus, &path);
+    config.set("level", "DEBUG").unwrap();
+    std::fs::write(&path, "level = \"WARNING\"\nother = 2\n").unwrap();
+    config.reload().unwrap();
+    assert_eq!(config.get::<String>("level").unwrap(), "DEBUG");
+    assert_eq!(config.get::<i64>("other").unwrap(), 2);
+}
+
+#[test]
+fn bad_toml_on_reload_keeps_the_old_config_and_the_next_good_edit_applies() {
+    let logs = logs();
+    let bus = EventBus::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "[svc]\nname = \"before\"\n");
+    let config = config_on(&bus, &path);
+    let (tx, rx) = mpsc::channel();
+    bus.register("config:svc.*", move |e: &Event| tx.send(e.name().to_owned()).unwrap())
+        .unwrap();
+
+    std::fs::write(&path, "[svc]\nname = \"broken\n").unwrap();
+    let error = config.reload().unwrap_err();
+    assert!(matches!(error, ConfigError::Parse { .. }), "{error}");
+    assert_eq!(config.get::<String>("svc.name").unwrap(), "before");
+    assert!(!logs.lines_with("keeping the previous config").is_empty());
+
+    std::fs::write(&path, "[svc]\nname = \"after\"\n").unwrap();
+    config.reload().unwrap();
+    assert_eq!(rx.recv_timeout(LONG).unwrap(), "config:svc.name");
+    assert_eq!(config.get::<String>("svc.name").unwrap(), "after");
+}
+
+#[test]
+fn watching_reloads_a_real_edit() {
+    let bus = EventBus::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "greeting = \"hello\"\n");
+    let config = Config::builder()
+        .path(&path)
+        .no_env()
+        .event_bus(bus.clone())
+        .watch(true)
+        .build()
+        .unwrap();
+    let waiter = bus.wait_for("config:greeting").unwrap();
+    std::fs::write(&path, "greeting = \"bonjour\"\n").unwrap();
+    let event = waiter.wait(LONG).unwrap();
+    assert_eq!(event.payload::<ConfigChange<String>>().unwrap().new.as_deref(), Some("bonjour"));
+    assert_eq!(config.get::<String>("greeting").unwrap(), "bonjour");
+}
+
+#[test]
+fn a_set_from_another_process_is_applied_without_a_second_event() {
+    let bus = EventBus::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_on(&bus, &write(dir.path(), "[logging]\nlevel = \"INFO\"\n"));
+    let (tx, rx) = mpsc::channel();
+    bus.register("config:*", move |e: &Event| {
+        // Handlers see the new value already.
+        tx.send((e.name().to_owned(), e.origin())).unwrap();
+    })
+    .unwrap();
+    let change = ConfigChange {
+        path: "logging.level".to_owned(),
+        old: Some(toml::Value::String("INFO".into())),
+        new: Some(toml::Value::String("DEBUG".into())),
+        source: ChangeSource::Set,
+    };
+    let encoded = Event::new("config:logging.level", change).encode_payload().unwrap();
+    bus.deliver(Event::from_remote("config:logging.level", encoded));
+    assert!(bus.flush(LONG));
+    assert!(bus.flush(LONG), "a second event, if any, is dispatched by now");
+    let events: Vec<_> = rx.try_iter().collect();
+    assert_eq!(events, [("config:logging.level".to_owned(), serve_common::event::Origin::Remote)]);
+    assert_eq!(config.get::<String>("logging.level").unwrap(), "DEBUG");
+
+    // A malformed remote payload is ignored with a log line.
+    bus.deliver(Event::from_remote("config:logging.level", vec![0xff, 0x00]));
+    assert!(bus.flush(LONG));
+    assert_eq!(config.get::<String>("logging.level").unwrap(), "DEBUG");
+}
+
+#[test]
+fn secret_looking_values_are_redacted_in_change_logs() {
+    let logs = logs();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_on(&EventBus::new(), &write(dir.path(), ""));
+    config.set("db.password", "hunter2-in-the-log").unwrap();
+    config.set("redaction_test.api_key", "sk-live-123").unwrap();
+    config.set("redaction_test.visible", "plain-value").unwrap();
+    let lines = logs.lines_with("config changed");
+    assert!(lines.iter().any(|l| l.contains("db.password") && l.contains("<redacted>")), "{lines:?}");
+    assert!(lines.iter().all(|l| !l.contains("hunter2") && !l.contains("sk-live")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("plain-value")), "{lines:?}");
+}
+
+/// Runs in a child process with the environment set; the parent test below
+/// starts it. Does nothing when run directly.
+#[test]
+fn child_env_precedence() {
+    let Ok(path) = std::env::var("SERVE_COMMON_TEST_CHILD_CONFIG") else {
+        return;
+    };
+    let config = Config::builder()
+        .path(&path)
+        .env_prefix("SCTEST")
+        .default_value("only.default", "d")
+        .default_value("layer.a", "default")
+        .default_value("layer.b", "default")
+        .default_value("layer.c", "default")
+        .no_events()
+        .build()
+        .unwrap();
+    config.set("layer.c", "runtime").unwrap();
+    assert_eq!(config.get::<String>("only.default").unwrap(), "d");
+    assert_eq!(config.get::<String>("layer.a").unwrap(), "file");
+    assert_eq!(config.get::<String>("layer.b").unwrap(), "env");
+    assert_eq!(config.get::<String>("layer.c").unwrap(), "runtime");
+    assert_eq!(config.get::<u16>("server.port").unwrap(), 8080, "env values read as TOML");
+    assert_eq!(config.get::<String>("logging.level").unwrap(), "debug");
+    // The env layer is read again on reload; a file edit keeps the order.
+    std::fs::write(&path, "[layer]\na = \"file2\"\nb = \"file2\"\nc = \"file2\"\n").unwrap();
+    config.reload().unwrap();
+    assert_eq!(config.get::<String>("layer.a").unwrap(), "file2");
+    assert_eq!(config.get::<String>("layer.b").unwrap(), "env");
+    assert_eq!(config.get::<String>("layer.c").unwrap(), "runtime");
+    println!("child-env-precedence-ok");
+}
+
+#[test]
+fn env_overrides_the_file_and_defaults_but_not_runtime_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "[layer]\na = \"file\"\nb = \"file\"\nc = \"file\"\n");
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_env_precedence", "--nocapture", "--test-threads=1"])
+        .env("SERVE_COMMON_TEST_CHILD_CONFIG", &path)
+        .env("SCTEST__LAYER__B", "env")
+        .env("SCTEST__LAYER__C", "env")
+        .env("SCTEST__SERVER__PORT", "8080")
+        .env("SCTEST__LOGGING__LEVEL", "debug")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("child-env-precedence-ok"),
+        "child failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
