@@ -127,12 +127,14 @@ impl PollingReloader {
         F: FnMut(&Path) -> R + Send + 'static,
         R: HandlerOutcome,
     {
+        // Metadata first, then content: an edit in between is caught by the
+        // next poll and compared against the content.
+        let mut meta = stat(path.as_ref());
         let mut watched = Watched::new(path.as_ref(), reload);
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name("serve-common-poll".into())
             .spawn(move || {
-                let mut meta = stat(&watched.path);
                 loop {
                     match rx.recv_timeout(interval) {
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
