@@ -344,11 +344,9 @@ impl ConfigBuilder {
                 reloader: Mutex::new(None),
             }),
         };
-        if self.follow_remote {
-            if let Some(bus) = &config.inner.bus {
-                let weak = Arc::downgrade(&config.inner);
-                bus.add_inbound_hook(move |event| apply_remote(&weak, event));
-            }
+        if let (true, Some(bus)) = (self.follow_remote, &config.inner.bus) {
+            let weak = Arc::downgrade(&config.inner);
+            bus.add_inbound_hook(move |event| apply_remote(&weak, event));
         }
         if self.watch {
             config.watch()?;
@@ -454,7 +452,9 @@ impl Config {
             Value::Table((**merged).clone())
         } else {
             lookup(&merged, path)
-                .ok_or_else(|| ConfigError::Missing { path: path.to_owned() })?
+                .ok_or_else(|| ConfigError::Missing {
+                    path: path.to_owned(),
+                })?
                 .clone()
         };
         value.try_into::<T>().map_err(|e| ConfigError::Type {
@@ -618,7 +618,9 @@ impl Config {
 fn split_path(path: &str) -> Result<Vec<&str>, ConfigError> {
     let keys: Vec<&str> = path.split('.').collect();
     if keys.iter().any(|k| k.is_empty()) {
-        return Err(ConfigError::BadPath { path: path.to_owned() });
+        return Err(ConfigError::BadPath {
+            path: path.to_owned(),
+        });
     }
     Ok(keys)
 }
@@ -685,7 +687,9 @@ fn remove_path(table: &mut Table, keys: &[&str]) -> bool {
 fn merge_into(base: &mut Table, over: &Table) {
     for (key, value) in over {
         match (base.get_mut(key), value) {
-            (Some(Value::Table(base_table)), Value::Table(over_table)) => merge_into(base_table, over_table),
+            (Some(Value::Table(base_table)), Value::Table(over_table)) => {
+                merge_into(base_table, over_table)
+            }
             _ => {
                 base.insert(key.clone(), value.clone());
             }
@@ -742,7 +746,10 @@ fn read_env(prefix: &str) -> Table {
         .collect();
     vars.sort();
     for (name, raw) in vars {
-        let keys: Vec<String> = name[prefix.len()..].split("__").map(str::to_lowercase).collect();
+        let keys: Vec<String> = name[prefix.len()..]
+            .split("__")
+            .map(str::to_lowercase)
+            .collect();
         if keys.iter().any(String::is_empty) {
             tracing::warn!(variable = %name, "ignoring a config variable with an empty key");
             continue;
@@ -814,7 +821,10 @@ mod tests {
         assert!(!is_secret_path("logging.level"));
         let table: Table = "user = \"u\"\npassword = \"p\"\n".parse().unwrap();
         let shown = shown("db", Some(&Value::Table(table)));
-        assert!(shown.contains("<redacted>") && !shown.contains("\"p\""), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && !shown.contains("\"p\""),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -822,7 +832,10 @@ mod tests {
         assert_eq!(parse_env_value("8080"), Value::Integer(8080));
         assert_eq!(parse_env_value("true"), Value::Boolean(true));
         assert_eq!(parse_env_value("debug"), Value::String("debug".into()));
-        assert_eq!(parse_env_value("127.0.0.1:80"), Value::String("127.0.0.1:80".into()));
+        assert_eq!(
+            parse_env_value("127.0.0.1:80"),
+            Value::String("127.0.0.1:80".into())
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![warn(clippy::print_stdout)]
 
 pub mod config;
 pub mod event;

@@ -148,7 +148,9 @@ impl PollingReloader {
                     }
                 }
             })?;
-        Ok(Self { _stop: StopOnDrop(tx) })
+        Ok(Self {
+            _stop: StopOnDrop(tx),
+        })
     }
 }
 
@@ -194,7 +196,11 @@ impl InotifyReloader {
     }
 
     /// Watches `path`.
-    pub fn with_options<F, R>(path: impl AsRef<Path>, options: InotifyOptions, reload: F) -> io::Result<Self>
+    pub fn with_options<F, R>(
+        path: impl AsRef<Path>,
+        options: InotifyOptions,
+        reload: F,
+    ) -> io::Result<Self>
     where
         F: FnMut(&Path) -> R + Send + 'static,
         R: HandlerOutcome,
@@ -233,7 +239,9 @@ impl InotifyReloader {
         thread::Builder::new()
             .name("serve-common-watch".into())
             .spawn(move || run_inotify(watched, watcher, dirs, rx, options))?;
-        Ok(Self { _stop: StopOnDrop(tx) })
+        Ok(Self {
+            _stop: StopOnDrop(tx),
+        })
     }
 }
 
@@ -244,7 +252,11 @@ impl InotifyReloader {
 fn touches(changed: &Path, file: &Path) -> bool {
     let name = changed.file_name();
     name == file.file_name()
-        || std::fs::canonicalize(file).ok().as_deref().and_then(Path::file_name) == name
+        || std::fs::canonicalize(file)
+            .ok()
+            .as_deref()
+            .and_then(Path::file_name)
+            == name
         || name.is_some_and(|n| n.to_string_lossy().starts_with(".."))
         || changed == file
 }
@@ -352,7 +364,9 @@ pub struct Reloader {
 
 impl std::fmt::Debug for Reloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reloader").field("kind", &self.kind).finish()
+        f.debug_struct("Reloader")
+            .field("kind", &self.kind)
+            .finish()
     }
 }
 
@@ -364,36 +378,45 @@ impl Reloader {
         F: FnMut(&Path) -> R + Send + 'static,
         R: HandlerOutcome,
     {
-        let path = path.as_ref();
-        #[cfg(feature = "inotify")]
-        {
-            // The function is needed twice if inotify fails: share it.
-            let shared = std::sync::Arc::new(parking_lot::Mutex::new(reload));
-            let first = shared.clone();
-            match InotifyReloader::new(path, move |p: &Path| (&mut *first.lock())(p)) {
-                Ok(inner) => {
-                    return Ok(Self {
-                        kind: ReloaderKind::Inotify,
-                        _inner: Box::new(inner),
-                    });
-                }
-                Err(error) => {
-                    tracing::warn!(file = %path.display(), %error, "inotify unavailable; polling instead");
-                    let poll = PollingReloader::new(path, PollingReloader::DEFAULT_INTERVAL, move |p: &Path| {
-                        (&mut *shared.lock())(p)
-                    })?;
-                    return Ok(Self {
-                        kind: ReloaderKind::Polling,
-                        _inner: Box::new(poll),
-                    });
-                }
+        Self::new_default(path.as_ref(), reload)
+    }
+
+    #[cfg(feature = "inotify")]
+    fn new_default<F, R>(path: &Path, reload: F) -> io::Result<Self>
+    where
+        F: FnMut(&Path) -> R + Send + 'static,
+        R: HandlerOutcome,
+    {
+        // The function is needed twice if inotify fails: share it.
+        let shared = std::sync::Arc::new(parking_lot::Mutex::new(reload));
+        let first = shared.clone();
+        match InotifyReloader::new(path, move |p: &Path| (*first.lock())(p)) {
+            Ok(inner) => Ok(Self {
+                kind: ReloaderKind::Inotify,
+                _inner: Box::new(inner),
+            }),
+            Err(error) => {
+                tracing::warn!(file = %path.display(), %error, "inotify unavailable; polling instead");
+                let poll = PollingReloader::new(
+                    path,
+                    PollingReloader::DEFAULT_INTERVAL,
+                    move |p: &Path| (*shared.lock())(p),
+                )?;
+                Ok(Self {
+                    kind: ReloaderKind::Polling,
+                    _inner: Box::new(poll),
+                })
             }
         }
-        #[cfg(not(feature = "inotify"))]
-        Ok(Self {
-            kind: ReloaderKind::Polling,
-            _inner: Box::new(PollingReloader::new(path, PollingReloader::DEFAULT_INTERVAL, reload)?),
-        })
+    }
+
+    #[cfg(not(feature = "inotify"))]
+    fn new_default<F, R>(path: &Path, reload: F) -> io::Result<Self>
+    where
+        F: FnMut(&Path) -> R + Send + 'static,
+        R: HandlerOutcome,
+    {
+        Self::polling(path, PollingReloader::DEFAULT_INTERVAL, reload)
     }
 
     /// A polling reloader behind the common type.

@@ -60,7 +60,10 @@ fn typed_reads_sections_defaults_and_errors_that_name_the_path() {
     assert!(matches!(wrong, ConfigError::Type { .. }));
     let text = wrong.to_string();
     assert!(text.contains("`a.b.c`") && text.contains("u32"), "{text}");
-    assert!(config.get_opt::<u32>("a.b.c").is_err(), "a wrong type is not `None`");
+    assert!(
+        config.get_opt::<u32>("a.b.c").is_err(),
+        "a wrong type is not `None`"
+    );
     assert_eq!(config.get_or("a.b.c", 5_u32), 5);
 }
 
@@ -69,15 +72,31 @@ fn a_missing_file_is_an_empty_config_and_bad_toml_is_a_clear_error() {
     let logs = logs();
     let dir = tempfile::tempdir().unwrap();
     let absent = dir.path().join("absent-config.toml");
-    let config = Config::builder().path(&absent).no_env().no_events().build().unwrap();
+    let config = Config::builder()
+        .path(&absent)
+        .no_env()
+        .no_events()
+        .build()
+        .unwrap();
     assert!(config.snapshot().is_empty());
-    assert!(!logs.lines_with("absent-config.toml").is_empty(), "a warning names the file");
+    assert!(
+        !logs.lines_with("absent-config.toml").is_empty(),
+        "a warning names the file"
+    );
 
     let path = write(dir.path(), "[server]\nbind = \n");
-    let error = Config::builder().path(&path).no_env().no_events().build().unwrap_err();
+    let error = Config::builder()
+        .path(&path)
+        .no_env()
+        .no_events()
+        .build()
+        .unwrap_err();
     assert!(matches!(error, ConfigError::Parse { .. }));
     let text = error.to_string();
-    assert!(text.contains("config.toml") && text.contains("line 2"), "{text}");
+    assert!(
+        text.contains("config.toml") && text.contains("line 2"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -89,7 +108,10 @@ fn set_creates_tables_and_notifies_old_and_new() {
     let waiter = bus.wait_for("config:x.y").unwrap();
     config.set("x.y", 2).unwrap();
     let event = waiter.wait(LONG).unwrap();
-    assert!(!event.is_local_only(), "a runtime set travels to other processes");
+    assert!(
+        !event.is_local_only(),
+        "a runtime set travels to other processes"
+    );
     let change = event.payload::<ConfigChange>().unwrap();
     assert_eq!(change.path, "x.y");
     assert_eq!(change.old, Some(toml::Value::Integer(1)));
@@ -100,7 +122,10 @@ fn set_creates_tables_and_notifies_old_and_new() {
     config.set("new.table.key", "v").unwrap();
     let change = waiter.wait(LONG).unwrap();
     let change = change.payload::<ConfigChange<String>>().unwrap();
-    assert_eq!((change.old.clone(), change.new.clone()), (None, Some("v".to_owned())));
+    assert_eq!(
+        (change.old.clone(), change.new.clone()),
+        (None, Some("v".to_owned()))
+    );
     assert_eq!(config.get::<String>("new.table.key").unwrap(), "v");
 
     // The same value again changes nothing and notifies nothing.
@@ -112,8 +137,15 @@ fn set_creates_tables_and_notifies_old_and_new() {
     let error = config.set("x.y.z", 1).unwrap_err();
     assert!(matches!(error, ConfigError::NotATable { .. }), "{error}");
     assert!(error.to_string().contains("`x.y`"), "{error}");
-    assert_eq!(config.get::<i64>("x.y").unwrap(), 2, "a failed set changes nothing");
-    assert!(matches!(config.set("a..b", 1), Err(ConfigError::BadPath { .. })));
+    assert_eq!(
+        config.get::<i64>("x.y").unwrap(),
+        2,
+        "a failed set changes nothing"
+    );
+    assert!(matches!(
+        config.set("a..b", 1),
+        Err(ConfigError::BadPath { .. })
+    ));
 }
 
 #[test]
@@ -144,21 +176,33 @@ fn reload_notifies_one_local_event_per_changed_leaf_and_keeps_runtime_sets() {
     let (tx, rx) = mpsc::channel();
     bus.register("config:*", move |e: &Event| {
         let change = e.payload::<ConfigChange>().unwrap().into_owned();
-        tx.send((e.name().to_owned(), e.is_local_only(), change)).unwrap();
+        tx.send((e.name().to_owned(), e.is_local_only(), change))
+            .unwrap();
     })
     .unwrap();
     assert!(bus.flush(LONG));
-    std::fs::write(&path, "[a]\nx = 1\ny = 20\n[b]\nkeep = true\n[c]\nnew = \"n\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[a]\nx = 1\ny = 20\n[b]\nkeep = true\n[c]\nnew = \"n\"\n",
+    )
+    .unwrap();
     config.reload().unwrap();
     assert!(bus.flush(LONG));
     let events: Vec<_> = rx.try_iter().collect();
     let names: Vec<_> = events.iter().map(|(name, _, _)| name.as_str()).collect();
     assert_eq!(names, ["config:a.y", "config:a.z", "config:c.new"]);
-    assert!(events.iter().all(|(_, local_only, c)| *local_only && c.source == ChangeSource::Reload));
+    assert!(
+        events
+            .iter()
+            .all(|(_, local_only, c)| *local_only && c.source == ChangeSource::Reload)
+    );
     assert_eq!(events[0].2.old, Some(toml::Value::Integer(2)));
     assert_eq!(events[0].2.new, Some(toml::Value::Integer(20)));
     assert_eq!(events[1].2.new, None);
-    assert_eq!(config.get::<String>("b.runtime").unwrap(), "set at run time");
+    assert_eq!(
+        config.get::<String>("b.runtime").unwrap(),
+        "set at run time"
+    );
 }
 
 #[test]
@@ -182,8 +226,10 @@ fn bad_toml_on_reload_keeps_the_old_config_and_the_next_good_edit_applies() {
     let path = write(dir.path(), "[svc]\nname = \"before\"\n");
     let config = config_on(&bus, &path);
     let (tx, rx) = mpsc::channel();
-    bus.register("config:svc.*", move |e: &Event| tx.send(e.name().to_owned()).unwrap())
-        .unwrap();
+    bus.register("config:svc.*", move |e: &Event| {
+        tx.send(e.name().to_owned()).unwrap()
+    })
+    .unwrap();
 
     std::fs::write(&path, "[svc]\nname = \"broken\n").unwrap();
     let error = config.reload().unwrap_err();
@@ -212,7 +258,14 @@ fn watching_reloads_a_real_edit() {
     let waiter = bus.wait_for("config:greeting").unwrap();
     std::fs::write(&path, "greeting = \"bonjour\"\n").unwrap();
     let event = waiter.wait(LONG).unwrap();
-    assert_eq!(event.payload::<ConfigChange<String>>().unwrap().new.as_deref(), Some("bonjour"));
+    assert_eq!(
+        event
+            .payload::<ConfigChange<String>>()
+            .unwrap()
+            .new
+            .as_deref(),
+        Some("bonjour")
+    );
     assert_eq!(config.get::<String>("greeting").unwrap(), "bonjour");
 }
 
@@ -233,12 +286,23 @@ fn a_set_from_another_process_is_applied_without_a_second_event() {
         new: Some(toml::Value::String("DEBUG".into())),
         source: ChangeSource::Set,
     };
-    let encoded = Event::new("config:logging.level", change).encode_payload().unwrap();
+    let encoded = Event::new("config:logging.level", change)
+        .encode_payload()
+        .unwrap();
     bus.deliver(Event::from_remote("config:logging.level", encoded));
     assert!(bus.flush(LONG));
-    assert!(bus.flush(LONG), "a second event, if any, is dispatched by now");
+    assert!(
+        bus.flush(LONG),
+        "a second event, if any, is dispatched by now"
+    );
     let events: Vec<_> = rx.try_iter().collect();
-    assert_eq!(events, [("config:logging.level".to_owned(), serve_common::event::Origin::Remote)]);
+    assert_eq!(
+        events,
+        [(
+            "config:logging.level".to_owned(),
+            serve_common::event::Origin::Remote
+        )]
+    );
     assert_eq!(config.get::<String>("logging.level").unwrap(), "DEBUG");
 
     // A malformed remote payload is ignored with a log line.
@@ -256,8 +320,18 @@ fn secret_looking_values_are_redacted_in_change_logs() {
     config.set("redaction_test.api_key", "sk-live-123").unwrap();
     config.set("redaction_test.visible", "plain-value").unwrap();
     let lines = logs.lines_with("config changed");
-    assert!(lines.iter().any(|l| l.contains("db.password") && l.contains("<redacted>")), "{lines:?}");
-    assert!(lines.iter().all(|l| !l.contains("hunter2") && !l.contains("sk-live")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("db.password") && l.contains("<redacted>")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains("hunter2") && !l.contains("sk-live")),
+        "{lines:?}"
+    );
     assert!(lines.iter().any(|l| l.contains("plain-value")), "{lines:?}");
 }
 
@@ -283,10 +357,18 @@ fn child_env_precedence() {
     assert_eq!(config.get::<String>("layer.a").unwrap(), "file");
     assert_eq!(config.get::<String>("layer.b").unwrap(), "env");
     assert_eq!(config.get::<String>("layer.c").unwrap(), "runtime");
-    assert_eq!(config.get::<u16>("server.port").unwrap(), 8080, "env values read as TOML");
+    assert_eq!(
+        config.get::<u16>("server.port").unwrap(),
+        8080,
+        "env values read as TOML"
+    );
     assert_eq!(config.get::<String>("logging.level").unwrap(), "debug");
     // The env layer is read again on reload; a file edit keeps the order.
-    std::fs::write(&path, "[layer]\na = \"file2\"\nb = \"file2\"\nc = \"file2\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[layer]\na = \"file2\"\nb = \"file2\"\nc = \"file2\"\n",
+    )
+    .unwrap();
     config.reload().unwrap();
     assert_eq!(config.get::<String>("layer.a").unwrap(), "file2");
     assert_eq!(config.get::<String>("layer.b").unwrap(), "env");
@@ -297,9 +379,17 @@ fn child_env_precedence() {
 #[test]
 fn env_overrides_the_file_and_defaults_but_not_runtime_sets() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "[layer]\na = \"file\"\nb = \"file\"\nc = \"file\"\n");
+    let path = write(
+        dir.path(),
+        "[layer]\na = \"file\"\nb = \"file\"\nc = \"file\"\n",
+    );
     let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_env_precedence", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_env_precedence",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("SERVE_COMMON_TEST_CHILD_CONFIG", &path)
         .env("SCTEST__LAYER__B", "env")
         .env("SCTEST__LAYER__C", "env")

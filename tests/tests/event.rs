@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serve_common::event::{self, Completion, Event, EventBus, EventPattern, EventTransport, Origin, WaitError};
+use serve_common::event::{
+    self, Completion, Event, EventBus, EventPattern, EventTransport, Origin, WaitError,
+};
 use serve_common::on_event;
 use serve_common_tests::{block_on, logs};
 
@@ -27,10 +29,17 @@ fn recorder() -> (Arc<Mutex<Vec<String>>>, impl Fn(&str) + Clone) {
 fn exact_glob_and_regex_patterns_match_whole_names() {
     let bus = EventBus::new();
     let (seen, push) = recorder();
-    for pattern in ["job.1.done", "job.*.done", "re:job\\.\\d+\\.done", "re:done"] {
+    for pattern in [
+        "job.1.done",
+        "job.*.done",
+        "re:job\\.\\d+\\.done",
+        "re:done",
+    ] {
         let push = push.clone();
-        bus.register(pattern, move |e: &Event| push(&format!("{pattern} <- {}", e.name())))
-            .unwrap();
+        bus.register(pattern, move |e: &Event| {
+            push(&format!("{pattern} <- {}", e.name()))
+        })
+        .unwrap();
     }
     bus.notify("job.1.done", ());
     bus.notify("job.x.done", ());
@@ -54,7 +63,8 @@ fn handlers_run_in_registration_order_across_kinds() {
     let patterns = ["re:a.*", "a.b", "a.*", "a.b", "re:a\\.b"];
     for (i, pattern) in patterns.into_iter().enumerate() {
         let push = push.clone();
-        bus.register(pattern, move |_: &Event| push(&i.to_string())).unwrap();
+        bus.register(pattern, move |_: &Event| push(&i.to_string()))
+            .unwrap();
     }
     bus.notify("a.b", ());
     assert!(bus.flush(LONG));
@@ -83,7 +93,10 @@ fn unregister_stops_calls_and_once_runs_once() {
     bus.notify("tock", ());
     assert!(bus.flush(LONG));
     assert_eq!(once_calls.load(Ordering::SeqCst), 1);
-    assert!(!once.is_active(), "a single-use handler is gone after it ran");
+    assert!(
+        !once.is_active(),
+        "a single-use handler is gone after it ran"
+    );
     assert!(!once.unregister());
     assert!(registration.is_active());
     assert!(registration.unregister());
@@ -117,7 +130,13 @@ fn typed_handlers_with_and_without_the_event_name() {
     bus.on("job.*")
         .call_data(move |job: &JobView| tx2.send(format!("data {}", job.name)).unwrap())
         .unwrap();
-    bus.notify("job.start", Job { id: 7, name: "seven".into() });
+    bus.notify(
+        "job.start",
+        Job {
+            id: 7,
+            name: "seven".into(),
+        },
+    );
     assert_eq!(rx.recv_timeout(LONG).unwrap(), "job.start 7");
     assert_eq!(rx.recv_timeout(LONG).unwrap(), "data seven");
 }
@@ -150,12 +169,22 @@ fn same_type_payloads_are_borrowed_other_types_are_converted() {
         .unwrap();
     bus.notify("counted", Counted(5));
     assert_eq!(rx.recv_timeout(LONG).unwrap(), (5, true));
-    assert_eq!(SERIALIZED.load(Ordering::SeqCst), 0, "no serialization in-process");
+    assert_eq!(
+        SERIALIZED.load(Ordering::SeqCst),
+        0,
+        "no serialization in-process"
+    );
 
-    bus.on("counted.as.u64").call_data(move |n: &u64| tx2.send((*n, false)).unwrap()).unwrap();
+    bus.on("counted.as.u64")
+        .call_data(move |n: &u64| tx2.send((*n, false)).unwrap())
+        .unwrap();
     bus.notify("counted.as.u64", Counted(6));
     assert_eq!(rx.recv_timeout(LONG).unwrap(), (6, false));
-    assert_eq!(SERIALIZED.load(Ordering::SeqCst), 1, "one conversion for the other type");
+    assert_eq!(
+        SERIALIZED.load(Ordering::SeqCst),
+        1,
+        "one conversion for the other type"
+    );
 }
 
 #[test]
@@ -168,12 +197,21 @@ fn remote_payloads_decode_like_local_ones() {
             tx.send((e.origin(), job)).unwrap();
         })
         .unwrap();
-    let job = Job { id: 3, name: "three".into() };
+    let job = Job {
+        id: 3,
+        name: "three".into(),
+    };
     bus.notify("job.local", job.clone());
     let encoded = Event::new("job.remote", job).encode_payload().unwrap();
     bus.deliver(Event::from_remote("job.remote", encoded));
-    let expected = JobView { id: 3, name: "three".into() };
-    assert_eq!(rx.recv_timeout(LONG).unwrap(), (Origin::Local, expected.clone()));
+    let expected = JobView {
+        id: 3,
+        name: "three".into(),
+    };
+    assert_eq!(
+        rx.recv_timeout(LONG).unwrap(),
+        (Origin::Local, expected.clone())
+    );
     assert_eq!(rx.recv_timeout(LONG).unwrap(), (Origin::Remote, expected));
 }
 
@@ -181,36 +219,63 @@ fn remote_payloads_decode_like_local_ones() {
 fn failing_panicking_and_mistyped_handlers_are_logged_and_the_loop_goes_on() {
     let logs = logs();
     let bus = EventBus::new();
-    bus.register("fail.panics", |_: &Event| -> () { panic!("boom in handler") })
-        .unwrap();
+    bus.register("fail.panics", |_: &Event| -> () {
+        panic!("boom in handler")
+    })
+    .unwrap();
     bus.register("fail.errors", |_: &Event| Err::<(), _>("handler said no"))
         .unwrap();
     bus.on("fail.mistyped").call_data(|_: &Job| ()).unwrap();
     let (tx, rx) = mpsc::channel();
-    bus.register("fail.*", move |e: &Event| tx.send(e.name().to_owned()).unwrap())
-        .unwrap();
+    bus.register("fail.*", move |e: &Event| {
+        tx.send(e.name().to_owned()).unwrap()
+    })
+    .unwrap();
     bus.notify("fail.panics", ());
     bus.notify("fail.errors", ());
     bus.notify("fail.mistyped", "not a job");
     for expected in ["fail.panics", "fail.errors", "fail.mistyped"] {
-        assert_eq!(rx.recv_timeout(LONG).unwrap(), expected, "later handlers still run");
+        assert_eq!(
+            rx.recv_timeout(LONG).unwrap(),
+            expected,
+            "later handlers still run"
+        );
     }
     assert!(bus.flush(LONG));
     assert_eq!(bus.failures(), 3);
     let panicked = logs.lines_with("event=fail.panics");
-    assert!(panicked.iter().any(|l| l.contains("ERROR") && l.contains("boom in handler")), "{panicked:?}");
+    assert!(
+        panicked
+            .iter()
+            .any(|l| l.contains("ERROR") && l.contains("boom in handler")),
+        "{panicked:?}"
+    );
     let errored = logs.lines_with("event=fail.errors");
-    assert!(errored.iter().any(|l| l.contains("handler said no")), "{errored:?}");
+    assert!(
+        errored.iter().any(|l| l.contains("handler said no")),
+        "{errored:?}"
+    );
     let mistyped = logs.lines_with("event=fail.mistyped");
-    assert!(mistyped.iter().any(|l| l.contains("cannot be read as") && l.contains("Job")), "{mistyped:?}");
+    assert!(
+        mistyped
+            .iter()
+            .any(|l| l.contains("cannot be read as") && l.contains("Job")),
+        "{mistyped:?}"
+    );
 }
 
 #[test]
 fn acknowledgements_default_and_named() {
     let bus = EventBus::new();
     bus.on("work").ack().call(|_: &Event| ()).unwrap();
-    bus.on("work.named").ack_as("work.finished").call(|_: &Event| ()).unwrap();
-    bus.on("work.fails").ack().call(|_: &Event| Err::<(), _>("nope")).unwrap();
+    bus.on("work.named")
+        .ack_as("work.finished")
+        .call(|_: &Event| ())
+        .unwrap();
+    bus.on("work.fails")
+        .ack()
+        .call(|_: &Event| Err::<(), _>("nope"))
+        .unwrap();
 
     let ack = bus.notify_and_wait("work", (), None, LONG).unwrap();
     assert_eq!(ack.name(), "completed:work");
@@ -218,11 +283,16 @@ fn acknowledgements_default_and_named() {
     assert_eq!(completion.event, "work");
     assert_eq!(completion.error, None);
 
-    let ack = bus.notify_and_wait("work.named", (), Some("work.finished"), LONG).unwrap();
+    let ack = bus
+        .notify_and_wait("work.named", (), Some("work.finished"), LONG)
+        .unwrap();
     assert_eq!(ack.name(), "work.finished");
 
     let ack = bus.notify_and_wait("work.fails", (), None, LONG).unwrap();
-    assert_eq!(ack.payload::<Completion>().unwrap().error.as_deref(), Some("nope"));
+    assert_eq!(
+        ack.payload::<Completion>().unwrap().error.as_deref(),
+        Some("nope")
+    );
 }
 
 #[test]
@@ -256,7 +326,10 @@ fn a_waiter_created_before_the_event_cannot_miss_it() {
     assert_eq!(*event.payload::<String>().unwrap(), "hi");
     notifier.join().unwrap();
 
-    let timed_out = bus.wait_for("never").unwrap().wait(Duration::from_millis(20));
+    let timed_out = bus
+        .wait_for("never")
+        .unwrap()
+        .wait(Duration::from_millis(20));
     assert!(timed_out.is_err());
 }
 
@@ -266,7 +339,10 @@ fn bad_patterns_are_errors() {
     let error = bus.register("re:(unclosed", |_: &Event| ()).unwrap_err();
     assert!(error.to_string().contains("re:(unclosed"), "{error}");
     assert!(bus.register("a[b", |_: &Event| ()).is_err());
-    assert!(bus.register(EventPattern::exact("a[b"), |_: &Event| ()).is_ok());
+    assert!(
+        bus.register(EventPattern::exact("a[b"), |_: &Event| ())
+            .is_ok()
+    );
 }
 
 #[test]
@@ -279,7 +355,9 @@ fn handlers_may_register_and_notify_from_inside_a_handler() {
         .call(move |_: &Event| {
             let tx = tx.clone();
             inner_bus
-                .register("inner", move |e: &Event| tx.send(e.name().to_owned()).unwrap())
+                .register("inner", move |e: &Event| {
+                    tx.send(e.name().to_owned()).unwrap()
+                })
                 .unwrap();
             inner_bus.notify("inner", ());
         })
@@ -299,8 +377,10 @@ fn a_thousand_patterns_each_name_matching_one() {
         } else {
             format!("re:job\\.{n}\\.(done|failed)")
         };
-        bus.register(pattern, move |e: &Event| hits.lock().unwrap().push((n, e.name().to_owned())))
-            .unwrap();
+        bus.register(pattern, move |e: &Event| {
+            hits.lock().unwrap().push((n, e.name().to_owned()))
+        })
+        .unwrap();
     }
     for n in [0, 1, 500, 999] {
         bus.notify(format!("job.{n}.done"), ());
@@ -309,7 +389,15 @@ fn a_thousand_patterns_each_name_matching_one() {
     assert!(bus.flush(LONG));
     let hits = hits.lock().unwrap();
     let names: Vec<_> = hits.iter().map(|(n, name)| format!("{n}:{name}")).collect();
-    assert_eq!(names, ["0:job.0.done", "1:job.1.done", "500:job.500.done", "999:job.999.done"]);
+    assert_eq!(
+        names,
+        [
+            "0:job.0.done",
+            "1:job.1.done",
+            "500:job.500.done",
+            "999:job.999.done"
+        ]
+    );
 }
 
 struct Bridge(EventBus);
@@ -330,15 +418,28 @@ fn transports_carry_non_local_events_once_without_echo() {
     b.set_transport(Some(Arc::new(Bridge(a.clone()))));
     let (seen_a, push_a) = recorder();
     let (seen_b, push_b) = recorder();
-    a.register("*", move |e: &Event| push_a(&format!("{}:{:?}", e.name(), e.origin())))
-        .unwrap();
-    b.register("*", move |e: &Event| push_b(&format!("{}:{:?}", e.name(), e.origin())))
-        .unwrap();
-    a.notify("shared", Job { id: 1, name: "x".into() });
+    a.register("*", move |e: &Event| {
+        push_a(&format!("{}:{:?}", e.name(), e.origin()))
+    })
+    .unwrap();
+    b.register("*", move |e: &Event| {
+        push_b(&format!("{}:{:?}", e.name(), e.origin()))
+    })
+    .unwrap();
+    a.notify(
+        "shared",
+        Job {
+            id: 1,
+            name: "x".into(),
+        },
+    );
     a.notify_local("private", ());
     assert!(a.flush(LONG));
     assert!(b.flush(LONG));
-    assert!(a.flush(LONG), "anything b echoed would have reached a by now");
+    assert!(
+        a.flush(LONG),
+        "anything b echoed would have reached a by now"
+    );
     assert_eq!(*seen_a.lock().unwrap(), ["shared:Local", "private:Local"]);
     assert_eq!(*seen_b.lock().unwrap(), ["shared:Remote"]);
     a.set_transport(None);
@@ -356,7 +457,10 @@ fn takes_the_name(event: &str) {
 
 #[on_event("macro.job", ack = "macro.job.handled")]
 fn takes_name_and_payload(event: &str, job: &JobView) -> Result<(), String> {
-    MACRO_SEEN.lock().unwrap().push(format!("{event} {} {}", job.id, job.name));
+    MACRO_SEEN
+        .lock()
+        .unwrap()
+        .push(format!("{event} {} {}", job.id, job.name));
     Ok(())
 }
 
@@ -387,7 +491,10 @@ fn on_event_handlers_are_registered_without_a_call() {
 
     // The same handler for a local payload of another type (converted), and
     // for an encoded payload from another process.
-    let job = Job { id: 9, name: "nine".into() };
+    let job = Job {
+        id: 9,
+        name: "nine".into(),
+    };
     let waiter = event::wait_for("macro.job.handled").unwrap();
     event::notify("macro.job", job.clone());
     waiter.wait(LONG).unwrap();
@@ -395,7 +502,10 @@ fn on_event_handlers_are_registered_without_a_call() {
     let encoded = Event::new("macro.job", job).encode_payload().unwrap();
     event::bus().deliver(Event::from_remote("macro.job", encoded));
     waiter.wait(LONG).unwrap();
-    assert_eq!(macro_seen_with("macro.job"), ["macro.job 9 nine", "macro.job 9 nine"]);
+    assert_eq!(
+        macro_seen_with("macro.job"),
+        ["macro.job 9 nine", "macro.job 9 nine"]
+    );
 
     event::notify_and_wait("macro.once.1", (), None, LONG).unwrap();
     let second = event::notify_and_wait("macro.once.2", (), None, Duration::from_millis(50));

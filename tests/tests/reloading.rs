@@ -12,7 +12,10 @@ use serve_common_tests::logs;
 const LONG: Duration = Duration::from_secs(10);
 
 /// A reload function that sends the content it read.
-fn reporting() -> (impl FnMut(&Path) -> std::io::Result<()> + Send + 'static, Receiver<String>) {
+fn reporting() -> (
+    impl FnMut(&Path) -> std::io::Result<()> + Send + 'static,
+    Receiver<String>,
+) {
     let (tx, rx) = mpsc::channel();
     let reload = move |path: &Path| {
         let _ = tx.send(std::fs::read_to_string(path)?);
@@ -52,13 +55,22 @@ fn a_touch_does_not_fire_and_the_next_real_edit_does() {
     let _reloader = InotifyReloader::new(&path, reload).unwrap();
     // A touch: new mtime, same bytes; then a save of the same bytes.
     let file = std::fs::File::options().write(true).open(&path).unwrap();
-    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(5)).unwrap();
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
     drop(file);
     std::fs::write(&path, "same\n").unwrap();
     std::fs::write(&path, "edited\n").unwrap();
-    assert_eq!(rx.recv_timeout(LONG).unwrap(), "edited\n", "the first call is the edit's");
+    assert_eq!(
+        rx.recv_timeout(LONG).unwrap(),
+        "edited\n",
+        "the first call is the edit's"
+    );
     std::fs::write(&path, "edited again\n").unwrap();
-    assert_eq!(rx.recv_timeout(LONG).unwrap(), "edited again\n", "and nothing came in between");
+    assert_eq!(
+        rx.recv_timeout(LONG).unwrap(),
+        "edited again\n",
+        "and nothing came in between"
+    );
 }
 
 #[test]
@@ -95,7 +107,10 @@ fn a_kubernetes_style_symlink_swap_is_seen() {
         std::fs::write(next.join("config.toml"), format!("version = {version}\n")).unwrap();
         std::os::unix::fs::symlink(next.file_name().unwrap(), root.join("..data_tmp")).unwrap();
         std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
-        assert_eq!(rx.recv_timeout(LONG).unwrap(), format!("version = {version}\n"));
+        assert_eq!(
+            rx.recv_timeout(LONG).unwrap(),
+            format!("version = {version}\n")
+        );
     }
 }
 
@@ -108,7 +123,10 @@ fn a_symlink_to_another_directory_follows_edits_of_the_target() {
     let (reload, rx) = reporting();
     let _reloader = InotifyReloader::new(&link, reload).unwrap();
     std::fs::write(&target, "where = \"edited target\"\n").unwrap();
-    assert_eq!(rx.recv_timeout(LONG).unwrap(), "where = \"edited target\"\n");
+    assert_eq!(
+        rx.recv_timeout(LONG).unwrap(),
+        "where = \"edited target\"\n"
+    );
 }
 
 #[test]
@@ -179,5 +197,8 @@ fn dropping_the_reloader_stops_it() {
     let reloader = InotifyReloader::new(&path, reload).unwrap();
     drop(reloader);
     // The thread exits and drops the function, which closes the channel.
-    assert_eq!(rx.recv_timeout(LONG), Err(mpsc::RecvTimeoutError::Disconnected));
+    assert_eq!(
+        rx.recv_timeout(LONG),
+        Err(mpsc::RecvTimeoutError::Disconnected)
+    );
 }

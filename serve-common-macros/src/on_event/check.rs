@@ -26,7 +26,10 @@ pub(crate) fn signature(func: &ItemFn) -> syn::Result<Signature> {
         ));
     }
     if let Some(variadic) = &sig.variadic {
-        return Err(syn::Error::new_spanned(variadic, "#[on_event] handlers cannot be variadic"));
+        return Err(syn::Error::new_spanned(
+            variadic,
+            "#[on_event] handlers cannot be variadic",
+        ));
     }
     let mut out = Signature {
         takes_name: false,
@@ -70,7 +73,10 @@ pub(crate) fn signature(func: &ItemFn) -> syn::Result<Signature> {
             }
             out.takes_name = true;
         } else if out.payload.is_some() {
-            return Err(syn::Error::new_spanned(&pat_type.ty, "only one payload parameter is allowed"));
+            return Err(syn::Error::new_spanned(
+                &pat_type.ty,
+                "only one payload parameter is allowed",
+            ));
         } else {
             out.payload = Some(inner.clone());
         }

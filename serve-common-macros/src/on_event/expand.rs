@@ -32,8 +32,11 @@ pub(crate) fn handler(args: &Args, func: &ItemFn, signature: &Signature) -> Toke
         syn::ReturnType::Default => name.span(),
         syn::ReturnType::Type(_, ty) => ty.span(),
     };
-    let call = quote_spanned! {output_span=>
-        ::serve_common::__private::outcome(#name(#(#call_args),*))
+    // The outcome check is spanned on the return type, so a wrong one is
+    // reported there.
+    let call = quote! { let __serve_common_returned = #name(#(#call_args),*); };
+    let outcome = quote_spanned! {output_span=>
+        ::serve_common::__private::outcome(__serve_common_returned)
     };
     quote! {
         #func
@@ -44,6 +47,7 @@ pub(crate) fn handler(args: &Args, func: &ItemFn, signature: &Signature) -> Toke
             ) -> ::core::result::Result<(), ::std::string::String> {
                 #read_payload
                 #call
+                #outcome
             }
 
             ::serve_common::__private::inventory::submit! {

@@ -69,7 +69,10 @@ impl Args {
                     input.parse::<Token![=]>()?;
                     let name: LitStr = input.parse()?;
                     if name.value().is_empty() {
-                        return Err(syn::Error::new(name.span(), "the acknowledgement name is empty"));
+                        return Err(syn::Error::new(
+                            name.span(),
+                            "the acknowledgement name is empty",
+                        ));
                     }
                     Ack::Named(name)
                 } else {
@@ -81,7 +84,9 @@ impl Args {
                     let ident: syn::Ident = input.parse()?;
                     error = syn::Error::new(
                         ident.span(),
-                        format!("unknown option `{ident}`; expected `once`, `ack` or `ack = \"name\"`"),
+                        format!(
+                            "unknown option `{ident}`; expected `once`, `ack` or `ack = \"name\"`"
+                        ),
                     );
                 }
                 return Err(error);

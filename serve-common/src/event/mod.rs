@@ -41,8 +41,8 @@
 //! - Creating processes by `fork` without `exec` after the bus started is
 //!   not supported (its thread does not survive a fork).
 
-mod payload;
 mod pattern;
+mod payload;
 mod registry;
 mod wait;
 
@@ -61,11 +61,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use self::pattern::{EventPattern, PatternError};
-pub use self::payload::{Payload, PayloadError};
-pub use self::wait::{EventWaiter, WaitError};
 use self::payload::PayloadRepr;
+pub use self::payload::{Payload, PayloadError};
 use self::registry::{Ack, Entry, HandlerFn, Registry};
 use self::wait::WaitSlot;
+pub use self::wait::{EventWaiter, WaitError};
 use crate::HandlerOutcome;
 
 /// Where an event was notified.
@@ -90,7 +90,10 @@ pub struct Event {
 
 impl Event {
     /// A local event that transports may carry to other processes.
-    pub fn new<T: Serialize + Send + Sync + 'static>(name: impl Into<Arc<str>>, payload: T) -> Self {
+    pub fn new<T: Serialize + Send + Sync + 'static>(
+        name: impl Into<Arc<str>>,
+        payload: T,
+    ) -> Self {
         Self {
             name: name.into(),
             payload: PayloadRepr::Local(Arc::new(payload)),
@@ -209,14 +212,16 @@ impl Core {
             queue.items.push_back(item);
             std::mem::replace(&mut queue.idle, false)
         };
-        if wake {
-            if let Some(thread) = self.dispatcher.get() {
-                thread.unpark();
-            }
+        if let (true, Some(thread)) = (wake, self.dispatcher.get()) {
+            thread.unpark();
         }
     }
 
-    fn register(&self, pattern: EventPattern, make: impl FnOnce(u64) -> Entry) -> Result<u64, PatternError> {
+    fn register(
+        &self,
+        pattern: EventPattern,
+        make: impl FnOnce(u64) -> Entry,
+    ) -> Result<u64, PatternError> {
         let regex = match &pattern {
             EventPattern::Exact(_) => None,
             _ => Some(pattern.anchored_regex()?),
@@ -261,11 +266,11 @@ impl Core {
         match event.origin {
             Origin::Local if !event.local_only => {
                 let transport = self.transport.read().clone();
-                if let Some(transport) = transport {
-                    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| transport.publish(event))) {
-                        tracing::error!(event = %event.name, panic = %panic_message(&*panic),
-                            "event transport panicked");
-                    }
+                let published =
+                    transport.map(|t| catch_unwind(AssertUnwindSafe(|| t.publish(event))));
+                if let Some(Err(panic)) = published {
+                    tracing::error!(event = %event.name, panic = %panic_message(&*panic),
+                        "event transport panicked");
                 }
             }
             Origin::Remote => {
@@ -307,7 +312,9 @@ impl Core {
                     event: event.name.to_string(),
                     error: outcome.err(),
                 };
-                self.enqueue(Item::Event(Event::new(name, completion).with_local_only(event.local_only)));
+                self.enqueue(Item::Event(
+                    Event::new(name, completion).with_local_only(event.local_only),
+                ));
             }
         }
         self.dispatched.fetch_add(1, Ordering::Relaxed);
@@ -348,7 +355,10 @@ impl fmt::Debug for EventBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventBus")
             .field("registrations", &self.core().registry.lock().len())
-            .field("dispatched", &self.core().dispatched.load(Ordering::Relaxed))
+            .field(
+                "dispatched",
+                &self.core().dispatched.load(Ordering::Relaxed),
+            )
             .finish()
     }
 }
@@ -405,7 +415,11 @@ impl EventBus {
     }
 
     /// Registers `handler` for every event matching `pattern`.
-    pub fn register<F, R>(&self, pattern: impl Into<EventPattern>, handler: F) -> Result<Registration, PatternError>
+    pub fn register<F, R>(
+        &self,
+        pattern: impl Into<EventPattern>,
+        handler: F,
+    ) -> Result<Registration, PatternError>
     where
         F: Fn(&Event) -> R + Send + Sync + 'static,
         R: HandlerOutcome,
@@ -415,12 +429,20 @@ impl EventBus {
 
     /// Notifies an event: matching handlers here run with `payload`, and a
     /// transport, if any, carries it to the service's other processes.
-    pub fn notify<T: Serialize + Send + Sync + 'static>(&self, name: impl Into<Arc<str>>, payload: T) {
+    pub fn notify<T: Serialize + Send + Sync + 'static>(
+        &self,
+        name: impl Into<Arc<str>>,
+        payload: T,
+    ) {
         self.core().enqueue(Item::Event(Event::new(name, payload)));
     }
 
     /// Notifies an event that stays in this process.
-    pub fn notify_local<T: Serialize + Send + Sync + 'static>(&self, name: impl Into<Arc<str>>, payload: T) {
+    pub fn notify_local<T: Serialize + Send + Sync + 'static>(
+        &self,
+        name: impl Into<Arc<str>>,
+        payload: T,
+    ) {
         self.core()
             .enqueue(Item::Event(Event::new(name, payload).with_local_only(true)));
     }
@@ -517,7 +539,9 @@ impl EventBus {
     /// into this binary on this bus. The global bus does it when created.
     pub fn register_on_event_handlers(&self) -> Vec<Registration> {
         let mut defs: Vec<&crate::__private::OnEventHandler> =
-            inventory::iter::<crate::__private::OnEventHandler>.into_iter().collect();
+            inventory::iter::<crate::__private::OnEventHandler>
+                .into_iter()
+                .collect();
         defs.sort_by_key(|def| (def.name, def.line));
         defs.into_iter()
             .filter_map(|def| {
@@ -580,7 +604,11 @@ impl HandlerBuilder<'_> {
         self
     }
 
-    fn finish(self, label: &'static str, handler: Arc<HandlerFn>) -> Result<Registration, PatternError> {
+    fn finish(
+        self,
+        label: &'static str,
+        handler: Arc<HandlerFn>,
+    ) -> Result<Registration, PatternError> {
         let core = self.bus.core();
         let (once, ack) = (self.once, self.ack);
         let label = self.label.unwrap_or(Cow::Borrowed(label));
@@ -687,7 +715,10 @@ pub fn initialize() -> &'static EventBus {
 }
 
 /// [`EventBus::register`] on the global bus.
-pub fn register<F, R>(pattern: impl Into<EventPattern>, handler: F) -> Result<Registration, PatternError>
+pub fn register<F, R>(
+    pattern: impl Into<EventPattern>,
+    handler: F,
+) -> Result<Registration, PatternError>
 where
     F: Fn(&Event) -> R + Send + Sync + 'static,
     R: HandlerOutcome,

@@ -145,7 +145,10 @@ mod tests {
     #[test]
     fn plain_strings_are_read_by_their_shape() {
         assert_eq!(EventPattern::parse("a.b"), EventPattern::exact("a.b"));
-        assert_eq!(EventPattern::parse("config:*"), EventPattern::glob("config:*"));
+        assert_eq!(
+            EventPattern::parse("config:*"),
+            EventPattern::glob("config:*")
+        );
         assert_eq!(EventPattern::parse("re:a|b"), EventPattern::regex("a|b"));
     }
 
@@ -159,7 +162,10 @@ mod tests {
         assert!(!re.matches("job.12.done").unwrap());
         assert!(!re.matches("a.job.12").unwrap());
         let alt = EventPattern::parse("re:a|b");
-        assert!(!alt.matches("ab").unwrap(), "alternation is anchored as a whole");
+        assert!(
+            !alt.matches("ab").unwrap(),
+            "alternation is anchored as a whole"
+        );
     }
 
     #[test]

@@ -1,0 +1,30 @@
+//! Every accepted `#[on_event]` shape compiles.
+#![forbid(unsafe_code)]
+
+use serve_common::on_event;
+
+#[derive(serde::Deserialize)]
+struct Job {
+    id: u64,
+}
+
+#[on_event("job.started")]
+fn nothing() {}
+
+#[on_event("job.*", once)]
+fn name_only(event: &str) {
+    let _ = event;
+}
+
+#[on_event("re:job\\.\\d+", ack)]
+fn payload_only(job: &Job) {
+    let _ = job.id;
+}
+
+#[on_event("job.{done,failed}", once, ack = "job.handled",)]
+fn name_and_payload(event: &str, job: &Job) -> Result<(), String> {
+    let _ = (event, job.id);
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,13 @@
+//! Every misuse of a macro is a compile error with a span on the offending
+//! token. One misuse per file under `tests/ui/<macro>/`.
+//!
+//! The `.stderr` snapshots were made with rustc 1.95.0. To refresh them
+//! after a compiler or macro change: `TRYBUILD=overwrite cargo test -p
+//! serve-common-ui-tests`, then review the diff.
+
+#[test]
+fn ui() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/on_event/*.rs");
+    t.pass("tests/pass/*.rs");
+}

@@ -1,0 +1,8 @@
+use serve_common::on_event;
+
+#[on_event("job.*")]
+fn handler(payload: &mut u32) {
+    let _ = payload;
+}
+
+fn main() {}

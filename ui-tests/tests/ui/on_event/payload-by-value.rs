@@ -1,0 +1,8 @@
+use serve_common::on_event;
+
+#[on_event("job.*")]
+fn handler(event: &str, payload: u32) {
+    let _ = (event, payload);
+}
+
+fn main() {}
