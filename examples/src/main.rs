@@ -34,7 +34,12 @@ fn config_changed(event: &str, change: &ConfigChange) {
 #[on_event("app.tick", ack)]
 fn greet(tick: &Tick) -> Result<(), config::ConfigError> {
     let greeting: Greeting = config().get("greeting")?;
-    tracing::info!(tick = tick.count, "{}, {}!", greeting.message, greeting.name);
+    tracing::info!(
+        tick = tick.count,
+        "{}, {}!",
+        greeting.message,
+        greeting.name
+    );
     Ok(())
 }
 
@@ -85,7 +90,8 @@ fn run_demo(config: &Config, path: &std::path::Path) -> Result<(), Box<dyn std::
     event::notify_and_wait("app.tick", Tick { count: 1 }, None, timeout)?;
 
     let reloaded = event::wait_for("config:greeting.name")?;
-    let text = std::fs::read_to_string(path)?.replace("name = \"world\"", "name = \"reloaded world\"");
+    let text =
+        std::fs::read_to_string(path)?.replace("name = \"world\"", "name = \"reloaded world\"");
     std::fs::write(path, text)?;
     reloaded.wait(timeout)?;
     event::notify_and_wait("app.tick", Tick { count: 2 }, None, timeout)?;

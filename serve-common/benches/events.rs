@@ -1,1 +1,166 @@
-fn main() {}
+//! `bash bench/events.sh`: event throughput and `notify_and_wait` latency,
+//! each with the baseline the issue names, measured in the same run.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serve_common::event::{Event, EventBus};
+
+const EVENTS: u64 = 400_000;
+const ROUNDS: usize = 5;
+
+/// Best of `ROUNDS` runs of `run`, in events per second.
+fn best(run: impl Fn() -> Duration) -> f64 {
+    (0..ROUNDS)
+        .map(|_| EVENTS as f64 / run().as_secs_f64())
+        .fold(0.0, f64::max)
+}
+
+/// The baseline: a std channel of `(String, Box<dyn Any + Send>)` between
+/// two threads and one `HashMap` lookup on the receiver.
+fn mpsc_baseline() -> Duration {
+    let (tx, rx) = mpsc::channel::<(String, Box<dyn Any + Send>)>();
+    let receiver = thread::spawn(move || {
+        let mut handlers: HashMap<String, fn(&dyn Any)> = HashMap::new();
+        handlers.insert("job.done".to_owned(), |payload| {
+            black_box(payload);
+        });
+        for _ in 0..EVENTS {
+            let (name, payload) = rx.recv().unwrap();
+            if let Some(handler) = handlers.get(&name) {
+                handler(&*payload);
+            }
+        }
+    });
+    let start = Instant::now();
+    for n in 0..EVENTS {
+        tx.send(("job.done".to_owned(), Box::new(n))).unwrap();
+    }
+    receiver.join().unwrap();
+    start.elapsed()
+}
+
+/// Notifies `EVENTS` events named by `name(n)` and returns the time until
+/// the last one's handler ran.
+fn bus_run(bus: &EventBus, counter: &Arc<AtomicU64>, name: impl Fn(u64) -> String) -> Duration {
+    counter.store(0, Ordering::SeqCst);
+    let names: Vec<Arc<str>> = (0..EVENTS).map(|n| Arc::from(name(n))).collect();
+    let start = Instant::now();
+    for (n, name) in names.into_iter().enumerate() {
+        bus.notify(name, n as u64);
+    }
+    let done = bus.wait_for("bench.done").unwrap();
+    bus.notify("bench.done", ());
+    done.wait(Duration::from_secs(120)).unwrap();
+    let elapsed = start.elapsed();
+    assert_eq!(
+        counter.load(Ordering::SeqCst),
+        EVENTS,
+        "every event reached its handler"
+    );
+    elapsed
+}
+
+fn counting(counter: &Arc<AtomicU64>) -> impl Fn(&Event) + Send + Sync + 'static {
+    let counter = counter.clone();
+    move |event: &Event| {
+        black_box(event.payload::<u64>().unwrap());
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn exact() -> Duration {
+    let bus = EventBus::new();
+    let counter = Arc::new(AtomicU64::new(0));
+    bus.register("job.done", counting(&counter)).unwrap();
+    bus_run(&bus, &counter, |_| "job.done".to_owned())
+}
+
+fn thousand_patterns() -> Duration {
+    let bus = EventBus::new();
+    let counter = Arc::new(AtomicU64::new(0));
+    let never = |_: &Event| -> () { panic!("a pattern that should not match did") };
+    for i in 0..499 {
+        bus.register(format!("svc{i}.*.started"), never).unwrap();
+    }
+    for i in 0..500 {
+        bus.register(format!("re:svc{i}\\.\\d+\\.(stopped|failed)"), never)
+            .unwrap();
+    }
+    bus.register("job.*.done", counting(&counter)).unwrap();
+    // Distinct names: no per-name cache can help.
+    bus_run(&bus, &counter, |n| format!("job.{n}.done"))
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+const TRIPS: usize = 20_000;
+
+/// The baseline: a two-thread `thread::park`/`unpark` ping-pong.
+fn park_ping_pong() -> f64 {
+    let turn = Arc::new(AtomicU64::new(0));
+    let main = thread::current();
+    let peer_turn = turn.clone();
+    let peer = thread::spawn(move || {
+        for i in 0..TRIPS as u64 {
+            while peer_turn.load(Ordering::Acquire) != 2 * i + 1 {
+                thread::park();
+            }
+            peer_turn.store(2 * i + 2, Ordering::Release);
+            main.unpark();
+        }
+    });
+    let mut samples = Vec::with_capacity(TRIPS);
+    for i in 0..TRIPS as u64 {
+        let start = Instant::now();
+        turn.store(2 * i + 1, Ordering::Release);
+        peer.thread().unpark();
+        while turn.load(Ordering::Acquire) != 2 * i + 2 {
+            thread::park();
+        }
+        samples.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    peer.join().unwrap();
+    median(samples)
+}
+
+fn notify_and_wait() -> f64 {
+    let bus = EventBus::new();
+    bus.on("ping").ack().call(|_: &Event| ()).unwrap();
+    let mut samples = Vec::with_capacity(TRIPS);
+    for i in 0..TRIPS {
+        let start = Instant::now();
+        bus.notify_and_wait("ping", i as u64, None, Duration::from_secs(10))
+            .unwrap();
+        samples.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    median(samples)
+}
+
+fn line(metric: &str, value: f64, baseline: f64) {
+    println!(
+        "{metric}: {value:.2} baseline: {baseline:.2} ratio: {:.3}",
+        value / baseline
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; there is nothing to filter.
+    let baseline = best(mpsc_baseline);
+    let exact = best(exact);
+    let patterns = best(thousand_patterns);
+    let ping_pong = (0..3).map(|_| park_ping_pong()).fold(f64::MAX, f64::min);
+    let round_trip = (0..3).map(|_| notify_and_wait()).fold(f64::MAX, f64::min);
+    line("events_exact_per_s", exact, baseline);
+    line("events_1000_patterns_per_s", patterns, exact);
+    line("notify_and_wait_us", round_trip, ping_pong);
+}
