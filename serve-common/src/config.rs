@@ -70,6 +70,19 @@ use crate::reloading::Reloader;
 /// (default: `config.toml` in the working directory).
 pub const CONFIG_PATH_ENV: &str = "SERVE_COMMON_CONFIG";
 
+/// The local-only event notified when a reload fails (the old config
+/// stays); its payload is a [`ReloadFailure`].
+pub const RELOAD_FAILED_EVENT: &str = "config_reload_failed";
+
+/// The payload of [`RELOAD_FAILED_EVENT`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadFailure {
+    /// The config file.
+    pub file: PathBuf,
+    /// Why it was not applied.
+    pub error: String,
+}
+
 /// The default prefix of per-key environment variables.
 pub const DEFAULT_ENV_PREFIX: &str = "SERVE_COMMON";
 
@@ -545,8 +558,8 @@ impl Config {
 
     /// Reads the file and the environment again. On success, notifies one
     /// local-only `config:<leaf>` per changed leaf. On error (invalid TOML,
-    /// unreadable or missing file) the old config stays and the error is
-    /// logged and returned.
+    /// unreadable or missing file) the old config stays, the error is
+    /// logged and returned, and [`RELOAD_FAILED_EVENT`] is notified.
     pub fn reload(&self) -> Result<(), ConfigError> {
         let Some(file) = &self.inner.file else {
             return Err(ConfigError::NoFile);
@@ -555,6 +568,13 @@ impl Config {
             Ok(table) => table,
             Err(error) => {
                 tracing::error!(%error, "config reload failed; keeping the previous config");
+                if let Some(bus) = &self.inner.bus {
+                    let failure = ReloadFailure {
+                        file: file.clone(),
+                        error: error.to_string(),
+                    };
+                    bus.notify_local(RELOAD_FAILED_EVENT, failure);
+                }
                 return Err(error);
             }
         };

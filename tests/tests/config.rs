@@ -270,6 +270,48 @@ fn watching_reloads_a_real_edit() {
 }
 
 #[test]
+fn a_watched_file_with_bad_toml_keeps_the_old_config_until_a_good_edit() {
+    let bus = EventBus::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "port = 1\n");
+    let config = Config::builder()
+        .path(&path)
+        .no_env()
+        .event_bus(bus.clone())
+        .watch(true)
+        .build()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    bus.register("config:*", move |e: &Event| {
+        tx.send(e.payload::<ConfigChange<i64>>().unwrap().into_owned())
+            .unwrap();
+    })
+    .unwrap();
+    let failed = bus
+        .wait_for(serve_common::config::RELOAD_FAILED_EVENT)
+        .unwrap();
+    std::fs::write(&path, "port = \n").unwrap();
+    let failure = failed.wait(LONG).unwrap();
+    let failure = failure
+        .payload::<serve_common::config::ReloadFailure>()
+        .unwrap();
+    assert!(failure.error.contains("TOML"), "{}", failure.error);
+    assert_eq!(
+        config.get::<i64>("port").unwrap(),
+        1,
+        "the old config stays"
+    );
+    std::fs::write(&path, "port = 3\n").unwrap();
+    let change = rx.recv_timeout(LONG).unwrap();
+    // Diffed against the last good config: nothing of the bad file leaked.
+    assert_eq!(
+        (change.path.as_str(), change.old, change.new),
+        ("port", Some(1), Some(3))
+    );
+    assert_eq!(config.get::<i64>("port").unwrap(), 3);
+}
+
+#[test]
 fn a_set_from_another_process_is_applied_without_a_second_event() {
     let bus = EventBus::new();
     let dir = tempfile::tempdir().unwrap();

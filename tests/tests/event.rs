@@ -515,3 +515,23 @@ fn on_event_handlers_are_registered_without_a_call() {
     let ack = event::notify_and_wait("macro.fails", 1_u32, None, LONG).unwrap();
     assert!(ack.payload::<Completion>().unwrap().error.is_some());
 }
+
+#[test]
+fn blocking_waits_inside_a_handler_fail_fast_instead_of_hanging() {
+    let bus = EventBus::new();
+    let inner = bus.clone();
+    let (tx, rx) = mpsc::channel();
+    bus.register("inside", move |_: &Event| {
+        let waited = inner.notify_and_wait("other", (), None, LONG);
+        tx.send((
+            waited.map(|_| ()).map_err(|e| e.to_string()),
+            inner.flush(LONG),
+        ))
+        .unwrap();
+    })
+    .unwrap();
+    bus.notify("inside", ());
+    let (waited, flushed) = rx.recv_timeout(LONG).unwrap();
+    assert!(waited.unwrap_err().contains("dispatcher thread"));
+    assert!(!flushed);
+}

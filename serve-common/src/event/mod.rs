@@ -206,6 +206,10 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    pub(crate) fn is_dispatcher_thread(&self) -> bool {
+        self.dispatcher.get().map(Thread::id) == Some(thread::current().id())
+    }
+
     fn enqueue(&self, item: Item) {
         let wake = {
             let mut queue = self.queue.lock();
@@ -518,8 +522,12 @@ impl EventBus {
 
     /// Blocks until everything notified before this call has been
     /// dispatched (acknowledgements it caused may still be queued), at most
-    /// `timeout`. Returns whether it got there.
+    /// `timeout`. Returns whether it got there; from a handler of this bus
+    /// it returns `false` at once.
     pub fn flush(&self, timeout: Duration) -> bool {
+        if self.core().is_dispatcher_thread() {
+            return false;
+        }
         let slot = Arc::new(WaitSlot::default());
         self.core().enqueue(Item::Barrier(slot.clone()));
         slot.wait_until(Instant::now() + timeout).is_some()

@@ -85,6 +85,15 @@ pub enum WaitError {
     /// The pattern does not compile.
     #[error(transparent)]
     Pattern(#[from] super::PatternError),
+    /// A blocking wait from a handler of the same bus: the event could only
+    /// be dispatched after the handler returns, so waiting would hang.
+    #[error(
+        "cannot block on `{pattern}` from the bus's own dispatcher thread (inside a handler); wait from another thread"
+    )]
+    OnDispatcherThread {
+        /// What was waited for.
+        pattern: String,
+    },
 }
 
 /// A pending wait for the next event matching a pattern, from
@@ -104,8 +113,19 @@ pub struct EventWaiter {
 }
 
 impl EventWaiter {
-    /// Blocks until a matching event arrives, at most `timeout`.
+    /// Blocks until a matching event arrives, at most `timeout`. From a
+    /// handler of the same bus this is an error at once
+    /// ([`WaitError::OnDispatcherThread`]), not a hang.
     pub fn wait(self, timeout: Duration) -> Result<Event, WaitError> {
+        if self
+            .core
+            .upgrade()
+            .is_some_and(|core| core.is_dispatcher_thread())
+        {
+            return Err(WaitError::OnDispatcherThread {
+                pattern: self.pattern.clone(),
+            });
+        }
         self.slot
             .wait_until(Instant::now() + timeout)
             .ok_or_else(|| WaitError::Timeout {
