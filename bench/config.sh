@@ -1,10 +1,4 @@
 #!/usr/bin/env bash
-# Builds in release and runs serve-common/benches/config.rs, which measures the
-# metrics and their baselines in the same run and prints one line per metric:
-#   <metric>: <value> baseline: <value> ratio: <value/baseline>
-set -euo pipefail
-cd "$(dirname "$0")/.."
-echo "+ cargo bench -q -p serve-common --bench config --no-run"
-cargo bench -q -p serve-common --bench config --no-run
-echo "+ cargo bench -q -p serve-common --bench config"
-cargo bench -q -p serve-common --bench config 2>/dev/null | grep -E '^[a-z_0-9]+: .* baseline: .* ratio: '
+# Metrics: see serve-common/benches/config.rs.
+source "$(dirname "$0")/lib.sh"
+run_bench config

@@ -1,10 +1,4 @@
 #!/usr/bin/env bash
-# Builds in release and runs serve-common/benches/reload.rs, which measures the
-# metrics and their baselines in the same run and prints one line per metric:
-#   <metric>: <value> baseline: <value> ratio: <value/baseline>
-set -euo pipefail
-cd "$(dirname "$0")/.."
-echo "+ cargo bench -q -p serve-common --bench reload --no-run"
-cargo bench -q -p serve-common --bench reload --no-run
-echo "+ cargo bench -q -p serve-common --bench reload"
-cargo bench -q -p serve-common --bench reload 2>/dev/null | grep -E '^[a-z_0-9]+: .* baseline: .* ratio: '
+# Metrics: see serve-common/benches/reload.rs.
+source "$(dirname "$0")/lib.sh"
+run_bench reload

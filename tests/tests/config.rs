@@ -29,6 +29,12 @@ fn config_on(bus: &EventBus, path: &Path) -> Config {
         .unwrap()
 }
 
+fn watched_config_on(bus: &EventBus, path: &Path) -> Config {
+    let config = config_on(bus, path);
+    config.watch().unwrap();
+    config
+}
+
 #[derive(Debug, Deserialize, PartialEq)]
 struct Logging {
     level: String,
@@ -248,13 +254,7 @@ fn watching_reloads_a_real_edit() {
     let bus = EventBus::new();
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "greeting = \"hello\"\n");
-    let config = Config::builder()
-        .path(&path)
-        .no_env()
-        .event_bus(bus.clone())
-        .watch(true)
-        .build()
-        .unwrap();
+    let config = watched_config_on(&bus, &path);
     let waiter = bus.wait_for("config:greeting").unwrap();
     std::fs::write(&path, "greeting = \"bonjour\"\n").unwrap();
     let event = waiter.wait(LONG).unwrap();
@@ -274,13 +274,7 @@ fn a_watched_file_with_bad_toml_keeps_the_old_config_until_a_good_edit() {
     let bus = EventBus::new();
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "port = 1\n");
-    let config = Config::builder()
-        .path(&path)
-        .no_env()
-        .event_bus(bus.clone())
-        .watch(true)
-        .build()
-        .unwrap();
+    let config = watched_config_on(&bus, &path);
     let (tx, rx) = mpsc::channel();
     bus.register("config:*", move |e: &Event| {
         tx.send(e.payload::<ConfigChange<i64>>().unwrap().into_owned())
