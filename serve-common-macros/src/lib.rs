@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod cached;
 mod on_event;
 mod pattern;
 
@@ -13,4 +14,16 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn on_event(args: TokenStream, item: TokenStream) -> TokenStream {
     on_event::expand(args.into(), item.into()).into()
+}
+
+/// See `serve_common::cached`.
+#[proc_macro_attribute]
+pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
+    cached::attribute(args.into(), item.into()).into()
+}
+
+/// See `serve_common::Cached`.
+#[proc_macro_derive(Cached, attributes(cache, input))]
+pub fn derive_cached(input: TokenStream) -> TokenStream {
+    cached::derive(input.into()).into()
 }

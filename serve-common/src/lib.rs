@@ -6,6 +6,7 @@
 //!
 //! | module | what it gives you |
 //! |---|---|
+//! | [`cached`] | cached properties: [`#[derive(Cached)]`](derive@Cached), [`#[cached]`](macro@cached) |
 //! | [`event`] | an event bus: [`notify`](event::notify), [`register`](event::register), [`#[on_event]`](macro@on_event), waits and acknowledgements |
 //! | [`config`] | layered, typed, hot-reloaded configuration from `config.toml` |
 //! | [`reloading`] | file watchers: inotify with a safety poll, or plain polling |
@@ -31,6 +32,7 @@
 #![warn(missing_docs)]
 #![warn(clippy::print_stdout)]
 
+pub mod cached;
 pub mod config;
 pub mod event;
 mod outcome;
@@ -77,3 +79,11 @@ pub use outcome::HandlerOutcome;
 /// handlers must still be linked into the binary (reference one of its items
 /// from `main`, or `use my_handlers as _;`), otherwise the linker drops it.
 pub use serve_common_macros::on_event;
+
+/// Turns the `#[cached]` methods of an `impl` block into cached
+/// properties; see the [`cached`](mod@cached) module.
+pub use serve_common_macros::cached;
+
+/// Finds the cache slot of a struct and generates the setters of its
+/// `#[input]` fields; see the [`cached`](mod@cached) module.
+pub use serve_common_macros::Cached;

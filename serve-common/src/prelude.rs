@@ -4,6 +4,8 @@
 //! list; a prelude gathers what a service uses every day.
 
 pub use crate::HandlerOutcome;
+pub use crate::cached::Cache;
+pub use crate::{Cached, cached};
 pub use crate::config::{ChangeSource, Config, ConfigChange, config};
 pub use crate::event::{Event, EventBus, EventPattern, Registration};
 pub use crate::on_event;

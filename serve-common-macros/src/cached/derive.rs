@@ -1,0 +1,143 @@
+//! `#[derive(Cached)]`: the cache slot and the setters of `#[input]` fields.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Data, DeriveInput, Fields};
+
+use super::input_id;
+
+fn is_cache_type(ty: &syn::Type) -> bool {
+    matches!(ty, syn::Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Cache"))
+}
+
+pub(crate) fn expand(input: TokenStream) -> syn::Result<TokenStream> {
+    let input: DeriveInput = syn::parse2(input)?;
+    let private = quote!(::serve_common::__private);
+    let fields = match &input.data {
+        Data::Struct(data) => match &data.fields {
+            Fields::Named(named) => &named.named,
+            other => {
+                return Err(syn::Error::new(
+                    other.span(),
+                    "`#[derive(Cached)]` needs a struct with named fields",
+                ));
+            }
+        },
+        Data::Enum(e) => {
+            return Err(syn::Error::new(
+                e.enum_token.span,
+                "`#[derive(Cached)]` needs a struct with named fields, not an enum",
+            ));
+        }
+        Data::Union(u) => {
+            return Err(syn::Error::new(
+                u.union_token.span,
+                "`#[derive(Cached)]` needs a struct with named fields, not a union",
+            ));
+        }
+    };
+    let mut errors: Vec<syn::Error> = Vec::new();
+    let mut cache_field = None;
+    let mut marked = None;
+    let mut inputs = Vec::new();
+    for field in fields {
+        for attr in &field.attrs {
+            if attr.path().is_ident("cache") || attr.path().is_ident("input") {
+                if let Err(e) = attr.meta.require_path_only() {
+                    errors.push(syn::Error::new(
+                        e.span(),
+                        format!("`#[{}]` takes no arguments", attr.path().get_ident().unwrap()),
+                    ));
+                }
+            }
+            if attr.path().is_ident("cache") {
+                if marked.is_some() {
+                    errors.push(syn::Error::new_spanned(attr, "only one field can be the `#[cache]`"));
+                }
+                marked = Some(field);
+            }
+            if attr.path().is_ident("input") {
+                inputs.push(field);
+            }
+        }
+        if cache_field.is_none() && is_cache_type(&field.ty) {
+            cache_field = Some(field);
+        }
+    }
+    let Some(cache) = marked.or(cache_field) else {
+        return Err(syn::Error::new(
+            input.ident.span(),
+            "`#[derive(Cached)]` needs a cache slot: add a field `cache: serve_common::cached::Cache<Self>` (or mark one `#[cache]`)",
+        ));
+    };
+    if let Some(clash) = inputs.iter().find(|f| f.ident == cache.ident) {
+        errors.push(syn::Error::new_spanned(
+            &clash.ident,
+            "the cache slot cannot be an `#[input]`",
+        ));
+    }
+    if let Some(mut first) = errors.pop() {
+        for error in errors.into_iter().rev() {
+            let mut combined = error;
+            combined.combine(first);
+            first = combined;
+        }
+        return Err(first);
+    }
+
+    let name = &input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let cache_ident = &cache.ident;
+    // Spanned on the cache field's type: without a `#[cached]` impl, the
+    // error lands there once (the field's own error has the same text).
+    let cache_span = cache.ty.span();
+    let has_cache = quote_spanned! {cache_span=>
+        impl #impl_generics #private::HasCache for #name #ty_generics #where_clause {
+            #[inline(always)]
+            fn __cache(&self) -> &::serve_common::cached::Cache<Self>
+            where
+                Self: #private::CachedProperties,
+            {
+                &self.#cache_ident
+            }
+
+            #[inline(always)]
+            fn __cache_mut(&mut self) -> &mut ::serve_common::cached::Cache<Self>
+            where
+                Self: #private::CachedProperties,
+            {
+                &mut self.#cache_ident
+            }
+        }
+    };
+    let setters = inputs.iter().map(|field| {
+        let ident = field.ident.as_ref().expect("named");
+        let (vis, ty) = (&field.vis, &field.ty);
+        let setter = format_ident!("set_{}", ident);
+        let id = input_id(&ident.to_string());
+        let doc = format!(
+            "Sets `{ident}` and invalidates every cached property that depends on it (assigning the field directly would not)."
+        );
+        quote_spanned! {cache_span=>
+            #[doc = #doc]
+            #[inline]
+            #[allow(dead_code)]
+            #vis fn #setter(&mut self, value: #ty) {
+                self.#ident = value;
+                <Self as #private::CachedProperties>::__invalidate_input(self, #id);
+            }
+        }
+    });
+    let input_impls = inputs.iter().map(|field| {
+        let id = input_id(&field.ident.as_ref().expect("named").to_string());
+        quote!(impl #impl_generics #private::Input<#id> for #name #ty_generics #where_clause {})
+    });
+    Ok(quote! {
+        #has_cache
+        #(#input_impls)*
+        impl #impl_generics #name #ty_generics #where_clause {
+            #(#setters)*
+        }
+    })
+}

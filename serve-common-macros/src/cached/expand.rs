@@ -1,0 +1,280 @@
+//! Code generation for `#[cached] impl`.
+
+use proc_macro2::{TokenStream, TokenTree};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{GenericParam, ImplItem, Type};
+
+use super::check::Graph;
+use super::input_id;
+use super::model::CachedImpl;
+
+/// Replaces `Self` in a return type by the impl's type: the slots struct
+/// lives outside the impl.
+fn replace_self(tokens: TokenStream, self_ty: &Type) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|tree| match tree {
+            TokenTree::Ident(ident) if ident == "Self" => quote!(#self_ty),
+            TokenTree::Group(group) => {
+                let inner = replace_self(group.stream(), self_ty);
+                let mut new = proc_macro2::Group::new(group.delimiter(), inner);
+                new.set_span(group.span());
+                TokenTree::Group(new).into()
+            }
+            other => other.into(),
+        })
+        .collect()
+}
+
+fn type_name(ty: &Type) -> String {
+    match ty {
+        Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .map(|s| s.ident.to_string())
+            .unwrap_or_default(),
+        _ => "Type".to_owned(),
+    }
+}
+
+pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> TokenStream {
+    let private = quote!(::serve_common::__private);
+    let item = &model.item;
+    let self_ty = &item.self_ty;
+    let props = &model.properties;
+    let slots_ident = format_ident!("__ServeCommonCacheSlots{}", type_name(self_ty));
+
+    // The slots struct takes the impl's generic parameters without bounds, so
+    // `Cache<Self>` is well-formed wherever the struct is.
+    let params: Vec<TokenStream> = item
+        .generics
+        .params
+        .iter()
+        .map(|param| match param {
+            GenericParam::Type(t) => {
+                let ident = &t.ident;
+                quote!(#ident)
+            }
+            GenericParam::Lifetime(l) => {
+                let lifetime = &l.lifetime;
+                quote!(#lifetime)
+            }
+            GenericParam::Const(c) => {
+                let (ident, ty) = (&c.ident, &c.ty);
+                quote!(const #ident: #ty)
+            }
+        })
+        .collect();
+    let args: Vec<TokenStream> = item
+        .generics
+        .params
+        .iter()
+        .map(|param| match param {
+            GenericParam::Type(t) => {
+                let ident = &t.ident;
+                quote!(#ident)
+            }
+            GenericParam::Lifetime(l) => {
+                let lifetime = &l.lifetime;
+                quote!(#lifetime)
+            }
+            GenericParam::Const(c) => {
+                let ident = &c.ident;
+                quote!(#ident)
+            }
+        })
+        .collect();
+    let markers: Vec<TokenStream> = item
+        .generics
+        .params
+        .iter()
+        .filter_map(|param| match param {
+            GenericParam::Type(t) => {
+                let ident = &t.ident;
+                Some(quote!(#ident))
+            }
+            GenericParam::Lifetime(l) => {
+                let lifetime = &l.lifetime;
+                Some(quote!(&#lifetime ()))
+            }
+            GenericParam::Const(_) => None,
+        })
+        .collect();
+    let (generics_decl, generics_use) = if params.is_empty() {
+        (quote!(), quote!())
+    } else {
+        (quote!(<#(#params),*>), quote!(<#(#args),*>))
+    };
+
+    let slot_fields = props.iter().map(|p| {
+        let ident = &p.ident;
+        let declared = &p.ty;
+        let ty = replace_self(quote!(#declared), self_ty);
+        quote!(#ident: #private::OnceLock<#ty>)
+    });
+    let slot_inits = props.iter().map(|p| {
+        let ident = &p.ident;
+        quote!(#ident: #private::OnceLock::new())
+    });
+
+    let clear = |indices: &[usize]| -> TokenStream {
+        let fields = indices.iter().map(|&i| &props[i].ident);
+        quote! {
+            let __serve_common_slots = <Self as #private::CachedProperties>::__slots_mut(self);
+            #(__serve_common_slots.#fields.take();)*
+        }
+    };
+
+    let input_arms = graph.inputs.iter().map(|(name, (_, clears))| {
+        let id = input_id(name);
+        let body = clear(clears);
+        quote!(#id => { #body })
+    });
+
+    // The impl's own items, rewritten.
+    let mut items: Vec<TokenStream> = Vec::new();
+    let mut rewritten = vec![false; item.items.len()];
+    for (i, p) in props.iter().enumerate() {
+        let ImplItem::Fn(func) = &item.items[p.index] else {
+            continue;
+        };
+        rewritten[p.index] = true;
+        let (attrs, vis, ident, ty, block) = (&func.attrs, &func.vis, &p.ident, &p.ty, &func.block);
+        let compute = format_ident!("__serve_common_compute_{}", ident);
+        let invalidate = format_ident!("invalidate_{}", ident);
+        let body = clear(&graph.invalidates[i]);
+        let invalidate_doc = format!(
+            "Clears the cached `{ident}` and every cached property that depends on it; the next read recomputes."
+        );
+        items.push(quote! {
+            #(#attrs)*
+            #[inline]
+            #vis fn #ident(&self) -> &#ty {
+                <Self as #private::CachedProperties>::__slots(self)
+                    .#ident
+                    .get_or_init(|| Self::#compute(self))
+            }
+
+            #[doc(hidden)]
+            #[inline(never)]
+            fn #compute(&self) -> #ty #block
+
+            #[doc = #invalidate_doc]
+            #[inline]
+            #[allow(dead_code)]
+            #vis fn #invalidate(&mut self) {
+                #body
+            }
+        });
+    }
+    for (setter, clears) in model.setters.iter().zip(&graph.setter_clears) {
+        let ImplItem::Fn(func) = &item.items[setter.index] else {
+            continue;
+        };
+        rewritten[setter.index] = true;
+        let mut inner = func.clone();
+        let inner_ident = format_ident!("__serve_common_set_{}", func.sig.ident);
+        inner.sig.ident = inner_ident.clone();
+        inner.vis = syn::Visibility::Inherited;
+        inner.attrs.retain(|a| !a.path().is_ident("doc"));
+        let mut outer_sig = func.sig.clone();
+        let mut forwarded = Vec::new();
+        for (n, arg) in outer_sig.inputs.iter_mut().enumerate().skip(1) {
+            if let syn::FnArg::Typed(pat_type) = arg {
+                let name = format_ident!("__serve_common_arg{}", n);
+                pat_type.pat = Box::new(syn::parse_quote!(#name));
+                forwarded.push(name);
+            }
+        }
+        let (attrs, vis) = (&func.attrs, &func.vis);
+        let body = clear(clears);
+        items.push(quote! {
+            #(#attrs)*
+            #vis #outer_sig {
+                let __serve_common_result = self.#inner_ident(#(#forwarded),*);
+                #body
+                __serve_common_result
+            }
+
+            #[doc(hidden)]
+            #[inline(always)]
+            #inner
+        });
+    }
+    for (index, impl_item) in item.items.iter().enumerate() {
+        if !rewritten[index] {
+            items.push(quote!(#impl_item));
+        }
+    }
+    // Every dependency that is not a property must be an `#[input]` field:
+    // the compiler checks it here, with the error on the dependency's name.
+    let input_checks = graph.inputs.iter().map(|(name, (token, _))| {
+        let id = input_id(name);
+        quote_spanned!(token.span()=> #private::assert_input::<Self, #id>();)
+    });
+    let check_fn = if graph.inputs.is_empty() {
+        quote!()
+    } else {
+        quote! {
+            #[doc(hidden)]
+            #[allow(dead_code)]
+            fn __serve_common_check_inputs() {
+                #(#input_checks)*
+            }
+        }
+    };
+
+    let impl_attrs = &item.attrs;
+    let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+    let unsafety = &item.unsafety;
+    let trait_impl_span = self_ty.span();
+    let cached_properties = quote_spanned!(trait_impl_span=> #private::CachedProperties);
+    let marker_field = if markers.is_empty() {
+        quote!()
+    } else {
+        quote!(__serve_common_marker: ::core::marker::PhantomData<fn() -> (#(#markers,)*)>,)
+    };
+    let marker_init = if markers.is_empty() {
+        quote!()
+    } else {
+        quote!(__serve_common_marker: ::core::marker::PhantomData,)
+    };
+    quote! {
+        #[doc(hidden)]
+        #[allow(non_camel_case_types, non_snake_case, dead_code)]
+        pub struct #slots_ident #generics_decl {
+            #(#slot_fields,)*
+            #marker_field
+        }
+
+        impl #generics_decl ::core::default::Default for #slots_ident #generics_use {
+            fn default() -> Self {
+                Self {
+                    #(#slot_inits,)*
+                    #marker_init
+                }
+            }
+        }
+
+        impl #generics_decl #cached_properties for #self_ty {
+            type Slots = #slots_ident #generics_use;
+
+            #[inline]
+            fn __invalidate_input(&mut self, input: u64) {
+                match input {
+                    #(#input_arms)*
+                    _ => {}
+                }
+            }
+        }
+
+        #(#impl_attrs)*
+        #unsafety impl #impl_generics #self_ty #where_clause {
+            #(#items)*
+            #check_fn
+        }
+    }
+}
+

@@ -1,0 +1,288 @@
+//! A typed model of a `#[cached]` impl block, keeping syn nodes for spans.
+
+use proc_macro2::TokenStream;
+
+use syn::{Attribute, FnArg, ImplItem, ImplItemFn, ItemImpl, ReturnType, Type};
+
+/// A `#[cached]` method.
+pub(crate) struct Property {
+    pub(crate) ident: syn::Ident,
+    /// The declared return type `T` (the getter returns `&T`).
+    pub(crate) ty: Type,
+    pub(crate) deps: Vec<syn::Ident>,
+    /// Index of the method in `item.items`.
+    pub(crate) index: usize,
+}
+
+/// A `#[setter(name)]` method.
+pub(crate) struct Setter {
+    pub(crate) target: syn::Ident,
+    pub(crate) index: usize,
+}
+
+pub(crate) struct CachedImpl {
+    /// The impl with our attributes removed.
+    pub(crate) item: ItemImpl,
+    pub(crate) properties: Vec<Property>,
+    pub(crate) setters: Vec<Setter>,
+    /// Methods that are neither cached nor setters (candidate plain properties).
+    pub(crate) plain: Vec<syn::Ident>,
+}
+
+enum Marker {
+    Cached(Attribute),
+    Dependency(Attribute, Vec<syn::Ident>),
+    Setter(Attribute, syn::Ident),
+}
+
+fn is_named(attr: &Attribute, name: &str) -> bool {
+    attr.path().is_ident(name)
+        || (attr.path().segments.len() == 2
+            && attr.path().segments[0].ident == "serve_common"
+            && attr.path().segments[1].ident == name)
+}
+
+fn take_markers(attrs: &mut Vec<Attribute>, errors: &mut Vec<syn::Error>) -> Vec<Marker> {
+    let mut markers = Vec::new();
+    attrs.retain(|attr| {
+        if is_named(attr, "cached") {
+            if !matches!(attr.meta, syn::Meta::Path(_)) {
+                errors.push(syn::Error::new_spanned(
+                    &attr.meta,
+                    "`#[cached]` on a method takes no arguments; name dependencies with `#[dependency(...)]`",
+                ));
+            }
+            markers.push(Marker::Cached(attr.clone()));
+            false
+        } else if is_named(attr, "dependency") {
+            let parsed = attr.parse_args_with(
+                syn::punctuated::Punctuated::<syn::Ident, syn::Token![,]>::parse_terminated,
+            );
+            match parsed {
+                Ok(names) if !names.is_empty() => {
+                    markers.push(Marker::Dependency(attr.clone(), names.into_iter().collect()))
+                }
+                Ok(_) => errors.push(syn::Error::new_spanned(
+                    attr,
+                    "`#[dependency(...)]` names at least one property or `#[input]` field",
+                )),
+                Err(e) => errors.push(syn::Error::new(
+                    e.span(),
+                    format!("{e}; expected `#[dependency(name, other_name, ...)]`"),
+                )),
+            }
+            false
+        } else if is_named(attr, "setter") {
+            match attr.parse_args::<syn::Ident>() {
+                Ok(target) => markers.push(Marker::Setter(attr.clone(), target)),
+                Err(e) => errors.push(syn::Error::new(
+                    e.span(),
+                    format!("{e}; expected `#[setter(property_name)]`"),
+                )),
+            }
+            false
+        } else {
+            true
+        }
+    });
+    markers
+}
+
+/// Checks `fn name(&self) -> T` with `T` owned.
+fn check_getter(func: &ImplItemFn, errors: &mut Vec<syn::Error>) -> Option<Type> {
+    let sig = &func.sig;
+    let mut ok = true;
+    let mut fail = |error: syn::Error| {
+        errors.push(error);
+        ok = false;
+    };
+    if let Some(asyncness) = &sig.asyncness {
+        fail(syn::Error::new(asyncness.span, "a cached property cannot be async"));
+    }
+    if !sig.generics.params.is_empty() {
+        fail(syn::Error::new_spanned(
+            &sig.generics,
+            "a cached property cannot be generic: it has one value",
+        ));
+    }
+    let mut inputs = sig.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(receiver)) => {
+            if let Some(mutability) = &receiver.mutability {
+                fail(syn::Error::new(
+                    mutability.span,
+                    "a cached property is read through `&self`; change it with a `#[setter]`",
+                ));
+            } else if receiver.reference.is_none() || receiver.colon_token.is_some() {
+                fail(syn::Error::new_spanned(receiver, "a cached property takes `&self`"));
+            }
+        }
+        Some(other) => fail(syn::Error::new_spanned(other, "a cached property takes `&self` first")),
+        None => fail(syn::Error::new(
+            sig.paren_token.span.join(),
+            "a cached property takes `&self`",
+        )),
+    }
+    if let Some(extra) = inputs.next() {
+        fail(syn::Error::new_spanned(
+            extra,
+            "a cached property takes no arguments besides `&self`: its value must depend on the struct only",
+        ));
+    }
+    let ty = match &sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    };
+    if let Some(borrow) = find_borrow(&ty) {
+        fail(syn::Error::new(
+            borrow,
+            "a cached property returns an owned value (the cache hands out `&T`); a borrow cannot be stored in the cache. Return `T`, `Arc<T>` or `Box<T>`",
+        ));
+    }
+    ok.then_some(ty)
+}
+
+/// The span of a non-`'static` reference, lifetime or `impl Trait` in `ty`.
+fn find_borrow(ty: &Type) -> Option<proc_macro2::Span> {
+    use syn::visit::Visit;
+    struct Finder(Option<proc_macro2::Span>);
+    impl<'ast> Visit<'ast> for Finder {
+        fn visit_type_reference(&mut self, r: &'ast syn::TypeReference) {
+            if r.lifetime.as_ref().is_none_or(|l| l.ident != "static") {
+                self.0.get_or_insert(r.and_token.span);
+            }
+            syn::visit::visit_type_reference(self, r);
+        }
+        fn visit_lifetime(&mut self, l: &'ast syn::Lifetime) {
+            if l.ident != "static" {
+                self.0.get_or_insert(l.span());
+            }
+        }
+        fn visit_type_impl_trait(&mut self, t: &'ast syn::TypeImplTrait) {
+            self.0.get_or_insert(t.impl_token.span);
+        }
+    }
+    let mut finder = Finder(None);
+    finder.visit_type(ty);
+    finder.0
+}
+
+fn check_setter(func: &ImplItemFn, attr: &Attribute, errors: &mut Vec<syn::Error>) -> bool {
+    let sig = &func.sig;
+    if let Some(asyncness) = &sig.asyncness {
+        errors.push(syn::Error::new(asyncness.span, "a setter cannot be async"));
+        return false;
+    }
+    match sig.inputs.first() {
+        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_some() && r.colon_token.is_none() => {
+            true
+        }
+        Some(other) => {
+            errors.push(syn::Error::new_spanned(other, "a setter takes `&mut self`"));
+            false
+        }
+        None => {
+            errors.push(syn::Error::new_spanned(attr, "a setter is a method taking `&mut self`"));
+            false
+        }
+    }
+}
+
+impl CachedImpl {
+    /// Parses what it can and records every problem, so the user sees all
+    /// of them at once.
+    pub(crate) fn parse(mut item: ItemImpl) -> (Self, Vec<syn::Error>) {
+        let mut errors = Vec::new();
+        if let Some((_, path, _)) = &item.trait_ {
+            errors.push(syn::Error::new_spanned(
+                path,
+                "`#[cached]` goes on an inherent impl (`impl Type`), not a trait impl",
+            ));
+        }
+        let mut properties = Vec::new();
+        let mut setters = Vec::new();
+        let mut plain = Vec::new();
+        for (index, impl_item) in item.items.iter_mut().enumerate() {
+            let ImplItem::Fn(func) = impl_item else {
+                continue;
+            };
+            let markers = take_markers(&mut func.attrs, &mut errors);
+            let cached = markers.iter().find_map(|m| match m {
+                Marker::Cached(attr) => Some(attr),
+                _ => None,
+            });
+            let mut deps = Vec::new();
+            let mut setter = None;
+            for marker in &markers {
+                match marker {
+                    Marker::Cached(_) => {}
+                    Marker::Dependency(attr, names) => {
+                        if cached.is_none() {
+                            errors.push(syn::Error::new_spanned(
+                                attr.path(),
+                                "`#[dependency]` goes with `#[cached]`: only a cached property is invalidated when what it depends on changes",
+                            ));
+                        }
+                        for name in names {
+                            if !deps.contains(name) {
+                                deps.push(name.clone());
+                            }
+                        }
+                    }
+                    Marker::Setter(attr, target) => {
+                        if cached.is_some() {
+                            errors.push(syn::Error::new_spanned(
+                                attr.path(),
+                                "a method cannot be both `#[cached]` and a `#[setter]`",
+                            ));
+                        } else if setter.is_some() {
+                            errors.push(syn::Error::new_spanned(attr, "one `#[setter]` per method"));
+                        } else if check_setter(func, attr, &mut errors) {
+                            setter = Some(target.clone());
+                        }
+                    }
+                }
+            }
+            if cached.is_some() {
+                if let Some(ty) = check_getter(func, &mut errors) {
+                    properties.push(Property {
+                        ident: func.sig.ident.clone(),
+                        ty,
+                        deps,
+                        index,
+                    });
+                }
+            } else if let Some(target) = setter {
+                setters.push(Setter { target, index });
+            } else {
+                plain.push(func.sig.ident.clone());
+            }
+        }
+        (
+            Self {
+                item,
+                properties,
+                setters,
+                plain,
+            },
+            errors,
+        )
+    }
+}
+
+/// The input with `#[cached]`, `#[dependency]` and `#[setter]` removed from
+/// its methods: emitted next to an error so one mistake does not cascade.
+pub(crate) fn strip_inert_attributes(item: TokenStream) -> TokenStream {
+    match syn::parse2::<ItemImpl>(item.clone()) {
+        Ok(mut item_impl) => {
+            let mut ignored = Vec::new();
+            for impl_item in &mut item_impl.items {
+                if let ImplItem::Fn(func) = impl_item {
+                    take_markers(&mut func.attrs, &mut ignored);
+                }
+            }
+            quote::quote!(#item_impl)
+        }
+        Err(_) => item,
+    }
+}

@@ -1,0 +1,168 @@
+//! Cached properties: computed on first read, served from the cache after,
+//! invalidated by setters along a dependency graph checked at compile time.
+//! The seed's `cached_property` module.
+//!
+//! ```
+//! use serve_common::prelude::*;
+//!
+//! #[derive(Cached)]
+//! struct C {
+//!     var: i32,
+//!     cache: Cache<Self>,
+//! }
+//!
+//! #[cached]
+//! impl C {
+//!     #[cached]
+//!     fn some_var(&self) -> i32 {
+//!         self.var
+//!     }
+//!
+//!     #[setter(some_var)]
+//!     fn set_some_var(&mut self, val: i32) {
+//!         self.var = val;
+//!     }
+//!
+//!     #[cached]
+//!     #[dependency(some_var)]
+//!     fn double_var(&self) -> i32 {
+//!         2 * self.some_var()
+//!     }
+//! }
+//!
+//! let mut c = C { var: 42, cache: Cache::new() };
+//! assert_eq!(*c.double_var(), 84);   // computed once, then a cache hit
+//! c.set_some_var(1);                 // clears some_var and double_var
+//! assert_eq!(*c.double_var(), 2);
+//! ```
+//!
+//! # What the macros do
+//!
+//! - `#[derive(Cached)]` on the struct finds the cache slot (the field of
+//!   type [`Cache<Self>`](Cache), or the one marked `#[cache]`) and, for each
+//!   field marked `#[input]`, generates `set_<field>(&mut self, value)`,
+//!   which assigns and invalidates every property that depends on the field.
+//!   Assigning an input field directly bypasses invalidation: keep input
+//!   fields private and go through the setter.
+//! - `#[cached]` on an `impl` block turns the methods marked `#[cached]`
+//!   (`fn name(&self) -> T`, `T` owned) into cached properties: the method
+//!   now returns `&T`, computed on the first read and served from the cache
+//!   until invalidated. Reads take `&self` and are safe across threads: the
+//!   struct stays `Send`/`Sync` when its values are, and concurrent first
+//!   reads run the computation once (a [`OnceLock`](std::sync::OnceLock) per
+//!   property). A hit costs about a field read.
+//! - `#[dependency(a, b, ...)]` on a cached method names what it reads: other
+//!   cached properties, plain properties (methods with a `#[setter]`), or
+//!   `#[input]` fields, in any order in the impl.
+//! - `#[setter(name)]` on a `&mut self` method makes it the setter of
+//!   property `name`: after its body runs, `name` (if cached) and every
+//!   property depending on it, directly or transitively, are invalidated.
+//!   The original stored the assigned value in the cache, which is wrong
+//!   whenever the getter is not the setter's inverse; here the next read
+//!   recomputes.
+//! - For each cached property, `invalidate_<name>(&mut self)` clears it and
+//!   its dependents (the original's deleter).
+//!
+//! Invalidation is straight-line code generated per setter: it costs
+//! O(dependents), whatever the number of properties. Mistakes (an unknown
+//! dependency, a cycle, a cached method with arguments or returning a
+//! borrow, a setter for an unknown property, duplicates, one macro without
+//! the other) are compile errors pointing at the offending token.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+/// The cache slot of a struct with cached properties: one field of this
+/// type, `cache: Cache<Self>`, built with [`Cache::new`] or `Default`.
+///
+/// Cloning gives an empty cache (the clone recomputes on first read);
+/// comparisons and hashes ignore it, so deriving `Clone`, `PartialEq`,
+/// `Eq`, `Hash` or `Debug` on the struct works and means what it should.
+pub struct Cache<T: CachedProperties + ?Sized> {
+    pub(crate) slots: T::Slots,
+}
+
+impl<T: CachedProperties + ?Sized> Cache<T> {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self {
+            slots: Default::default(),
+        }
+    }
+}
+
+impl<T: CachedProperties + ?Sized> Default for Cache<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: CachedProperties + ?Sized> Clone for Cache<T> {
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
+impl<T: CachedProperties + ?Sized> fmt::Debug for Cache<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cache { .. }")
+    }
+}
+
+impl<T: CachedProperties + ?Sized> PartialEq for Cache<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T: CachedProperties + ?Sized> Eq for Cache<T> {}
+
+impl<T: CachedProperties + ?Sized> Hash for Cache<T> {
+    fn hash<H: Hasher>(&self, _: &mut H) {}
+}
+
+/// Implemented by `#[derive(Cached)]`: where the cache slot is.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has a `#[cached]` impl but no `#[derive(Cached)]`",
+    label = "add `#[derive(Cached)]` to the definition of `{Self}`",
+    note = "the derive finds the `cache: Cache<Self>` field and generates the setters of `#[input]` fields"
+)]
+pub trait HasCache {
+    #[doc(hidden)]
+    fn __cache(&self) -> &Cache<Self>
+    where
+        Self: CachedProperties;
+    #[doc(hidden)]
+    fn __cache_mut(&mut self) -> &mut Cache<Self>
+    where
+        Self: CachedProperties;
+}
+
+/// Implemented by `#[cached]` on an impl block: the cached properties'
+/// storage and how setting an input invalidates them.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has a `Cache<Self>` but no `#[cached]` impl block",
+    label = "add `#[cached]` to an `impl {Self}` block with `#[cached]` methods",
+    note = "`#[derive(Cached)]` and `#[cached] impl` work together"
+)]
+pub trait CachedProperties: HasCache {
+    /// One `OnceLock` per cached property (generated).
+    #[doc(hidden)]
+    type Slots: Default;
+
+    /// Invalidates what depends on the `#[input]` field with this id.
+    #[doc(hidden)]
+    fn __invalidate_input(&mut self, input: u64);
+
+    #[doc(hidden)]
+    #[inline(always)]
+    fn __slots(&self) -> &Self::Slots {
+        &self.__cache().slots
+    }
+
+    #[doc(hidden)]
+    #[inline(always)]
+    fn __slots_mut(&mut self) -> &mut Self::Slots {
+        &mut self.__cache_mut().slots
+    }
+}
