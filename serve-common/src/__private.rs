@@ -16,7 +16,6 @@ pub trait Input<const ID: u64> {}
 /// Names a dependency check: `assert_input::<Self, ID>()`.
 pub const fn assert_input<T: Input<ID> + ?Sized, const ID: u64>() {}
 
-
 use crate::event::{Event, Payload};
 use serde::de::DeserializeOwned;
 
@@ -39,8 +38,10 @@ pub struct OnEventHandler {
     pub once: bool,
     /// Acknowledgement.
     pub ack: AckDef,
-    /// `module::path::fn_name`, for logs and ordering.
+    /// `module::path::fn_name`, for logs.
     pub name: &'static str,
+    /// `module_path!()`, for ordering.
+    pub module: &'static str,
     /// The line of the fn, for ordering.
     pub line: u32,
     /// The generated adapter.

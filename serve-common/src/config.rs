@@ -37,13 +37,16 @@
 //! # Events
 //!
 //! A config publishes changes on an [`EventBus`] (the global one unless the
-//! builder says otherwise) as `config:<path>` with a [`ConfigChange`]:
+//! builder says otherwise) as `config:<path>` with a [`ConfigChange`],
+//! always local-only: each process notifies its own changes, so one change
+//! runs each handler once per process.
 //!
-//! - [`set`](Config::set) notifies once for the path it set, when the
-//!   merged value changed. The event may travel to the service's other
-//!   processes, which apply the same `set` without notifying again.
-//! - A reload notifies once per changed leaf, local-only: every process
-//!   watches and reloads the file itself.
+//! - [`set`](Config::set) and [`unset`](Config::unset) travel to the
+//!   service's other processes as one [`SET_EVENT`] carrying the value
+//!   written; each process applies it to its runtime layer and notifies
+//!   `config:<path>` once if its merged value changed.
+//! - A reload notifies once per changed leaf: every process watches and
+//!   reloads the file itself.
 //!
 //! A bad file on reload is logged and the old config kept; the next good
 //! edit applies with its events. Values under keys that look secret
@@ -81,6 +84,21 @@ pub struct ReloadFailure {
     pub file: PathBuf,
     /// Why it was not applied.
     pub error: String,
+}
+
+/// The event that carries a runtime [`set`](Config::set) or
+/// [`unset`](Config::unset) to the service's other processes; its payload is
+/// a [`ConfigSet`]. Configs apply it from other processes (see
+/// [`ConfigBuilder::follow_remote_sets`]); handlers rarely need it.
+pub const SET_EVENT: &str = "config_set";
+
+/// The payload of [`SET_EVENT`]: the value written to the runtime layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConfigSet {
+    /// The path set.
+    pub path: String,
+    /// The value written, or `None` for an unset.
+    pub value: Option<Value>,
 }
 
 /// The default prefix of per-key environment variables.
@@ -213,6 +231,9 @@ struct Inner {
     env_prefix: Option<String>,
     bus: Option<EventBus>,
     reloader: Mutex<Option<Reloader>>,
+    /// Serializes reloads: a manual one racing the watcher must not apply
+    /// older bytes last.
+    reload_lock: Mutex<()>,
 }
 
 /// A configuration: cheap to clone (handles share one config), reads never
@@ -355,6 +376,7 @@ impl ConfigBuilder {
                 env_prefix: self.env_prefix,
                 bus,
                 reloader: Mutex::new(None),
+                reload_lock: Mutex::new(()),
             }),
         };
         if let (true, Some(bus)) = (self.follow_remote, &config.inner.bus) {
@@ -369,37 +391,28 @@ impl ConfigBuilder {
 }
 
 fn apply_remote(weak: &Weak<Inner>, event: &event::Event) {
-    let Some(path) = event.name().strip_prefix("config:") else {
+    if event.name() != SET_EVENT {
         return;
-    };
+    }
     let Some(inner) = weak.upgrade() else {
         return;
     };
-    let change = match event.payload::<ConfigChange>() {
-        Ok(change) => change,
+    let set = match event.payload::<ConfigSet>() {
+        Ok(set) => set.into_owned(),
         Err(error) => {
-            tracing::warn!(event = event.name(), %error, "ignoring a remote config event with a bad payload");
+            tracing::warn!(%error, "ignoring a config set from another process");
             return;
         }
     };
     let config = Config { inner };
-    let keys = match split_path(path) {
-        Ok(keys) => keys,
-        Err(error) => {
-            tracing::warn!(event = event.name(), %error, "ignoring a remote config event");
-            return;
-        }
+    let result = match set.value {
+        Some(value) => config.apply_set(&set.path, value, false),
+        None => config.apply_unset(&set.path, false).map(drop),
     };
-    let mut layers = config.inner.layers.lock();
-    match (change.source, &change.new) {
-        (ChangeSource::Set, Some(new)) => insert_path(&mut layers.runtime, &keys, new.clone()),
-        (ChangeSource::Unset, _) => {
-            remove_path(&mut layers.runtime, &keys);
-        }
-        _ => return,
+    match result {
+        Ok(()) => tracing::debug!(path = %set.path, "applied a config set from another process"),
+        Err(error) => tracing::warn!(%error, "ignoring a config set from another process"),
     }
-    config.inner.merged.store(Arc::new(layers.merged()));
-    tracing::debug!(%path, source = ?change.source, "applied a config change from another process");
 }
 
 static GLOBAL: OnceCell<Config> = OnceCell::new();
@@ -506,31 +519,58 @@ impl Config {
     }
 
     /// Sets `path` in the runtime layer (the top one), creating tables on
-    /// the way. When the merged value changed, notifies `config:<path>` with
-    /// a [`ConfigChange`], which other processes apply too.
+    /// the way, here and (through [`SET_EVENT`]) in the service's other
+    /// processes. In each process whose merged value changed, notifies
+    /// `config:<path>` with a [`ConfigChange`], local-only.
     pub fn set(&self, path: &str, value: impl Serialize) -> Result<(), ConfigError> {
-        let keys = split_path(path)?;
         let value = Value::try_from(value).map_err(|e| ConfigError::Value {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        self.apply_set(path, value, true)
+    }
+
+    fn apply_set(&self, path: &str, value: Value, broadcast: bool) -> Result<(), ConfigError> {
+        let keys = split_path(path)?;
         let mut layers = self.inner.layers.lock();
         let old_merged = self.inner.merged.load_full();
         check_tables_on_the_way(&old_merged, &keys, path)?;
         check_tables_on_the_way(&layers.runtime, &keys, path)?;
-        insert_path(&mut layers.runtime, &keys, value);
+        insert_path(&mut layers.runtime, &keys, value.clone());
+        if broadcast {
+            self.broadcast(path, Some(value));
+        }
         self.publish(&layers, &old_merged, path, ChangeSource::Set);
         Ok(())
+    }
+
+    /// Sends a runtime change to the service's other processes (through the
+    /// bus's transport), which apply it to their own runtime layer.
+    fn broadcast(&self, path: &str, value: Option<Value>) {
+        if let Some(bus) = &self.inner.bus {
+            let set = ConfigSet {
+                path: path.to_owned(),
+                value,
+            };
+            bus.notify(SET_EVENT, set);
+        }
     }
 
     /// Removes `path` from the runtime layer, so the file (or env, or
     /// defaults) shows through again. Notifies like [`set`](Self::set) when
     /// the merged value changed. Returns whether there was a runtime value.
     pub fn unset(&self, path: &str) -> Result<bool, ConfigError> {
+        self.apply_unset(path, true)
+    }
+
+    fn apply_unset(&self, path: &str, broadcast: bool) -> Result<bool, ConfigError> {
         let keys = split_path(path)?;
         let mut layers = self.inner.layers.lock();
         let old_merged = self.inner.merged.load_full();
         let removed = remove_path(&mut layers.runtime, &keys);
+        if broadcast {
+            self.broadcast(path, None);
+        }
         if removed {
             self.publish(&layers, &old_merged, path, ChangeSource::Unset);
         }
@@ -551,7 +591,7 @@ impl Config {
                     new,
                     source,
                 };
-                bus.notify(format!("config:{path}"), change);
+                bus.notify_local(format!("config:{path}"), change);
             }
         }
     }
@@ -564,6 +604,7 @@ impl Config {
         let Some(file) = &self.inner.file else {
             return Err(ConfigError::NoFile);
         };
+        let _one_at_a_time = self.inner.reload_lock.lock();
         let table = match read_file(file, false) {
             Ok(table) => table,
             Err(error) => {
@@ -624,8 +665,18 @@ impl Config {
             Some(inner) => Config { inner }.reload().map_err(|e| e.to_string()),
             None => Ok(()),
         })
-        .map_err(|source| ConfigError::Watch { file, source })?;
+        .map_err(|source| ConfigError::Watch {
+            file: file.clone(),
+            source,
+        })?;
         *slot = Some(reloader);
+        drop(slot);
+        // An edit between the first read and the watcher's start would
+        // otherwise be its baseline and never applied: catch up once (this
+        // notifies nothing if the file is unchanged).
+        if file.exists() {
+            let _ = self.reload();
+        }
         Ok(())
     }
 
@@ -761,8 +812,20 @@ fn read_file(file: &Path, missing_is_empty: bool) -> Result<Table, ConfigError> 
 fn read_env(prefix: &str) -> Table {
     let prefix = format!("{prefix}__");
     let mut table = Table::new();
-    let mut vars: Vec<(String, String)> = std::env::vars()
-        .filter(|(name, _)| name.starts_with(&prefix) && name.len() > prefix.len())
+    let mut vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let name = name.into_string().ok()?;
+            if !name.starts_with(&prefix) || name.len() == prefix.len() {
+                return None;
+            }
+            match value.into_string() {
+                Ok(value) => Some((name, value)),
+                Err(_) => {
+                    tracing::warn!(variable = %name, "ignoring a config variable that is not UTF-8");
+                    None
+                }
+            }
+        })
         .collect();
     vars.sort();
     for (name, raw) in vars {

@@ -5,8 +5,8 @@
 
 pub use crate::HandlerOutcome;
 pub use crate::cached::Cache;
-pub use crate::{Cached, cached};
 pub use crate::config::{ChangeSource, Config, ConfigChange, config};
 pub use crate::event::{Event, EventBus, EventPattern, Registration};
 pub use crate::on_event;
 pub use crate::reloading::Reloader;
+pub use crate::{Cached, cached};

@@ -8,11 +8,19 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serve_common::config::{ChangeSource, Config, ConfigChange, ConfigError};
+use serve_common::config::{ChangeSource, Config, ConfigChange, ConfigError, ConfigSet, SET_EVENT};
 use serve_common::event::{Event, EventBus};
 use serve_common_tests::logs;
 
 const LONG: Duration = Duration::from_secs(10);
+
+/// Writes like an editor: a new file renamed over the old one, so a
+/// watcher never reads a half-written file.
+fn replace(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
 
 fn write(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("config.toml");
@@ -115,8 +123,8 @@ fn set_creates_tables_and_notifies_old_and_new() {
     config.set("x.y", 2).unwrap();
     let event = waiter.wait(LONG).unwrap();
     assert!(
-        !event.is_local_only(),
-        "a runtime set travels to other processes"
+        event.is_local_only(),
+        "each process notifies its own changes"
     );
     let change = event.payload::<ConfigChange>().unwrap();
     assert_eq!(change.path, "x.y");
@@ -256,7 +264,7 @@ fn watching_reloads_a_real_edit() {
     let path = write(dir.path(), "greeting = \"hello\"\n");
     let config = watched_config_on(&bus, &path);
     let waiter = bus.wait_for("config:greeting").unwrap();
-    std::fs::write(&path, "greeting = \"bonjour\"\n").unwrap();
+    replace(&path, "greeting = \"bonjour\"\n");
     let event = waiter.wait(LONG).unwrap();
     assert_eq!(
         event
@@ -284,7 +292,7 @@ fn a_watched_file_with_bad_toml_keeps_the_old_config_until_a_good_edit() {
     let failed = bus
         .wait_for(serve_common::config::RELOAD_FAILED_EVENT)
         .unwrap();
-    std::fs::write(&path, "port = \n").unwrap();
+    replace(&path, "port = \n");
     let failure = failed.wait(LONG).unwrap();
     let failure = failure
         .payload::<serve_common::config::ReloadFailure>()
@@ -295,7 +303,7 @@ fn a_watched_file_with_bad_toml_keeps_the_old_config_until_a_good_edit() {
         1,
         "the old config stays"
     );
-    std::fs::write(&path, "port = 3\n").unwrap();
+    replace(&path, "port = 3\n");
     let change = rx.recv_timeout(LONG).unwrap();
     // Diffed against the last good config: nothing of the bad file leaked.
     assert_eq!(
@@ -306,45 +314,96 @@ fn a_watched_file_with_bad_toml_keeps_the_old_config_until_a_good_edit() {
 }
 
 #[test]
-fn a_set_from_another_process_is_applied_without_a_second_event() {
+fn a_set_travels_as_one_event_with_the_value_written() {
+    let bus = EventBus::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_on(&bus, &write(dir.path(), "[t]\nfrom_file = 1\n"));
+    let sets = bus.wait_for(SET_EVENT).unwrap();
+    // Unchanged here, yet other processes must pin it too.
+    config.set("t.from_file", 1).unwrap();
+    let set = sets.wait(LONG).unwrap();
+    assert!(
+        !set.is_local_only(),
+        "sets go to the service's other processes"
+    );
+    let set = set.payload::<ConfigSet>().unwrap();
+    assert_eq!(
+        (set.path.as_str(), set.value.clone()),
+        ("t.from_file", Some(toml::Value::Integer(1)))
+    );
+
+    let unsets = bus.wait_for(SET_EVENT).unwrap();
+    config.unset("t.from_file").unwrap();
+    assert_eq!(
+        unsets
+            .wait(LONG)
+            .unwrap()
+            .payload::<ConfigSet>()
+            .unwrap()
+            .value,
+        None
+    );
+}
+
+fn remote_set(path: &str, value: Option<toml::Value>) -> Event {
+    let set = ConfigSet {
+        path: path.to_owned(),
+        value,
+    };
+    Event::from_remote(
+        SET_EVENT,
+        Event::new(SET_EVENT, set).encode_payload().unwrap(),
+    )
+}
+
+#[test]
+fn a_set_from_another_process_is_applied_and_notified_once_locally() {
     let bus = EventBus::new();
     let dir = tempfile::tempdir().unwrap();
     let config = config_on(&bus, &write(dir.path(), "[logging]\nlevel = \"INFO\"\n"));
     let (tx, rx) = mpsc::channel();
+    let reader = config.clone();
     bus.register("config:*", move |e: &Event| {
         // Handlers see the new value already.
-        tx.send((e.name().to_owned(), e.origin())).unwrap();
+        let now: String = reader.get("logging.level").unwrap();
+        tx.send((e.name().to_owned(), e.is_local_only(), now))
+            .unwrap();
     })
     .unwrap();
-    let change = ConfigChange {
-        path: "logging.level".to_owned(),
-        old: Some(toml::Value::String("INFO".into())),
-        new: Some(toml::Value::String("DEBUG".into())),
-        source: ChangeSource::Set,
-    };
-    let encoded = Event::new("config:logging.level", change)
-        .encode_payload()
-        .unwrap();
-    bus.deliver(Event::from_remote("config:logging.level", encoded));
+    bus.deliver(remote_set(
+        "logging.level",
+        Some(toml::Value::String("DEBUG".into())),
+    ));
+    // The same set again changes nothing: no second event.
+    bus.deliver(remote_set(
+        "logging.level",
+        Some(toml::Value::String("DEBUG".into())),
+    ));
     assert!(bus.flush(LONG));
     assert!(
         bus.flush(LONG),
-        "a second event, if any, is dispatched by now"
+        "the local notifications it caused are dispatched too"
     );
     let events: Vec<_> = rx.try_iter().collect();
     assert_eq!(
         events,
-        [(
-            "config:logging.level".to_owned(),
-            serve_common::event::Origin::Remote
-        )]
+        [("config:logging.level".to_owned(), true, "DEBUG".to_owned())]
     );
     assert_eq!(config.get::<String>("logging.level").unwrap(), "DEBUG");
 
-    // A malformed remote payload is ignored with a log line.
-    bus.deliver(Event::from_remote("config:logging.level", vec![0xff, 0x00]));
+    // A remote unset lets the file show through again.
+    bus.deliver(remote_set("logging.level", None));
+    assert!(bus.flush(LONG) && bus.flush(LONG));
+    assert_eq!(config.get::<String>("logging.level").unwrap(), "INFO");
+
+    // Malformed payloads and sets through a non-table are ignored, logged.
+    bus.deliver(Event::from_remote(SET_EVENT, vec![0xff, 0x00]));
+    bus.deliver(remote_set(
+        "logging.level.deeper",
+        Some(toml::Value::Integer(1)),
+    ));
     assert!(bus.flush(LONG));
-    assert_eq!(config.get::<String>("logging.level").unwrap(), "DEBUG");
+    assert_eq!(config.get::<String>("logging.level").unwrap(), "INFO");
 }
 
 #[test]

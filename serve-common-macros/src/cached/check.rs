@@ -72,7 +72,9 @@ impl Graph {
                     continue;
                 }
                 if !index_of.contains_key(&name) && !plain.contains(&name) {
-                    input_tokens.entry(name.clone()).or_insert_with(|| dep.clone());
+                    input_tokens
+                        .entry(name.clone())
+                        .or_insert_with(|| dep.clone());
                 }
                 dependents.entry(name).or_default().push(i);
             }
@@ -94,7 +96,12 @@ impl Graph {
             let mut stack: Vec<usize> = dependents.get(start).cloned().unwrap_or_default();
             while let Some(i) = stack.pop() {
                 if out.insert(i) {
-                    stack.extend(dependents.get(&props[i].ident.to_string()).into_iter().flatten());
+                    stack.extend(
+                        dependents
+                            .get(&props[i].ident.to_string())
+                            .into_iter()
+                            .flatten(),
+                    );
                 }
             }
             out.into_iter().collect()
@@ -185,10 +192,11 @@ fn find_cycle(model: &CachedImpl, index_of: &BTreeMap<String, usize>) -> Option<
     }
     let mut marks = vec![Mark::New; model.properties.len()];
     for i in 0..model.properties.len() {
-        if marks[i] == Mark::New {
-            if let Some(error) = visit(model, index_of, i, &mut marks, &mut Vec::new()) {
-                return Some(error);
-            }
+        if marks[i] != Mark::New {
+            continue;
+        }
+        if let Some(error) = visit(model, index_of, i, &mut marks, &mut Vec::new()) {
+            return Some(error);
         }
     }
     None

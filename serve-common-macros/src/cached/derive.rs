@@ -43,17 +43,24 @@ pub(crate) fn expand(input: TokenStream) -> syn::Result<TokenStream> {
     let mut inputs = Vec::new();
     for field in fields {
         for attr in &field.attrs {
-            if attr.path().is_ident("cache") || attr.path().is_ident("input") {
-                if let Err(e) = attr.meta.require_path_only() {
-                    errors.push(syn::Error::new(
-                        e.span(),
-                        format!("`#[{}]` takes no arguments", attr.path().get_ident().unwrap()),
-                    ));
-                }
+            let ours = attr.path().is_ident("cache") || attr.path().is_ident("input");
+            if let (true, Err(e)) = (ours, attr.meta.require_path_only()) {
+                let name = attr
+                    .path()
+                    .get_ident()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                errors.push(syn::Error::new(
+                    e.span(),
+                    format!("`#[{name}]` takes no arguments"),
+                ));
             }
             if attr.path().is_ident("cache") {
                 if marked.is_some() {
-                    errors.push(syn::Error::new_spanned(attr, "only one field can be the `#[cache]`"));
+                    errors.push(syn::Error::new_spanned(
+                        attr,
+                        "only one field can be the `#[cache]`",
+                    ));
                 }
                 marked = Some(field);
             }

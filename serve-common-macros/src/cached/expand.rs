@@ -184,7 +184,7 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> TokenStream {
         for (n, arg) in outer_sig.inputs.iter_mut().enumerate().skip(1) {
             if let syn::FnArg::Typed(pat_type) = arg {
                 let name = format_ident!("__serve_common_arg{}", n);
-                pat_type.pat = Box::new(syn::parse_quote!(#name));
+                *pat_type.pat = syn::parse_quote!(#name);
                 forwarded.push(name);
             }
         }
@@ -277,4 +277,3 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> TokenStream {
         }
     }
 }
-

@@ -97,7 +97,10 @@ fn check_getter(func: &ImplItemFn, errors: &mut Vec<syn::Error>) -> Option<Type>
         ok = false;
     };
     if let Some(asyncness) = &sig.asyncness {
-        fail(syn::Error::new(asyncness.span, "a cached property cannot be async"));
+        fail(syn::Error::new(
+            asyncness.span,
+            "a cached property cannot be async",
+        ));
     }
     if !sig.generics.params.is_empty() {
         fail(syn::Error::new_spanned(
@@ -114,10 +117,16 @@ fn check_getter(func: &ImplItemFn, errors: &mut Vec<syn::Error>) -> Option<Type>
                     "a cached property is read through `&self`; change it with a `#[setter]`",
                 ));
             } else if receiver.reference.is_none() || receiver.colon_token.is_some() {
-                fail(syn::Error::new_spanned(receiver, "a cached property takes `&self`"));
+                fail(syn::Error::new_spanned(
+                    receiver,
+                    "a cached property takes `&self`",
+                ));
             }
         }
-        Some(other) => fail(syn::Error::new_spanned(other, "a cached property takes `&self` first")),
+        Some(other) => fail(syn::Error::new_spanned(
+            other,
+            "a cached property takes `&self` first",
+        )),
         None => fail(syn::Error::new(
             sig.paren_token.span.join(),
             "a cached property takes `&self`",
@@ -174,7 +183,9 @@ fn check_setter(func: &ImplItemFn, attr: &Attribute, errors: &mut Vec<syn::Error
         return false;
     }
     match sig.inputs.first() {
-        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_some() && r.colon_token.is_none() => {
+        Some(FnArg::Receiver(r))
+            if r.reference.is_some() && r.mutability.is_some() && r.colon_token.is_none() =>
+        {
             true
         }
         Some(other) => {
@@ -182,7 +193,10 @@ fn check_setter(func: &ImplItemFn, attr: &Attribute, errors: &mut Vec<syn::Error
             false
         }
         None => {
-            errors.push(syn::Error::new_spanned(attr, "a setter is a method taking `&mut self`"));
+            errors.push(syn::Error::new_spanned(
+                attr,
+                "a setter is a method taking `&mut self`",
+            ));
             false
         }
     }
@@ -236,7 +250,8 @@ impl CachedImpl {
                                 "a method cannot be both `#[cached]` and a `#[setter]`",
                             ));
                         } else if setter.is_some() {
-                            errors.push(syn::Error::new_spanned(attr, "one `#[setter]` per method"));
+                            errors
+                                .push(syn::Error::new_spanned(attr, "one `#[setter]` per method"));
                         } else if check_setter(func, attr, &mut errors) {
                             setter = Some(target.clone());
                         }

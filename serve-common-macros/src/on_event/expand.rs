@@ -56,6 +56,7 @@ pub(crate) fn handler(args: &Args, func: &ItemFn, signature: &Signature) -> Toke
                     once: #once,
                     ack: #ack,
                     name: ::core::concat!(::core::module_path!(), "::", #name_str),
+                    module: ::core::module_path!(),
                     line: ::core::line!(),
                     call: __serve_common_on_event,
                 }

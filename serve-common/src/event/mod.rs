@@ -515,6 +515,9 @@ impl EventBus {
             Some(ack) => ack.to_owned(),
             None => format!("completed:{name}"),
         };
+        if self.core().is_dispatcher_thread() {
+            return Err(WaitError::OnDispatcherThread { pattern: ack_name });
+        }
         let waiter = self.wait_for(EventPattern::Exact(ack_name))?;
         self.notify(name, payload);
         waiter.wait(timeout)
@@ -550,7 +553,7 @@ impl EventBus {
             inventory::iter::<crate::__private::OnEventHandler>
                 .into_iter()
                 .collect();
-        defs.sort_by_key(|def| (def.name, def.line));
+        defs.sort_by_key(|def| (def.module, def.line));
         defs.into_iter()
             .filter_map(|def| {
                 let mut builder = self.on(def.pattern).label(def.name);

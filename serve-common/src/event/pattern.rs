@@ -82,9 +82,17 @@ impl EventPattern {
         match self {
             Self::Exact(s) => Ok(format!(r"\A{}\z", regex::escape(s))),
             Self::Regex(re) => {
-                // Validate on its own so an error names this pattern.
+                // Validate on its own so an error names this pattern, then
+                // anchored: an `(?x)` comment at the end would swallow the
+                // closing anchor.
                 regex::bytes::Regex::new(re).map_err(|e| self.error(e))?;
-                Ok(format!(r"\A(?:{re})\z"))
+                let anchored = format!(r"\A(?:{re})\z");
+                regex::bytes::Regex::new(&anchored).map_err(|e| {
+                    self.error(format_args!(
+                        "it does not compile once anchored (a trailing `(?x)` comment?): {e}"
+                    ))
+                })?;
+                Ok(anchored)
             }
             Self::Glob(glob) => {
                 let glob = globset::GlobBuilder::new(glob)
@@ -173,5 +181,10 @@ mod tests {
         let err = EventPattern::parse("re:(").matches("x").unwrap_err();
         assert!(err.to_string().contains("re:("), "{err}");
         assert!(EventPattern::parse("a[").matches("x").is_err());
+        // Valid alone, but its comment would swallow the closing anchor.
+        let err = EventPattern::parse("re:(?x)a # note")
+            .anchored_regex()
+            .unwrap_err();
+        assert!(err.to_string().contains("anchored"), "{err}");
     }
 }

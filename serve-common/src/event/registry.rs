@@ -31,7 +31,8 @@ pub(crate) struct Entry {
 enum Matcher {
     Set(RegexSet),
     /// Used only if the set cannot be built (size limits): slow, never wrong.
-    Each(Vec<Regex>),
+    /// Each regex keeps its index in `patterns`.
+    Each(Vec<(u32, Regex)>),
 }
 
 /// How many distinct names the match cache remembers before it starts over.
@@ -115,7 +116,15 @@ impl Registry {
                     Matcher::Each(
                         self.patterns
                             .iter()
-                            .filter_map(|(_, re)| Regex::new(re).ok())
+                            .enumerate()
+                            .filter_map(|(i, (entry, re))| match Regex::new(re) {
+                                Ok(regex) => Some((i as u32, regex)),
+                                Err(error) => {
+                                    tracing::error!(handler = %entry.label, %error,
+                                        "event pattern does not compile; its handler will not run");
+                                    None
+                                }
+                            })
                             .collect(),
                     )
                 }
@@ -135,9 +144,8 @@ impl Registry {
                 .collect(),
             Matcher::Each(each) => each
                 .iter()
-                .enumerate()
                 .filter(|(_, re)| re.is_match(name.as_bytes()))
-                .map(|(i, _)| i as u32)
+                .map(|(i, _)| *i)
                 .collect(),
         };
         if self.cache.len() >= CACHE_LIMIT {
