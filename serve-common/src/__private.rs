@@ -2,7 +2,7 @@
 
 pub use inventory;
 
-pub use crate::cached::{CachedProperties, HasCache};
+pub use crate::cached::{CacheSlots, HasCache};
 pub use std::sync::OnceLock;
 
 /// Checks, at compile time, that a dependency name is an `#[input]` field.

@@ -78,50 +78,86 @@ use std::hash::{Hash, Hasher};
 /// Cloning gives an empty cache (the clone recomputes on first read);
 /// comparisons and hashes ignore it, so deriving `Clone`, `PartialEq`,
 /// `Eq`, `Hash` or `Debug` on the struct works and means what it should.
-pub struct Cache<T: CachedProperties + ?Sized> {
-    pub(crate) slots: T::Slots,
+pub struct Cache<T: HasCache + ?Sized>
+where
+    T::Key: CacheSlots,
+{
+    slots: <T::Key as CacheSlots>::Slots,
 }
 
-impl<T: CachedProperties + ?Sized> Cache<T> {
+impl<T: HasCache + ?Sized> Cache<T>
+where
+    T::Key: CacheSlots,
+{
     /// An empty cache.
     pub fn new() -> Self {
         Self {
             slots: Default::default(),
         }
     }
+
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn __slots(&self) -> &<T::Key as CacheSlots>::Slots {
+        &self.slots
+    }
+
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn __slots_mut(&mut self) -> &mut <T::Key as CacheSlots>::Slots {
+        &mut self.slots
+    }
 }
 
-impl<T: CachedProperties + ?Sized> Default for Cache<T> {
+impl<T: HasCache + ?Sized> Default for Cache<T>
+where
+    T::Key: CacheSlots,
+{
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T: CachedProperties + ?Sized> Clone for Cache<T> {
+impl<T: HasCache + ?Sized> Clone for Cache<T>
+where
+    T::Key: CacheSlots,
+{
     fn clone(&self) -> Self {
         Self::new()
     }
 }
 
-impl<T: CachedProperties + ?Sized> fmt::Debug for Cache<T> {
+impl<T: HasCache + ?Sized> fmt::Debug for Cache<T>
+where
+    T::Key: CacheSlots,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Cache { .. }")
     }
 }
 
-impl<T: CachedProperties + ?Sized> PartialEq for Cache<T> {
+impl<T: HasCache + ?Sized> PartialEq for Cache<T>
+where
+    T::Key: CacheSlots,
+{
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl<T: CachedProperties + ?Sized> Eq for Cache<T> {}
+impl<T: HasCache + ?Sized> Eq for Cache<T> where T::Key: CacheSlots {}
 
-impl<T: CachedProperties + ?Sized> Hash for Cache<T> {
+impl<T: HasCache + ?Sized> Hash for Cache<T>
+where
+    T::Key: CacheSlots,
+{
     fn hash<H: Hasher>(&self, _: &mut H) {}
 }
 
-/// Implemented by `#[derive(Cached)]`: where the cache slot is.
+/// Implemented by `#[derive(Cached)]`: where the cache slot is, and the
+/// key type (the struct's generic parameters, without their bounds) that
+/// the `#[cached]` impl attaches the storage to. Going through a key with
+/// no bounds lets an impl block add bounds the struct does not have.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` has a `#[cached]` impl but no `#[derive(Cached)]`",
     label = "add `#[derive(Cached)]` to the definition of `{Self}`",
@@ -129,40 +165,33 @@ impl<T: CachedProperties + ?Sized> Hash for Cache<T> {
 )]
 pub trait HasCache {
     #[doc(hidden)]
+    type Key: ?Sized;
+
+    #[doc(hidden)]
     fn __cache(&self) -> &Cache<Self>
     where
-        Self: CachedProperties;
+        Self::Key: CacheSlots;
+
     #[doc(hidden)]
     fn __cache_mut(&mut self) -> &mut Cache<Self>
     where
-        Self: CachedProperties;
+        Self::Key: CacheSlots;
 }
 
-/// Implemented by `#[cached]` on an impl block: the cached properties'
-/// storage and how setting an input invalidates them.
+/// Implemented by `#[cached]` on an impl block, for the key of
+/// [`HasCache`]: the cached properties' storage and how setting an
+/// `#[input]` field invalidates it.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` has a `Cache<Self>` but no `#[cached]` impl block",
-    label = "add `#[cached]` to an `impl {Self}` block with `#[cached]` methods",
+    message = "a `#[derive(Cached)]` struct has no `#[cached]` impl block",
+    label = "add `#[cached]` to an impl block of this struct, with `#[cached]` methods",
     note = "`#[derive(Cached)]` and `#[cached] impl` work together"
 )]
-pub trait CachedProperties: HasCache {
+pub trait CacheSlots {
     /// One `OnceLock` per cached property (generated).
     #[doc(hidden)]
     type Slots: Default;
 
     /// Invalidates what depends on the `#[input]` field with this id.
     #[doc(hidden)]
-    fn __invalidate_input(&mut self, input: u64);
-
-    #[doc(hidden)]
-    #[inline(always)]
-    fn __slots(&self) -> &Self::Slots {
-        &self.__cache().slots
-    }
-
-    #[doc(hidden)]
-    #[inline(always)]
-    fn __slots_mut(&mut self) -> &mut Self::Slots {
-        &mut self.__cache_mut().slots
-    }
+    fn __invalidate_input(slots: &mut Self::Slots, input: u64);
 }

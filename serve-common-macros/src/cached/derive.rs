@@ -5,7 +5,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields};
 
-use super::input_id;
+use super::{generics, input_id};
 
 fn is_cache_type(ty: &syn::Type) -> bool {
     matches!(ty, syn::Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Cache"))
@@ -96,15 +96,25 @@ pub(crate) fn expand(input: TokenStream) -> syn::Result<TokenStream> {
     let name = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     let cache_ident = &cache.ident;
-    // Spanned on the cache field's type: without a `#[cached]` impl, the
-    // error lands there once (the field's own error has the same text).
+    let key = generics::key_ident(name);
+    let unbounded = generics::unbounded(&input.generics);
+    let (key_decl, key_args) = (&unbounded.decl, &unbounded.args);
+    let key_struct = match &unbounded.marker {
+        Some(marker) => quote!(pub struct #key #key_decl(#marker);),
+        None => quote!(pub struct #key;),
+    };
+    let key_ty = quote!(#key #key_args);
+    // Spanned on the cache field's type: without a `#[cached]` impl, every
+    // error lands there with the same text, and the compiler shows it once.
     let cache_span = cache.ty.span();
     let has_cache = quote_spanned! {cache_span=>
         impl #impl_generics #private::HasCache for #name #ty_generics #where_clause {
+            type Key = #key_ty;
+
             #[inline(always)]
             fn __cache(&self) -> &::serve_common::cached::Cache<Self>
             where
-                Self: #private::CachedProperties,
+                #key_ty: #private::CacheSlots,
             {
                 &self.#cache_ident
             }
@@ -112,7 +122,7 @@ pub(crate) fn expand(input: TokenStream) -> syn::Result<TokenStream> {
             #[inline(always)]
             fn __cache_mut(&mut self) -> &mut ::serve_common::cached::Cache<Self>
             where
-                Self: #private::CachedProperties,
+                #key_ty: #private::CacheSlots,
             {
                 &mut self.#cache_ident
             }
@@ -126,13 +136,19 @@ pub(crate) fn expand(input: TokenStream) -> syn::Result<TokenStream> {
         let doc = format!(
             "Sets `{ident}` and invalidates every cached property that depends on it (assigning the field directly would not)."
         );
-        quote_spanned! {cache_span=>
+        let invalidate = quote_spanned! {cache_span=>
+            <#key_ty as #private::CacheSlots>::__invalidate_input(
+                <Self as #private::HasCache>::__cache_mut(self).__slots_mut(),
+                #id,
+            );
+        };
+        quote! {
             #[doc = #doc]
             #[inline]
             #[allow(dead_code)]
             #vis fn #setter(&mut self, value: #ty) {
                 self.#ident = value;
-                <Self as #private::CachedProperties>::__invalidate_input(self, #id);
+                #invalidate
             }
         }
     });
@@ -141,6 +157,10 @@ pub(crate) fn expand(input: TokenStream) -> syn::Result<TokenStream> {
         quote!(impl #impl_generics #private::Input<#id> for #name #ty_generics #where_clause {})
     });
     Ok(quote! {
+        #[doc(hidden)]
+        #[allow(non_camel_case_types)]
+        #key_struct
+
         #has_cache
         #(#input_impls)*
         impl #impl_generics #name #ty_generics #where_clause {

@@ -3,11 +3,11 @@
 use proc_macro2::{TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{GenericParam, ImplItem, Type};
+use syn::{ImplItem, Type};
 
 use super::check::Graph;
-use super::input_id;
 use super::model::CachedImpl;
+use super::{generics, input_id};
 
 /// Replaces `Self` in a return type by the impl's type: the slots struct
 /// lives outside the impl.
@@ -39,74 +39,32 @@ fn type_name(ty: &Type) -> String {
     }
 }
 
-pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> TokenStream {
+/// `path::Name<Args>` -> `path::__Name_needs_derive_Cached<Args>`.
+fn key_type(self_ty: &Type) -> syn::Result<TokenStream> {
+    let Type::Path(path) = self_ty else {
+        return Err(syn::Error::new_spanned(
+            self_ty,
+            "`#[cached]` goes on an impl of a struct with `#[derive(Cached)]`",
+        ));
+    };
+    let mut path = path.clone();
+    let last = path.path.segments.last_mut().expect("a path has a segment");
+    last.ident = generics::key_ident(&last.ident);
+    Ok(quote_spanned!(self_ty.span()=> #path))
+}
+
+pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<TokenStream> {
     let private = quote!(::serve_common::__private);
     let item = &model.item;
     let self_ty = &item.self_ty;
     let props = &model.properties;
+    let key = key_type(self_ty)?;
     let slots_ident = format_ident!("__ServeCommonCacheSlots{}", type_name(self_ty));
-
-    // The slots struct takes the impl's generic parameters without bounds, so
-    // `Cache<Self>` is well-formed wherever the struct is.
-    let params: Vec<TokenStream> = item
-        .generics
-        .params
-        .iter()
-        .map(|param| match param {
-            GenericParam::Type(t) => {
-                let ident = &t.ident;
-                quote!(#ident)
-            }
-            GenericParam::Lifetime(l) => {
-                let lifetime = &l.lifetime;
-                quote!(#lifetime)
-            }
-            GenericParam::Const(c) => {
-                let (ident, ty) = (&c.ident, &c.ty);
-                quote!(const #ident: #ty)
-            }
-        })
-        .collect();
-    let args: Vec<TokenStream> = item
-        .generics
-        .params
-        .iter()
-        .map(|param| match param {
-            GenericParam::Type(t) => {
-                let ident = &t.ident;
-                quote!(#ident)
-            }
-            GenericParam::Lifetime(l) => {
-                let lifetime = &l.lifetime;
-                quote!(#lifetime)
-            }
-            GenericParam::Const(c) => {
-                let ident = &c.ident;
-                quote!(#ident)
-            }
-        })
-        .collect();
-    let markers: Vec<TokenStream> = item
-        .generics
-        .params
-        .iter()
-        .filter_map(|param| match param {
-            GenericParam::Type(t) => {
-                let ident = &t.ident;
-                Some(quote!(#ident))
-            }
-            GenericParam::Lifetime(l) => {
-                let lifetime = &l.lifetime;
-                Some(quote!(&#lifetime ()))
-            }
-            GenericParam::Const(_) => None,
-        })
-        .collect();
-    let (generics_decl, generics_use) = if params.is_empty() {
-        (quote!(), quote!())
-    } else {
-        (quote!(<#(#params),*>), quote!(<#(#args),*>))
-    };
+    // The slots struct takes the impl's generic parameters without bounds,
+    // so the struct's `Cache<Self>` is well-formed whatever the impl adds.
+    let unbounded = generics::unbounded(&item.generics);
+    let (generics_decl, generics_use) = (&unbounded.decl, &unbounded.args);
+    let has_cache = quote_spanned!(self_ty.span()=> <Self as #private::HasCache>);
 
     let slot_fields = props.iter().map(|p| {
         let ident = &p.ident;
@@ -118,18 +76,28 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> TokenStream {
         let ident = &p.ident;
         quote!(#ident: #private::OnceLock::new())
     });
-
-    let clear = |indices: &[usize]| -> TokenStream {
-        let fields = indices.iter().map(|&i| &props[i].ident);
-        quote! {
-            let __serve_common_slots = <Self as #private::CachedProperties>::__slots_mut(self);
-            #(__serve_common_slots.#fields.take();)*
-        }
+    let (marker_field, marker_init) = match &unbounded.marker {
+        Some(marker) => (
+            quote!(__serve_common_marker: #marker,),
+            quote!(__serve_common_marker: ::core::marker::PhantomData,),
+        ),
+        None => (quote!(), quote!()),
     };
 
+    let clear_slots = |slots: TokenStream, indices: &[usize]| -> TokenStream {
+        let fields = indices.iter().map(|&i| &props[i].ident);
+        quote!(#(#slots.#fields.take();)*)
+    };
+    let clear = |indices: &[usize]| -> TokenStream {
+        let body = clear_slots(quote!(__serve_common_slots), indices);
+        quote! {
+            let __serve_common_slots = #has_cache::__cache_mut(self).__slots_mut();
+            #body
+        }
+    };
     let input_arms = graph.inputs.iter().map(|(name, (_, clears))| {
         let id = input_id(name);
-        let body = clear(clears);
+        let body = clear_slots(quote!(slots), clears);
         quote!(#id => { #body })
     });
 
@@ -152,7 +120,8 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> TokenStream {
             #(#attrs)*
             #[inline]
             #vis fn #ident(&self) -> &#ty {
-                <Self as #private::CachedProperties>::__slots(self)
+                #has_cache::__cache(self)
+                    .__slots()
                     .#ident
                     .get_or_init(|| Self::#compute(self))
             }
@@ -229,19 +198,7 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> TokenStream {
     let impl_attrs = &item.attrs;
     let (impl_generics, _, where_clause) = item.generics.split_for_impl();
     let unsafety = &item.unsafety;
-    let trait_impl_span = self_ty.span();
-    let cached_properties = quote_spanned!(trait_impl_span=> #private::CachedProperties);
-    let marker_field = if markers.is_empty() {
-        quote!()
-    } else {
-        quote!(__serve_common_marker: ::core::marker::PhantomData<fn() -> (#(#markers,)*)>,)
-    };
-    let marker_init = if markers.is_empty() {
-        quote!()
-    } else {
-        quote!(__serve_common_marker: ::core::marker::PhantomData,)
-    };
-    quote! {
+    Ok(quote! {
         #[doc(hidden)]
         #[allow(non_camel_case_types, non_snake_case, dead_code)]
         pub struct #slots_ident #generics_decl {
@@ -258,11 +215,12 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> TokenStream {
             }
         }
 
-        impl #generics_decl #cached_properties for #self_ty {
+        impl #generics_decl #private::CacheSlots for #key {
             type Slots = #slots_ident #generics_use;
 
             #[inline]
-            fn __invalidate_input(&mut self, input: u64) {
+            fn __invalidate_input(slots: &mut Self::Slots, input: u64) {
+                let _ = &slots;
                 match input {
                     #(#input_arms)*
                     _ => {}
@@ -275,5 +233,5 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> TokenStream {
             #(#items)*
             #check_fn
         }
-    }
+    })
 }

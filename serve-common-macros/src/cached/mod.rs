@@ -3,6 +3,7 @@
 mod check;
 mod derive;
 mod expand;
+mod generics;
 mod model;
 
 use proc_macro2::TokenStream;
@@ -29,7 +30,7 @@ pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
             syn::Item::Impl(item_impl) => {
                 let (model, errors) = model::CachedImpl::parse(item_impl);
                 let graph = check::Graph::build(&model, errors)?;
-                Ok(expand::cached_impl(&model, &graph))
+                expand::cached_impl(&model, &graph)
             }
             syn::Item::Fn(func) => Err(syn::Error::new(
                 func.sig.fn_token.span,

@@ -1,0 +1,339 @@
+//! Cached properties: counts of real computations, real threads.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+
+use serve_common::prelude::*;
+
+/// How many times each property was computed.
+#[derive(Default, Debug)]
+struct Calls(std::sync::Mutex<BTreeMap<&'static str, usize>>);
+
+impl Calls {
+    fn hit(&self, name: &'static str) {
+        *self.0.lock().unwrap().entry(name).or_default() += 1;
+    }
+
+    fn of(&self, name: &'static str) -> usize {
+        self.0.lock().unwrap().get(name).copied().unwrap_or(0)
+    }
+}
+
+/// a (input) -> b -> c -> d, and e independent; label is a plain property.
+#[derive(Cached)]
+struct Chain {
+    #[input]
+    a: i64,
+    e_base: i64,
+    label_text: String,
+    calls: Calls,
+    cache: Cache<Self>,
+}
+
+#[cached]
+impl Chain {
+    fn new(a: i64) -> Self {
+        Self {
+            a,
+            e_base: 100,
+            label_text: "x".into(),
+            calls: Calls::default(),
+            cache: Cache::new(),
+        }
+    }
+
+    // Declared before what it depends on: order does not matter.
+    #[cached]
+    #[dependency(c, label)]
+    fn d(&self) -> String {
+        self.calls.hit("d");
+        format!("{}:{}", self.label(), self.c())
+    }
+
+    #[cached]
+    #[dependency(a)]
+    fn b(&self) -> i64 {
+        self.calls.hit("b");
+        self.a * 2
+    }
+
+    #[cached]
+    #[dependency(b)]
+    fn c(&self) -> i64 {
+        self.calls.hit("c");
+        self.b() + 1
+    }
+
+    #[cached]
+    fn e(&self) -> i64 {
+        self.calls.hit("e");
+        self.e_base
+    }
+
+    /// A plain (uncached) property with a setter.
+    fn label(&self) -> &str {
+        &self.label_text
+    }
+
+    #[setter(label)]
+    fn set_label(&mut self, text: &str) {
+        self.label_text = text.to_owned();
+    }
+
+    #[setter(e)]
+    fn set_e_base(&mut self, base: i64) -> Result<(), String> {
+        if base < 0 {
+            return Err("negative".into());
+        }
+        self.e_base = base;
+        Ok(())
+    }
+}
+
+#[test]
+fn first_read_computes_once_and_hits_do_not_recompute() {
+    let chain = Chain::new(5);
+    assert_eq!(chain.calls.of("d"), 0, "nothing is computed before a read");
+    assert_eq!(chain.d(), "x:11");
+    assert_eq!(chain.d(), "x:11");
+    assert_eq!(*chain.c(), 11);
+    assert_eq!(*chain.b(), 10);
+    for name in ["b", "c", "d"] {
+        assert_eq!(chain.calls.of(name), 1, "{name}");
+    }
+    assert_eq!(chain.calls.of("e"), 0);
+}
+
+#[test]
+fn setting_an_input_invalidates_its_transitive_dependents_only() {
+    let mut chain = Chain::new(5);
+    let _ = (chain.d(), chain.e());
+    chain.set_a(7);
+    assert_eq!(chain.a, 7);
+    assert_eq!(chain.d(), "x:15");
+    assert_eq!(
+        (
+            chain.calls.of("b"),
+            chain.calls.of("c"),
+            chain.calls.of("d")
+        ),
+        (2, 2, 2)
+    );
+    assert_eq!(*chain.e(), 100);
+    assert_eq!(
+        chain.calls.of("e"),
+        1,
+        "an unrelated property was not cleared"
+    );
+}
+
+#[test]
+fn a_plain_property_setter_invalidates_its_dependents() {
+    let mut chain = Chain::new(1);
+    assert_eq!(chain.d(), "x:3");
+    chain.set_label("y");
+    assert_eq!(chain.d(), "y:3");
+    assert_eq!(chain.calls.of("d"), 2);
+    assert_eq!(
+        (chain.calls.of("b"), chain.calls.of("c")),
+        (1, 1),
+        "upstream values were kept"
+    );
+}
+
+#[test]
+fn a_setter_invalidates_its_own_property_even_when_it_fails() {
+    let mut chain = Chain::new(1);
+    assert_eq!(*chain.e(), 100);
+    chain.set_e_base(3).unwrap();
+    assert_eq!(
+        *chain.e(),
+        3,
+        "the setter's property is recomputed, not stored"
+    );
+    assert!(chain.set_e_base(-1).is_err());
+    assert_eq!(*chain.e(), 3);
+    assert_eq!(chain.calls.of("e"), 3);
+}
+
+#[test]
+fn explicit_invalidation_is_the_deleter() {
+    let mut chain = Chain::new(2);
+    let _ = chain.d();
+    chain.invalidate_c();
+    let _ = chain.d();
+    assert_eq!(
+        (
+            chain.calls.of("b"),
+            chain.calls.of("c"),
+            chain.calls.of("d")
+        ),
+        (1, 2, 2)
+    );
+    chain.invalidate_d();
+    let _ = chain.d();
+    assert_eq!((chain.calls.of("c"), chain.calls.of("d")), (2, 3));
+}
+
+/// The seed README's example, in Rust.
+#[derive(Cached)]
+struct C {
+    var: i32,
+    cache: Cache<Self>,
+}
+
+#[cached]
+impl C {
+    #[cached]
+    fn some_var(&self) -> i32 {
+        self.var
+    }
+
+    #[setter(some_var)]
+    fn set_some_var(&mut self, val: i32) {
+        self.var = val;
+    }
+
+    #[cached]
+    #[dependency(some_var)]
+    fn double_var(&self) -> i32 {
+        2 * self.some_var()
+    }
+}
+
+#[cached]
+impl C2 {
+    /// `Self` in a cached type.
+    #[cached]
+    #[dependency(n)]
+    fn next(&self) -> Box<Self> {
+        Box::new(C2 {
+            n: self.n + 1,
+            cache: Cache::new(),
+        })
+    }
+}
+
+#[derive(Cached)]
+struct C2 {
+    #[input]
+    n: u8,
+    cache: Cache<Self>,
+}
+
+#[test]
+fn self_in_a_cached_type_and_an_impl_before_its_struct() {
+    let mut c = C2 {
+        n: 1,
+        cache: Cache::new(),
+    };
+    assert_eq!(c.next().next().n, 3);
+    c.set_n(5);
+    assert_eq!(c.next().n, 6);
+}
+
+#[test]
+fn the_seed_readme_example() {
+    let mut c = C {
+        var: 42,
+        cache: Cache::new(),
+    };
+    assert_eq!((*c.some_var(), *c.double_var()), (42, 84));
+    c.set_some_var(1);
+    assert_eq!((*c.some_var(), *c.double_var()), (1, 2));
+}
+
+#[derive(Cached)]
+struct Slow {
+    #[input]
+    input: u64,
+    computed: AtomicUsize,
+    cache: Cache<Self>,
+}
+
+#[cached]
+impl Slow {
+    #[cached]
+    #[dependency(input)]
+    fn value(&self) -> Vec<u64> {
+        self.computed.fetch_add(1, Ordering::SeqCst);
+        // Enough work that racing first reads overlap.
+        (0..20_000).map(|i| i * self.input).collect()
+    }
+}
+
+fn assert_sync<T: Send + Sync>(_: &T) {}
+
+#[test]
+fn concurrent_first_reads_compute_once_per_invalidation() {
+    let mut slow = Slow {
+        input: 3,
+        computed: AtomicUsize::new(0),
+        cache: Cache::new(),
+    };
+    assert_sync(&slow);
+    for round in 1..=3 {
+        let threads = 8;
+        let barrier = Barrier::new(threads);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    barrier.wait();
+                    assert_eq!(slow.value()[1], slow.input);
+                });
+            }
+        });
+        assert_eq!(slow.computed.load(Ordering::SeqCst), round);
+        slow.set_input(round as u64 + 10);
+    }
+}
+
+/// A generic struct whose impl adds bounds, with non-`Copy` values.
+#[derive(Cached, Clone, Debug, PartialEq)]
+struct Bag<T: Clone + Ord + std::fmt::Debug> {
+    #[input]
+    items: Vec<T>,
+    cache: Cache<Self>,
+}
+
+#[cached]
+impl<T: Clone + Ord + std::fmt::Debug + Send + Sync> Bag<T> {
+    #[cached]
+    #[dependency(items)]
+    fn sorted(&self) -> Arc<Vec<T>> {
+        let mut items = self.items.clone();
+        items.sort();
+        Arc::new(items)
+    }
+
+    #[cached]
+    #[dependency(sorted)]
+    fn largest(&self) -> Option<T> {
+        self.sorted().last().cloned()
+    }
+}
+
+#[test]
+fn generic_structs_and_non_copy_values() {
+    let mut bag = Bag {
+        items: vec!["pear".to_owned(), "apple".to_owned()],
+        cache: Cache::new(),
+    };
+    assert_eq!(**bag.sorted(), ["apple", "pear"]);
+    assert_eq!(bag.largest().as_deref(), Some("pear"));
+    bag.set_items(vec!["zucchini".to_owned()]);
+    assert_eq!(bag.largest().as_deref(), Some("zucchini"));
+
+    // Clones start with an empty cache and compare by value.
+    let clone = bag.clone();
+    assert_eq!(clone, bag);
+    assert_eq!(clone.largest().as_deref(), Some("zucchini"));
+
+    let numbers = Bag {
+        items: vec![3, 1, 2],
+        cache: Cache::new(),
+    };
+    assert_eq!(*numbers.largest(), Some(3));
+}
