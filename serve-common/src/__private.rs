@@ -2,8 +2,29 @@
 
 pub use inventory;
 
-pub use crate::cached::{CacheSlots, HasCache};
+pub use crate::cached::{CacheAccess, CacheSlots, HasCache};
 pub use std::sync::OnceLock;
+
+/// The slots of `owner`, reached through its key `K`.
+#[inline(always)]
+pub fn slots<K: CacheAccess<O> + ?Sized, O: ?Sized>(owner: &O) -> &K::Slots {
+    K::__slots(owner)
+}
+
+/// The slots of `owner`, mutably.
+#[inline(always)]
+pub fn slots_mut<K: CacheAccess<O> + ?Sized, O: ?Sized>(owner: &mut O) -> &mut K::Slots {
+    K::__slots_mut(owner)
+}
+
+/// Invalidates what depends on an `#[input]` field of `owner`.
+#[inline(always)]
+pub fn invalidate_input<O: HasCache + ?Sized>(owner: &mut O, input: u64) {
+    <O::Key as CacheSlots>::__invalidate_input(
+        <O::Key as CacheAccess<O>>::__slots_mut(owner),
+        input,
+    );
+}
 
 /// Checks, at compile time, that a dependency name is an `#[input]` field.
 #[diagnostic::on_unimplemented(

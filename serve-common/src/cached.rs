@@ -78,17 +78,11 @@ use std::hash::{Hash, Hasher};
 /// Cloning gives an empty cache (the clone recomputes on first read);
 /// comparisons and hashes ignore it, so deriving `Clone`, `PartialEq`,
 /// `Eq`, `Hash` or `Debug` on the struct works and means what it should.
-pub struct Cache<T: HasCache + ?Sized>
-where
-    T::Key: CacheSlots,
-{
+pub struct Cache<T: HasCache + ?Sized> {
     slots: <T::Key as CacheSlots>::Slots,
 }
 
-impl<T: HasCache + ?Sized> Cache<T>
-where
-    T::Key: CacheSlots,
-{
+impl<T: HasCache + ?Sized> Cache<T> {
     /// An empty cache.
     pub fn new() -> Self {
         Self {
@@ -109,48 +103,33 @@ where
     }
 }
 
-impl<T: HasCache + ?Sized> Default for Cache<T>
-where
-    T::Key: CacheSlots,
-{
+impl<T: HasCache + ?Sized> Default for Cache<T> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T: HasCache + ?Sized> Clone for Cache<T>
-where
-    T::Key: CacheSlots,
-{
+impl<T: HasCache + ?Sized> Clone for Cache<T> {
     fn clone(&self) -> Self {
         Self::new()
     }
 }
 
-impl<T: HasCache + ?Sized> fmt::Debug for Cache<T>
-where
-    T::Key: CacheSlots,
-{
+impl<T: HasCache + ?Sized> fmt::Debug for Cache<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Cache { .. }")
     }
 }
 
-impl<T: HasCache + ?Sized> PartialEq for Cache<T>
-where
-    T::Key: CacheSlots,
-{
+impl<T: HasCache + ?Sized> PartialEq for Cache<T> {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl<T: HasCache + ?Sized> Eq for Cache<T> where T::Key: CacheSlots {}
+impl<T: HasCache + ?Sized> Eq for Cache<T> {}
 
-impl<T: HasCache + ?Sized> Hash for Cache<T>
-where
-    T::Key: CacheSlots,
-{
+impl<T: HasCache + ?Sized> Hash for Cache<T> {
     fn hash<H: Hasher>(&self, _: &mut H) {}
 }
 
@@ -165,22 +144,28 @@ where
 )]
 pub trait HasCache {
     #[doc(hidden)]
-    type Key: ?Sized;
-
-    #[doc(hidden)]
-    fn __cache(&self) -> &Cache<Self>
-    where
-        Self::Key: CacheSlots;
-
-    #[doc(hidden)]
-    fn __cache_mut(&mut self) -> &mut Cache<Self>
-    where
-        Self::Key: CacheSlots;
+    type Key: CacheSlots + CacheAccess<Self> + ?Sized;
 }
 
-/// Implemented by `#[cached]` on an impl block, for the key of
-/// [`HasCache`]: the cached properties' storage and how setting an
-/// `#[input]` field invalidates it.
+/// Implemented by `#[derive(Cached)]` for its key: reaches the slots.
+///
+/// The derive names the slots type that the `#[cached]` impl defines, and
+/// the impl reaches the slots only through the key that the derive defines:
+/// so either macro without the other is one error, "cannot find type
+/// `__S_needs_cached_impl`" or "... `__S_needs_derive_Cached`", not one
+/// per method.
+#[doc(hidden)]
+pub trait CacheAccess<Owner: ?Sized>: CacheSlots {
+    #[doc(hidden)]
+    fn __slots(owner: &Owner) -> &Self::Slots;
+
+    #[doc(hidden)]
+    fn __slots_mut(owner: &mut Owner) -> &mut Self::Slots;
+}
+
+/// Implemented by `#[derive(Cached)]` for the key of [`HasCache`], with
+/// the storage the `#[cached]` impl defines: the cached properties' slots
+/// and how setting an `#[input]` field invalidates them.
 #[diagnostic::on_unimplemented(
     message = "a `#[derive(Cached)]` struct has no `#[cached]` impl block",
     label = "add `#[cached]` to an impl block of this struct, with `#[cached]` methods",

@@ -9,5 +9,6 @@
 fn ui() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/on_event/*.rs");
+    t.compile_fail("tests/ui/cached/*.rs");
     t.pass("tests/pass/*.rs");
 }

@@ -18,23 +18,15 @@ pub(crate) struct Graph {
 }
 
 impl Graph {
-    pub(crate) fn build(model: &CachedImpl, mut errors: Vec<syn::Error>) -> syn::Result<Self> {
+    /// The graph of what is valid, and an error for each mistake: the
+    /// expansion goes on with the graph, so one mistake is one error.
+    pub(crate) fn build(model: &CachedImpl, errors: &mut Vec<syn::Error>) -> Self {
         let props = &model.properties;
         let index_of: BTreeMap<String, usize> = props
             .iter()
             .enumerate()
             .map(|(i, p)| (p.ident.to_string(), i))
             .collect();
-        // Rust rejects two methods of one name too; say it in our terms.
-        let mut seen = BTreeSet::new();
-        for p in props {
-            if !seen.insert(p.ident.to_string()) {
-                errors.push(syn::Error::new_spanned(
-                    &p.ident,
-                    format!("duplicate cached property `{}`", p.ident),
-                ));
-            }
-        }
         // Setters: a known property, one setter each.
         let plain: BTreeSet<String> = model.plain.iter().map(ToString::to_string).collect();
         let mut has_setter = BTreeSet::new();
@@ -82,15 +74,6 @@ impl Graph {
         if let Some(error) = find_cycle(model, &index_of) {
             errors.push(error);
         }
-        if let Some(mut first) = errors.pop() {
-            // Report in source order.
-            for error in errors.into_iter().rev() {
-                let mut combined = error;
-                combined.combine(first);
-                first = combined;
-            }
-            return Err(first);
-        }
         let closure = |start: &str| -> Vec<usize> {
             let mut out = BTreeSet::new();
             let mut stack: Vec<usize> = dependents.get(start).cloned().unwrap_or_default();
@@ -124,7 +107,8 @@ impl Graph {
                 let name = s.target.to_string();
                 match index_of.get(&name) {
                     Some(&i) => invalidates[i].clone(),
-                    None => closure(&name),
+                    None if plain.contains(&name) => closure(&name),
+                    None => Vec::new(),
                 }
             })
             .collect();
@@ -135,11 +119,11 @@ impl Graph {
                 (name, (token, clears))
             })
             .collect();
-        Ok(Self {
+        Self {
             invalidates,
             setter_clears,
             inputs,
-        })
+        }
     }
 }
 

@@ -107,24 +107,37 @@ pub(crate) fn expand(input: TokenStream) -> syn::Result<TokenStream> {
     // Spanned on the cache field's type: without a `#[cached]` impl, every
     // error lands there with the same text, and the compiler shows it once.
     let cache_span = cache.ty.span();
+    let slots = generics::slots_ident(name);
+    let slots_ty = quote!(#slots #key_args);
     let has_cache = quote_spanned! {cache_span=>
         impl #impl_generics #private::HasCache for #name #ty_generics #where_clause {
             type Key = #key_ty;
+        }
 
+        // The slots type comes from the `#[cached]` impl: without one, this
+        // is the single error, naming it `__<Struct>_needs_cached_impl`.
+        impl #key_decl #private::CacheSlots for #key_ty {
+            type Slots = #slots_ty;
+
+            #[inline]
+            fn __invalidate_input(slots: &mut Self::Slots, input: u64) {
+                <#slots_ty>::__serve_common_invalidate_input(slots, input);
+            }
+        }
+
+        impl #impl_generics #private::CacheAccess<#name #ty_generics> for #key_ty #where_clause {
             #[inline(always)]
-            fn __cache(&self) -> &::serve_common::cached::Cache<Self>
-            where
-                #key_ty: #private::CacheSlots,
-            {
-                &self.#cache_ident
+            fn __slots<'__serve_common_owner>(
+                owner: &'__serve_common_owner #name #ty_generics,
+            ) -> &'__serve_common_owner #slots_ty {
+                ::serve_common::cached::Cache::__slots(&owner.#cache_ident)
             }
 
             #[inline(always)]
-            fn __cache_mut(&mut self) -> &mut ::serve_common::cached::Cache<Self>
-            where
-                #key_ty: #private::CacheSlots,
-            {
-                &mut self.#cache_ident
+            fn __slots_mut<'__serve_common_owner>(
+                owner: &'__serve_common_owner mut #name #ty_generics,
+            ) -> &'__serve_common_owner mut #slots_ty {
+                ::serve_common::cached::Cache::__slots_mut(&mut owner.#cache_ident)
             }
         }
     };
@@ -137,10 +150,7 @@ pub(crate) fn expand(input: TokenStream) -> syn::Result<TokenStream> {
             "Sets `{ident}` and invalidates every cached property that depends on it (assigning the field directly would not)."
         );
         let invalidate = quote_spanned! {cache_span=>
-            <#key_ty as #private::CacheSlots>::__invalidate_input(
-                <Self as #private::HasCache>::__cache_mut(self).__slots_mut(),
-                #id,
-            );
+            #private::invalidate_input::<Self>(self, #id);
         };
         quote! {
             #[doc = #doc]

@@ -27,15 +27,19 @@ fn replace_self(tokens: TokenStream, self_ty: &Type) -> TokenStream {
         .collect()
 }
 
-fn type_name(ty: &Type) -> String {
+fn type_ident(ty: &Type) -> syn::Result<syn::Ident> {
     match ty {
-        Type::Path(path) => path
+        Type::Path(path) => Ok(path
             .path
             .segments
             .last()
-            .map(|s| s.ident.to_string())
-            .unwrap_or_default(),
-        _ => "Type".to_owned(),
+            .expect("a path has a segment")
+            .ident
+            .clone()),
+        _ => Err(syn::Error::new_spanned(
+            ty,
+            "`#[cached]` goes on an impl of a struct with `#[derive(Cached)]`",
+        )),
     }
 }
 
@@ -59,12 +63,12 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
     let self_ty = &item.self_ty;
     let props = &model.properties;
     let key = key_type(self_ty)?;
-    let slots_ident = format_ident!("__ServeCommonCacheSlots{}", type_name(self_ty));
-    // The slots struct takes the impl's generic parameters without bounds,
-    // so the struct's `Cache<Self>` is well-formed whatever the impl adds.
-    let unbounded = generics::unbounded(&item.generics);
+    let slots_ident = generics::slots_ident(&type_ident(self_ty)?);
+    // The slots struct takes one parameter per argument of the self type,
+    // without bounds, so the derive can name it with the struct's own
+    // parameters and `Cache<Self>` is well-formed whatever the impl adds.
+    let unbounded = generics::from_self_args(item)?;
     let (generics_decl, generics_use) = (&unbounded.decl, &unbounded.args);
-    let has_cache = quote_spanned!(self_ty.span()=> <Self as #private::HasCache>);
 
     let slot_fields = props.iter().map(|p| {
         let ident = &p.ident;
@@ -91,13 +95,13 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
     let clear = |indices: &[usize]| -> TokenStream {
         let body = clear_slots(quote!(__serve_common_slots), indices);
         quote! {
-            let __serve_common_slots = #has_cache::__cache_mut(self).__slots_mut();
+            let __serve_common_slots = #private::slots_mut::<#key, Self>(self);
             #body
         }
     };
     let input_arms = graph.inputs.iter().map(|(name, (_, clears))| {
         let id = input_id(name);
-        let body = clear_slots(quote!(slots), clears);
+        let body = clear_slots(quote!(self), clears);
         quote!(#id => { #body })
     });
 
@@ -120,8 +124,7 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
             #(#attrs)*
             #[inline]
             #vis fn #ident(&self) -> &#ty {
-                #has_cache::__cache(self)
-                    .__slots()
+                #private::slots::<#key, Self>(self)
                     .#ident
                     .get_or_init(|| Self::#compute(self))
             }
@@ -173,7 +176,7 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
         });
     }
     for (index, impl_item) in item.items.iter().enumerate() {
-        if !rewritten[index] {
+        if !rewritten[index] && !model.dropped.contains(&index) {
             items.push(quote!(#impl_item));
         }
     }
@@ -215,12 +218,10 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
             }
         }
 
-        impl #generics_decl #private::CacheSlots for #key {
-            type Slots = #slots_ident #generics_use;
-
+        impl #generics_decl #slots_ident #generics_use {
+            #[doc(hidden)]
             #[inline]
-            fn __invalidate_input(slots: &mut Self::Slots, input: u64) {
-                let _ = &slots;
+            pub fn __serve_common_invalidate_input(&mut self, input: u64) {
                 match input {
                     #(#input_arms)*
                     _ => {}

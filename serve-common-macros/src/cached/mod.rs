@@ -20,17 +20,21 @@ pub(crate) fn input_id(name: &str) -> u64 {
 
 pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
     let result = (|| {
-        if !args.is_empty() {
-            return Err(syn::Error::new_spanned(
-                &args,
-                "`#[cached]` takes no arguments",
-            ));
-        }
+        let args_error = (!args.is_empty())
+            .then(|| syn::Error::new_spanned(&args, "`#[cached]` takes no arguments"));
         match syn::parse2::<syn::Item>(item.clone())? {
             syn::Item::Impl(item_impl) => {
-                let (model, errors) = model::CachedImpl::parse(item_impl);
-                let graph = check::Graph::build(&model, errors)?;
-                expand::cached_impl(&model, &graph)
+                let (model, mut errors) = model::CachedImpl::parse(item_impl);
+                errors.extend(args_error);
+                let graph = check::Graph::build(&model, &mut errors);
+                // Expand what is valid even when something is not, so the
+                // rest of the crate type-checks and each mistake is one error.
+                let mut tokens = TokenStream::new();
+                for error in errors {
+                    tokens.extend(error.into_compile_error());
+                }
+                tokens.extend(expand::cached_impl(&model, &graph)?);
+                Ok(tokens)
             }
             syn::Item::Fn(func) => Err(syn::Error::new(
                 func.sig.fn_token.span,

@@ -27,6 +27,8 @@ pub(crate) struct CachedImpl {
     pub(crate) setters: Vec<Setter>,
     /// Methods that are neither cached nor setters (candidate plain properties).
     pub(crate) plain: Vec<syn::Ident>,
+    /// Items left out of the expansion (a second cached method of a name).
+    pub(crate) dropped: Vec<usize>,
 }
 
 enum Marker {
@@ -216,6 +218,7 @@ impl CachedImpl {
         let mut properties = Vec::new();
         let mut setters = Vec::new();
         let mut plain = Vec::new();
+        let mut dropped = Vec::new();
         for (index, impl_item) in item.items.iter_mut().enumerate() {
             let ImplItem::Fn(func) = impl_item else {
                 continue;
@@ -258,7 +261,17 @@ impl CachedImpl {
                     }
                 }
             }
-            if cached.is_some() {
+            if cached.is_some()
+                && properties
+                    .iter()
+                    .any(|p: &Property| p.ident == func.sig.ident)
+            {
+                errors.push(syn::Error::new_spanned(
+                    &func.sig.ident,
+                    format!("duplicate cached property `{}`", func.sig.ident),
+                ));
+                dropped.push(index);
+            } else if cached.is_some() {
                 if let Some(ty) = check_getter(func, &mut errors) {
                     properties.push(Property {
                         ident: func.sig.ident.clone(),
@@ -279,6 +292,7 @@ impl CachedImpl {
                 properties,
                 setters,
                 plain,
+                dropped,
             },
             errors,
         )

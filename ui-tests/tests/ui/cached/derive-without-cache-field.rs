@@ -1,0 +1,8 @@
+use serve_common::prelude::*;
+
+#[derive(Cached)]
+struct S {
+    x: i32,
+}
+
+fn main() {}

@@ -1,0 +1,23 @@
+use serve_common::prelude::*;
+
+#[derive(Cached)]
+struct S {
+    #[input]
+    x: i32,
+    cache: Cache<Self>,
+}
+
+#[cached]
+impl S {
+    #[cached]
+    fn doubled(&self) -> i32 {
+        self.x * 2
+    }
+
+    #[setter(doubeld)]
+    fn set_doubled(&mut self, value: i32) {
+        self.x = value / 2;
+    }
+}
+
+fn main() {}
