@@ -1,19 +1,12 @@
 //! `bash bench/config.sh`: `Config::get` against nested hash maps, with
 //! criterion; prints the medians as one metric line.
 
+mod common;
+
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::path::Path;
 
-use criterion::Criterion;
 use serve_common::config::Config;
-
-fn median_ns(dir: &Path, id: &str) -> f64 {
-    let path = dir.join(id).join("new").join("estimates.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let estimates: serde_json::Value = serde_json::from_str(&text).unwrap();
-    estimates["median"]["point_estimate"].as_f64().unwrap()
-}
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,10 +30,7 @@ fn main() {
     outer.insert("a".to_owned(), middle);
 
     let out = dir.path().join("criterion");
-    let mut criterion = Criterion::default()
-        .output_directory(&out)
-        .warm_up_time(std::time::Duration::from_secs(1))
-        .measurement_time(std::time::Duration::from_secs(3));
+    let mut criterion = common::criterion(&out);
     criterion.bench_function("config_get", |b| {
         b.iter(|| black_box(config.get::<String>(black_box("a.b.c")).unwrap()))
     });
@@ -55,11 +45,8 @@ fn main() {
     });
     criterion.final_summary();
     let (ours, baseline) = (
-        median_ns(&out, "config_get"),
-        median_ns(&out, "nested_hashmaps"),
+        common::median_ns(&out, "config_get"),
+        common::median_ns(&out, "nested_hashmaps"),
     );
-    println!(
-        "config_get_ns: {ours:.1} baseline: {baseline:.1} ratio: {:.3}",
-        ours / baseline
-    );
+    common::line("config_get_ns", ours, baseline);
 }

@@ -87,3 +87,8 @@ pub use serve_common_macros::cached;
 /// Finds the cache slot of a struct and generates the setters of its
 /// `#[input]` fields; see the [`cached`](mod@cached) module.
 pub use serve_common_macros::Cached;
+
+/// The README's examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
