@@ -63,6 +63,17 @@
 //! - For each cached property, `invalidate_<name>(&mut self)` clears it and
 //!   its dependents (the original's deleter).
 //!
+//! - A getter named like an `#[input]` field (`fn n(&self)` over a field
+//!   `n`) is invalidated by that field's setter; in its own
+//!   `#[dependency(...)]`, its name means the field.
+//!
+//! Limits: one `#[cached]` impl per struct, in the struct's module (the
+//! two macros meet through generated types named after the struct); a
+//! setter returns an owned value (it needs `&mut self` again after its
+//! body); and in a generic struct, a cached type must not need the
+//! struct's bounds (`Box<Self>` in a `struct S<T: Ord>`): the storage is
+//! declared without bounds so that impl blocks may add their own.
+//!
 //! Invalidation is straight-line code generated per setter: it costs
 //! O(dependents), whatever the number of properties. Mistakes (an unknown
 //! dependency, a cycle, a cached method with arguments or returning a

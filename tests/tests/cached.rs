@@ -156,6 +156,93 @@ fn a_setter_invalidates_its_own_property_even_when_it_fails() {
     assert!(chain.set_e_base(-1).is_err());
     assert_eq!(*chain.e(), 3);
     assert_eq!(chain.calls.of("e"), 3);
+
+    // Nothing else was cleared by `e`'s setter.
+    let _ = chain.d();
+    chain.set_e_base(4).unwrap();
+    let _ = chain.d();
+    assert_eq!(
+        (
+            chain.calls.of("b"),
+            chain.calls.of("c"),
+            chain.calls.of("d")
+        ),
+        (1, 1, 1)
+    );
+}
+
+/// Getters named like the fields they read: the usual Rust shape.
+#[derive(Cached)]
+struct Named {
+    #[input]
+    n: u32,
+    #[input]
+    label: String,
+    cache: Cache<Self>,
+}
+
+#[cached]
+impl Named {
+    /// No declared dependency: same-named input field still invalidates it.
+    #[cached]
+    fn n(&self) -> u32 {
+        self.n * 2
+    }
+
+    /// Its own name in `#[dependency]` is the field, not a cycle.
+    #[cached]
+    #[dependency(label)]
+    fn label(&self) -> String {
+        self.label.to_uppercase()
+    }
+
+    #[cached]
+    #[dependency(n, label)]
+    fn both(&self) -> String {
+        format!("{}{}", self.n(), self.label())
+    }
+
+    /// Owned function types are fine (not borrows).
+    #[cached]
+    fn checker(&self) -> Box<dyn Fn(&str) -> bool + Send + Sync> {
+        let label = self.label.clone();
+        Box::new(move |s: &str| s == label)
+    }
+
+    /// A generic setter whose type parameter cannot be inferred from the
+    /// call inside the generated wrapper without a turbofish.
+    #[setter(n)]
+    fn set_n_from<T: Into<u32>>(&mut self, value: T) {
+        self.n = value.into();
+    }
+}
+
+#[test]
+fn fields_and_getters_of_the_same_name() {
+    let mut named = Named {
+        n: 1,
+        label: "a".into(),
+        cache: Cache::new(),
+    };
+    assert_eq!(
+        (*named.n(), named.label().as_str(), named.both().as_str()),
+        (2, "A", "2A")
+    );
+    named.set_n(5);
+    assert_eq!(
+        *named.n(),
+        10,
+        "setting the field cleared the same-named getter"
+    );
+    assert_eq!(named.both(), "10A");
+    named.set_label("b".into());
+    assert_eq!(
+        (named.label().as_str(), named.both().as_str()),
+        ("B", "10B")
+    );
+    named.set_n_from(7_u8);
+    assert_eq!((*named.n(), named.both().as_str()), (14, "14B"));
+    assert!((named.checker())("b"));
 }
 
 #[test]

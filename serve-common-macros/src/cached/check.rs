@@ -11,10 +11,22 @@ pub(crate) struct Graph {
     pub(crate) invalidates: Vec<Vec<usize>>,
     /// For each setter (same order as `model.setters`): what it clears.
     pub(crate) setter_clears: Vec<Vec<usize>>,
-    /// Dependencies that name neither a cached nor a plain property: they
-    /// must be `#[input]` fields (checked by the compiler, with a span).
-    /// Field name -> (a token naming it, transitive dependents).
-    pub(crate) inputs: BTreeMap<String, (syn::Ident, Vec<usize>)>,
+    /// What setting an `#[input]` field of each name clears. Every name
+    /// that could be a field gets an entry: dependencies on fields, and
+    /// properties or plain getters named like a field (`fn n(&self)` over
+    /// a field `n`): an entry for a name that is no input is never used.
+    pub(crate) input_arms: BTreeMap<String, Vec<usize>>,
+    /// Dependencies that must be `#[input]` fields, with the token naming
+    /// them: the compiler checks each, with the error on that token.
+    pub(crate) input_checks: Vec<(String, syn::Ident)>,
+}
+
+/// What a dependency name resolves to.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Node {
+    Property(usize),
+    Plain(String),
+    Field(String),
 }
 
 impl Graph {
@@ -27,12 +39,15 @@ impl Graph {
             .enumerate()
             .map(|(i, p)| (p.ident.to_string(), i))
             .collect();
-        // Setters: a known property, one setter each.
         let plain: BTreeSet<String> = model.plain.iter().map(ToString::to_string).collect();
-        let mut has_setter = BTreeSet::new();
+        // Setters: a known property, one setter each.
+        let mut has_setter: BTreeSet<String> = model.failed_setter_targets.clone();
         for setter in &model.setters {
             let name = setter.target.to_string();
-            if !index_of.contains_key(&name) && !plain.contains(&name) {
+            let known = index_of.contains_key(&name)
+                || plain.contains(&name)
+                || model.failed.contains(&name);
+            if !known {
                 errors.push(syn::Error::new_spanned(
                     &setter.target,
                     format!(
@@ -46,60 +61,54 @@ impl Graph {
                 ));
             }
         }
-        // Edges: dependency -> dependent. Names that are not properties
-        // here are inputs, unless they are plain methods without a setter.
-        let mut dependents: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        let mut input_tokens: BTreeMap<String, syn::Ident> = BTreeMap::new();
+        // Edges: what each dependency name resolves to -> its dependents.
+        let mut dependents: BTreeMap<Node, Vec<usize>> = BTreeMap::new();
+        let mut input_checks: Vec<(String, syn::Ident)> = Vec::new();
         for (i, p) in props.iter().enumerate() {
             for dep in &p.deps {
                 let name = dep.to_string();
-                if plain.contains(&name) && !has_setter.contains(&name) {
-                    errors.push(syn::Error::new_spanned(
-                        dep,
-                        format!(
-                            "`{name}` never changes through this API: it has no `#[setter({name})]`, so `{}` would never be invalidated. Add a setter, or depend on the `#[input]` field it reads",
-                            p.ident
-                        ),
-                    ));
-                    continue;
+                let node = match index_of.get(&name) {
+                    // A property cannot depend on itself: its own name is
+                    // the field it reads (`fn n(&self)` over a field `n`).
+                    Some(&j) if j != i => Node::Property(j),
+                    _ if plain.contains(&name) && has_setter.contains(&name) => {
+                        Node::Plain(name.clone())
+                    }
+                    // A cached method that failed its own checks: that
+                    // error is enough.
+                    _ if model.failed.contains(&name) => continue,
+                    _ => Node::Field(name.clone()),
+                };
+                if let Node::Field(field) = &node {
+                    if !input_checks.iter().any(|(seen, _)| seen == field) {
+                        input_checks.push((field.clone(), dep.clone()));
+                    }
                 }
-                if !index_of.contains_key(&name) && !plain.contains(&name) {
-                    input_tokens
-                        .entry(name.clone())
-                        .or_insert_with(|| dep.clone());
-                }
-                dependents.entry(name).or_default().push(i);
+                dependents.entry(node).or_default().push(i);
             }
         }
         if let Some(error) = find_cycle(model, &index_of) {
             errors.push(error);
         }
-        let closure = |start: &str| -> Vec<usize> {
+        let closure = |start: &Node| -> Vec<usize> {
             let mut out = BTreeSet::new();
             let mut stack: Vec<usize> = dependents.get(start).cloned().unwrap_or_default();
             while let Some(i) = stack.pop() {
                 if out.insert(i) {
-                    stack.extend(
-                        dependents
-                            .get(&props[i].ident.to_string())
-                            .into_iter()
-                            .flatten(),
-                    );
+                    stack.extend(dependents.get(&Node::Property(i)).into_iter().flatten());
                 }
             }
             out.into_iter().collect()
         };
-        let invalidates = props
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let mut set = closure(&p.ident.to_string());
+        let invalidates: Vec<Vec<usize>> = (0..props.len())
+            .map(|i| {
+                let mut set = closure(&Node::Property(i));
                 set.push(i);
                 set.sort_unstable();
                 set.dedup();
                 set
             })
-            .collect::<Vec<_>>();
+            .collect();
         let setter_clears = model
             .setters
             .iter()
@@ -107,22 +116,32 @@ impl Graph {
                 let name = s.target.to_string();
                 match index_of.get(&name) {
                     Some(&i) => invalidates[i].clone(),
-                    None if plain.contains(&name) => closure(&name),
-                    None => Vec::new(),
+                    None => closure(&Node::Plain(name)),
                 }
             })
             .collect();
-        let inputs = input_tokens
-            .into_iter()
-            .map(|(name, token)| {
-                let clears = closure(&name);
-                (name, (token, clears))
-            })
-            .collect();
+        let mut input_arms: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut add = |name: &str, clears: &[usize]| {
+            let arm = input_arms.entry(name.to_owned()).or_default();
+            arm.extend_from_slice(clears);
+            arm.sort_unstable();
+            arm.dedup();
+        };
+        for (i, p) in props.iter().enumerate() {
+            add(&p.ident.to_string(), &invalidates[i]);
+        }
+        for name in &has_setter {
+            add(name, &closure(&Node::Plain(name.clone())));
+        }
+        for (name, _) in &input_checks {
+            add(name, &closure(&Node::Field(name.clone())));
+        }
+        input_arms.retain(|_, clears| !clears.is_empty());
         Self {
             invalidates,
             setter_clears,
-            inputs,
+            input_arms,
+            input_checks,
         }
     }
 }
@@ -149,6 +168,10 @@ fn find_cycle(model: &CachedImpl, index_of: &BTreeMap<String, usize>) -> Option<
             let Some(&j) = index_of.get(&dep.to_string()) else {
                 continue;
             };
+            if j == i {
+                // Its own name is the field it reads, not a cycle.
+                continue;
+            }
             match marks[j] {
                 Mark::Open => {
                     let start = path.iter().position(|&k| k == j).unwrap_or(0);

@@ -7,8 +7,22 @@ use syn::{Data, DeriveInput, Fields};
 
 use super::{generics, input_id};
 
-fn is_cache_type(ty: &syn::Type) -> bool {
-    matches!(ty, syn::Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Cache"))
+/// `Cache<Self>` (or `Cache<Name<..>>`), by any path: another crate's
+/// `Cache<K, V>` is not the slot.
+fn is_cache_type(ty: &syn::Type, name: &syn::Ident) -> bool {
+    let syn::Type::Path(p) = ty else {
+        return false;
+    };
+    let Some(last) = p.path.segments.last() else {
+        return false;
+    };
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return false;
+    };
+    last.ident == "Cache"
+        && args.args.len() == 1
+        && matches!(&args.args[0], syn::GenericArgument::Type(syn::Type::Path(arg))
+            if arg.path.is_ident("Self") || arg.path.segments.last().is_some_and(|s| s.ident == *name))
 }
 
 pub(crate) fn expand(input: TokenStream) -> syn::Result<TokenStream> {
@@ -68,7 +82,7 @@ pub(crate) fn expand(input: TokenStream) -> syn::Result<TokenStream> {
                 inputs.push(field);
             }
         }
-        if cache_field.is_none() && is_cache_type(&field.ty) {
+        if cache_field.is_none() && is_cache_type(&field.ty, &input.ident) {
             cache_field = Some(field);
         }
     }

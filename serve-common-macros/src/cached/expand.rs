@@ -70,15 +70,27 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
     let unbounded = generics::from_self_args(item)?;
     let (generics_decl, generics_use) = (&unbounded.decl, &unbounded.args);
 
-    let slot_fields = props.iter().map(|p| {
+    // `#[cfg]` on a cached method goes to everything generated for it.
+    let cfgs: Vec<Vec<&syn::Attribute>> = props
+        .iter()
+        .map(|p| match &item.items[p.index] {
+            ImplItem::Fn(func) => func
+                .attrs
+                .iter()
+                .filter(|a| a.path().is_ident("cfg"))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let slot_fields = props.iter().zip(&cfgs).map(|(p, cfg)| {
         let ident = &p.ident;
         let declared = &p.ty;
         let ty = replace_self(quote!(#declared), self_ty);
-        quote!(#ident: #private::OnceLock<#ty>)
+        quote!(#(#cfg)* #ident: #private::OnceLock<#ty>)
     });
-    let slot_inits = props.iter().map(|p| {
+    let slot_inits = props.iter().zip(&cfgs).map(|(p, cfg)| {
         let ident = &p.ident;
-        quote!(#ident: #private::OnceLock::new())
+        quote!(#(#cfg)* #ident: #private::OnceLock::new())
     });
     let (marker_field, marker_init) = match &unbounded.marker {
         Some(marker) => (
@@ -89,8 +101,11 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
     };
 
     let clear_slots = |slots: TokenStream, indices: &[usize]| -> TokenStream {
-        let fields = indices.iter().map(|&i| &props[i].ident);
-        quote!(#(#slots.#fields.take();)*)
+        let takes = indices.iter().map(|&i| {
+            let (field, cfg) = (&props[i].ident, &cfgs[i]);
+            quote!(#(#cfg)* #slots.#field.take();)
+        });
+        quote!(#(#takes)*)
     };
     let clear = |indices: &[usize]| -> TokenStream {
         let body = clear_slots(quote!(__serve_common_slots), indices);
@@ -99,7 +114,7 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
             #body
         }
     };
-    let input_arms = graph.inputs.iter().map(|(name, (_, clears))| {
+    let input_arms = graph.input_arms.iter().map(|(name, clears)| {
         let id = input_id(name);
         let body = clear_slots(quote!(self), clears);
         quote!(#id => { #body })
@@ -113,7 +128,24 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
             continue;
         };
         rewritten[p.index] = true;
-        let (attrs, vis, ident, ty, block) = (&func.attrs, &func.vis, &p.ident, &p.ty, &func.block);
+        let (vis, ident, ty, block) = (&func.vis, &p.ident, &p.ty, &func.block);
+        // The user's attributes stay on the getter, without `inline` (we set
+        // it); `cfg` and lint levels also go to the generated methods.
+        let attrs: Vec<&syn::Attribute> = func
+            .attrs
+            .iter()
+            .filter(|a| !a.path().is_ident("inline"))
+            .collect();
+        let carried: Vec<&syn::Attribute> = attrs
+            .iter()
+            .copied()
+            .filter(|a| {
+                ["cfg", "allow", "expect", "warn", "deny"]
+                    .iter()
+                    .any(|n| a.path().is_ident(n))
+            })
+            .collect();
+        let where_clause = &func.sig.generics.where_clause;
         let compute = format_ident!("__serve_common_compute_{}", ident);
         let invalidate = format_ident!("invalidate_{}", ident);
         let body = clear(&graph.invalidates[i]);
@@ -129,10 +161,12 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
                     .get_or_init(|| Self::#compute(self))
             }
 
+            #(#carried)*
             #[doc(hidden)]
             #[inline(never)]
-            fn #compute(&self) -> #ty #block
+            fn #compute(&self) -> #ty #where_clause #block
 
+            #(#carried)*
             #[doc = #invalidate_doc]
             #[inline]
             #[allow(dead_code)]
@@ -150,7 +184,9 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
         let inner_ident = format_ident!("__serve_common_set_{}", func.sig.ident);
         inner.sig.ident = inner_ident.clone();
         inner.vis = syn::Visibility::Inherited;
-        inner.attrs.retain(|a| !a.path().is_ident("doc"));
+        inner
+            .attrs
+            .retain(|a| !a.path().is_ident("doc") && !a.path().is_ident("inline"));
         let mut outer_sig = func.sig.clone();
         let mut forwarded = Vec::new();
         for (n, arg) in outer_sig.inputs.iter_mut().enumerate().skip(1) {
@@ -162,10 +198,28 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
         }
         let (attrs, vis) = (&func.attrs, &func.vis);
         let body = clear(clears);
+        // Type and const parameters are passed on explicitly: they may not
+        // be inferable from the arguments.
+        let turbofish: Vec<&syn::Ident> = func
+            .sig
+            .generics
+            .params
+            .iter()
+            .filter_map(|p| match p {
+                syn::GenericParam::Type(t) => Some(&t.ident),
+                syn::GenericParam::Const(c) => Some(&c.ident),
+                syn::GenericParam::Lifetime(_) => None,
+            })
+            .collect();
+        let turbofish = if turbofish.is_empty() {
+            quote!()
+        } else {
+            quote!(::<#(#turbofish),*>)
+        };
         items.push(quote! {
             #(#attrs)*
             #vis #outer_sig {
-                let __serve_common_result = self.#inner_ident(#(#forwarded),*);
+                let __serve_common_result = self.#inner_ident #turbofish(#(#forwarded),*);
                 #body
                 __serve_common_result
             }
@@ -182,11 +236,11 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
     }
     // Every dependency that is not a property must be an `#[input]` field:
     // the compiler checks it here, with the error on the dependency's name.
-    let input_checks = graph.inputs.iter().map(|(name, (token, _))| {
+    let input_checks = graph.input_checks.iter().map(|(name, token)| {
         let id = input_id(name);
         quote_spanned!(token.span()=> #private::assert_input::<Self, #id>();)
     });
-    let check_fn = if graph.inputs.is_empty() {
+    let check_fn = if graph.input_checks.is_empty() {
         quote!()
     } else {
         quote! {

@@ -24,7 +24,7 @@ pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
             .then(|| syn::Error::new_spanned(&args, "`#[cached]` takes no arguments"));
         match syn::parse2::<syn::Item>(item.clone())? {
             syn::Item::Impl(item_impl) => {
-                let (model, mut errors) = model::CachedImpl::parse(item_impl);
+                let (model, mut errors) = model::CachedImpl::parse(item_impl)?;
                 errors.extend(args_error);
                 let graph = check::Graph::build(&model, &mut errors);
                 // Expand what is valid even when something is not, so the

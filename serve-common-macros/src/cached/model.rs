@@ -1,5 +1,7 @@
 //! A typed model of a `#[cached]` impl block, keeping syn nodes for spans.
 
+use std::collections::BTreeSet;
+
 use proc_macro2::TokenStream;
 
 use syn::{Attribute, FnArg, ImplItem, ImplItemFn, ItemImpl, ReturnType, Type};
@@ -29,6 +31,11 @@ pub(crate) struct CachedImpl {
     pub(crate) plain: Vec<syn::Ident>,
     /// Items left out of the expansion (a second cached method of a name).
     pub(crate) dropped: Vec<usize>,
+    /// Names of cached methods that failed their checks: already reported,
+    /// so naming them elsewhere is not another error.
+    pub(crate) failed: BTreeSet<String>,
+    /// Properties whose setter failed its checks: they count as having one.
+    pub(crate) failed_setter_targets: BTreeSet<String>,
 }
 
 enum Marker {
@@ -172,6 +179,13 @@ fn find_borrow(ty: &Type) -> Option<proc_macro2::Span> {
         fn visit_type_impl_trait(&mut self, t: &'ast syn::TypeImplTrait) {
             self.0.get_or_insert(t.impl_token.span);
         }
+        // `fn(&str) -> bool` and `dyn Fn(&str)` own nothing borrowed.
+        fn visit_type_bare_fn(&mut self, _: &'ast syn::TypeBareFn) {}
+        fn visit_parenthesized_generic_arguments(
+            &mut self,
+            _: &'ast syn::ParenthesizedGenericArguments,
+        ) {
+        }
     }
     let mut finder = Finder(None);
     finder.visit_type(ty);
@@ -183,6 +197,15 @@ fn check_setter(func: &ImplItemFn, attr: &Attribute, errors: &mut Vec<syn::Error
     if let Some(asyncness) = &sig.asyncness {
         errors.push(syn::Error::new(asyncness.span, "a setter cannot be async"));
         return false;
+    }
+    if let ReturnType::Type(_, ty) = &sig.output {
+        if let Some(borrow) = find_borrow(ty) {
+            errors.push(syn::Error::new(
+                borrow,
+                "a setter cannot return a borrow: the cache is cleared after its body runs, which needs `&mut self` again. Return an owned value or `()`",
+            ));
+            return false;
+        }
     }
     match sig.inputs.first() {
         Some(FnArg::Receiver(r))
@@ -207,10 +230,10 @@ fn check_setter(func: &ImplItemFn, attr: &Attribute, errors: &mut Vec<syn::Error
 impl CachedImpl {
     /// Parses what it can and records every problem, so the user sees all
     /// of them at once.
-    pub(crate) fn parse(mut item: ItemImpl) -> (Self, Vec<syn::Error>) {
+    pub(crate) fn parse(mut item: ItemImpl) -> syn::Result<(Self, Vec<syn::Error>)> {
         let mut errors = Vec::new();
         if let Some((_, path, _)) = &item.trait_ {
-            errors.push(syn::Error::new_spanned(
+            return Err(syn::Error::new_spanned(
                 path,
                 "`#[cached]` goes on an inherent impl (`impl Type`), not a trait impl",
             ));
@@ -219,6 +242,8 @@ impl CachedImpl {
         let mut setters = Vec::new();
         let mut plain = Vec::new();
         let mut dropped = Vec::new();
+        let mut failed = BTreeSet::new();
+        let mut failed_setter_targets = BTreeSet::new();
         for (index, impl_item) in item.items.iter_mut().enumerate() {
             let ImplItem::Fn(func) = impl_item else {
                 continue;
@@ -257,6 +282,8 @@ impl CachedImpl {
                                 .push(syn::Error::new_spanned(attr, "one `#[setter]` per method"));
                         } else if check_setter(func, attr, &mut errors) {
                             setter = Some(target.clone());
+                        } else {
+                            failed_setter_targets.insert(target.to_string());
                         }
                     }
                 }
@@ -272,13 +299,16 @@ impl CachedImpl {
                 ));
                 dropped.push(index);
             } else if cached.is_some() {
-                if let Some(ty) = check_getter(func, &mut errors) {
-                    properties.push(Property {
+                match check_getter(func, &mut errors) {
+                    Some(ty) => properties.push(Property {
                         ident: func.sig.ident.clone(),
                         ty,
                         deps,
                         index,
-                    });
+                    }),
+                    None => {
+                        failed.insert(func.sig.ident.to_string());
+                    }
                 }
             } else if let Some(target) = setter {
                 setters.push(Setter { target, index });
@@ -286,16 +316,18 @@ impl CachedImpl {
                 plain.push(func.sig.ident.clone());
             }
         }
-        (
+        Ok((
             Self {
                 item,
                 properties,
                 setters,
                 plain,
                 dropped,
+                failed,
+                failed_setter_targets,
             },
             errors,
-        )
+        ))
     }
 }
 
