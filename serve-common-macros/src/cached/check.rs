@@ -79,10 +79,12 @@ impl Graph {
                     _ if model.failed.contains(&name) => continue,
                     _ => Node::Field(name.clone()),
                 };
-                if let Node::Field(field) = &node {
-                    if !input_checks.iter().any(|(seen, _)| seen == field) {
-                        input_checks.push((field.clone(), dep.clone()));
-                    }
+                let new_field = match &node {
+                    Node::Field(field) => !input_checks.iter().any(|(seen, _)| seen == field),
+                    _ => false,
+                };
+                if new_field {
+                    input_checks.push((name.clone(), dep.clone()));
                 }
                 dependents.entry(node).or_default().push(i);
             }

@@ -198,14 +198,16 @@ fn check_setter(func: &ImplItemFn, attr: &Attribute, errors: &mut Vec<syn::Error
         errors.push(syn::Error::new(asyncness.span, "a setter cannot be async"));
         return false;
     }
-    if let ReturnType::Type(_, ty) = &sig.output {
-        if let Some(borrow) = find_borrow(ty) {
-            errors.push(syn::Error::new(
-                borrow,
-                "a setter cannot return a borrow: the cache is cleared after its body runs, which needs `&mut self` again. Return an owned value or `()`",
-            ));
-            return false;
-        }
+    let borrow = match &sig.output {
+        ReturnType::Type(_, ty) => find_borrow(ty),
+        ReturnType::Default => None,
+    };
+    if let Some(borrow) = borrow {
+        errors.push(syn::Error::new(
+            borrow,
+            "a setter cannot return a borrow: the cache is cleared after its body runs, which needs `&mut self` again. Return an owned value or `()`",
+        ));
+        return false;
     }
     match sig.inputs.first() {
         Some(FnArg::Receiver(r))
