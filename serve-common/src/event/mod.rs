@@ -203,6 +203,8 @@ pub(crate) struct Core {
     dispatcher: OnceCell<Thread>,
     failures: AtomicU64,
     dispatched: AtomicU64,
+    /// Items ever queued: lets the dispatcher spin without the lock.
+    queued: AtomicU64,
 }
 
 impl Core {
@@ -214,6 +216,7 @@ impl Core {
         let wake = {
             let mut queue = self.queue.lock();
             queue.items.push_back(item);
+            self.queued.fetch_add(1, Ordering::Release);
             std::mem::replace(&mut queue.idle, false)
         };
         if let (true, Some(thread)) = (wake, self.dispatcher.get()) {
@@ -244,7 +247,13 @@ impl Core {
     fn run(&self) {
         let mut batch = VecDeque::new();
         let mut matched = Vec::new();
+        let mut seen = 0;
         loop {
+            // A short spin before sleeping: an event that follows soon (an
+            // acknowledgement's waiter notifying again, a burst) is picked up
+            // without the cost of waking a sleeping thread, which is tens of
+            // microseconds on an idle virtual machine.
+            spin_until(|| self.queued.load(Ordering::Acquire) != seen, SPIN);
             {
                 let mut queue = self.queue.lock();
                 while queue.items.is_empty() {
@@ -255,6 +264,7 @@ impl Core {
                     MutexGuard::unlocked(&mut queue, thread::park);
                 }
                 queue.idle = false;
+                seen = self.queued.load(Ordering::Acquire);
                 std::mem::swap(&mut queue.items, &mut batch);
             }
             for item in batch.drain(..) {
@@ -325,6 +335,24 @@ impl Core {
     }
 }
 
+/// How long a thread spins for work before it sleeps.
+pub(crate) const SPIN: Duration = Duration::from_micros(30);
+
+/// Spins until `done` or `limit` passes; returns whether it got done.
+pub(crate) fn spin_until(mut done: impl FnMut() -> bool, limit: Duration) -> bool {
+    let start = Instant::now();
+    for i in 1_u32.. {
+        if done() {
+            return true;
+        }
+        std::hint::spin_loop();
+        if i % 64 == 0 && start.elapsed() >= limit {
+            break;
+        }
+    }
+    done()
+}
+
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
@@ -388,6 +416,7 @@ impl EventBus {
             dispatcher: OnceCell::new(),
             failures: AtomicU64::new(0),
             dispatched: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
         });
         let thread_core = core.clone();
         let handle = thread::Builder::new()

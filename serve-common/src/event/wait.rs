@@ -6,6 +6,7 @@ use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Core, Event};
 
@@ -15,6 +16,8 @@ use super::{Core, Event};
 #[derive(Default)]
 pub(crate) struct WaitSlot {
     state: Mutex<SlotState>,
+    /// Set once filled: lets a waiter spin without the lock.
+    filled: AtomicBool,
 }
 
 #[derive(Default)]
@@ -31,6 +34,7 @@ impl WaitSlot {
             if state.event.is_none() {
                 state.event = Some(event.clone());
             }
+            self.filled.store(true, Ordering::Release);
             (state.thread.take(), state.waker.take())
         };
         if let Some(thread) = thread {
@@ -43,6 +47,8 @@ impl WaitSlot {
 
     /// Blocks until filled or the deadline passes.
     pub(crate) fn wait_until(&self, deadline: Instant) -> Option<Event> {
+        let spin = super::SPIN.min(deadline.saturating_duration_since(Instant::now()));
+        super::spin_until(|| self.filled.load(Ordering::Acquire), spin);
         loop {
             {
                 let mut state = self.state.lock();
