@@ -35,6 +35,7 @@
 pub mod cached;
 pub mod config;
 pub mod event;
+pub mod ipc;
 mod outcome;
 pub mod prelude;
 pub mod reloading;

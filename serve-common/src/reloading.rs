@@ -32,7 +32,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::Hasher;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
@@ -134,18 +134,16 @@ impl PollingReloader {
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name("serve-common-poll".into())
-            .spawn(move || {
-                loop {
-                    match rx.recv_timeout(interval) {
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        Ok(Msg::Fs(_)) => continue,
-                        Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                    }
-                    let now = stat(&watched.path);
-                    if now != meta {
-                        meta = now;
-                        watched.check();
-                    }
+            .spawn(move || loop {
+                match rx.recv_timeout(interval) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Ok(Msg::Fs(_)) => continue,
+                    Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                let now = stat(&watched.path);
+                if now != meta {
+                    meta = now;
+                    watched.check();
                 }
             })?;
         Ok(Self {

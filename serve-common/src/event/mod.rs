@@ -41,6 +41,7 @@
 //! - Creating processes by `fork` without `exec` after the bus started is
 //!   not supported (its thread does not survive a fork).
 
+mod ipc;
 mod pattern;
 mod payload;
 mod registry;
@@ -49,7 +50,7 @@ mod wait;
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::{self, Thread};
@@ -60,6 +61,7 @@ use parking_lot::{Mutex, MutexGuard, RwLock};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use self::ipc::{enable_ipc, IpcEvents, EVENTS_GROUP, INCOMING_BACKLOG, OUTGOING_CAPACITY};
 pub use self::pattern::{EventPattern, PatternError};
 use self::payload::PayloadRepr;
 pub use self::payload::{Payload, PayloadError};
@@ -205,6 +207,8 @@ pub(crate) struct Core {
     dispatched: AtomicU64,
     /// Items ever queued: lets the dispatcher spin without the lock.
     queued: AtomicU64,
+    /// Items the dispatcher took off the queue.
+    taken: AtomicU64,
 }
 
 impl Core {
@@ -266,6 +270,7 @@ impl Core {
                 queue.idle = false;
                 seen = self.queued.load(Ordering::Acquire);
                 std::mem::swap(&mut queue.items, &mut batch);
+                self.taken.fetch_add(batch.len() as u64, Ordering::Relaxed);
             }
             for item in batch.drain(..) {
                 match item {
@@ -417,6 +422,7 @@ impl EventBus {
             failures: AtomicU64::new(0),
             dispatched: AtomicU64::new(0),
             queued: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
         });
         let thread_core = core.clone();
         let handle = thread::Builder::new()
@@ -563,6 +569,15 @@ impl EventBus {
         let slot = Arc::new(WaitSlot::default());
         self.core().enqueue(Item::Barrier(slot.clone()));
         slot.wait_until(Instant::now() + timeout).is_some()
+    }
+
+    /// How many queued items (events, acknowledgements) the dispatcher has
+    /// not taken yet.
+    pub fn backlog(&self) -> u64 {
+        let core = self.core();
+        core.queued
+            .load(Ordering::Acquire)
+            .saturating_sub(core.taken.load(Ordering::Relaxed))
     }
 
     /// How many handler calls failed (error or panic) on this bus.

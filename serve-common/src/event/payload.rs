@@ -3,8 +3,8 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// A payload as the bus holds it: the notifier's own value (never serialized
 /// for in-process delivery), or CBOR bytes that came from another process.

@@ -1,0 +1,126 @@
+//! AF_UNIX SOCK_SEQPACKET sockets in the abstract namespace, through nix
+//! (safe wrappers; this crate forbids `unsafe`).
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, sockopt, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+
+fn retry<T>(mut f: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(Errno::EINTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
+fn seqpacket() -> io::Result<OwnedFd> {
+    retry(|| {
+        socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+    })
+}
+
+/// A listening socket bound to `name` in the abstract namespace.
+pub(crate) fn listen(name: &[u8]) -> io::Result<OwnedFd> {
+    let fd = seqpacket()?;
+    let addr = UnixAddr::new_abstract(name).map_err(io::Error::from)?;
+    retry(|| socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr))?;
+    retry(|| socket::listen(&fd, socket::Backlog::new(128).expect("a valid backlog")))?;
+    Ok(fd)
+}
+
+/// A connection to the listener at `name`.
+pub(crate) fn connect(name: &[u8]) -> io::Result<OwnedFd> {
+    let fd = seqpacket()?;
+    let addr = UnixAddr::new_abstract(name).map_err(io::Error::from)?;
+    retry(|| socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr))?;
+    Ok(fd)
+}
+
+/// Accepts one connection.
+pub(crate) fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
+    retry(|| socket::accept4(listener.as_fd(), SockFlag::SOCK_CLOEXEC))
+}
+
+/// Sends one packet (blocking). A closed peer is an error, not a SIGPIPE.
+pub(crate) fn send(fd: &impl AsFd, packet: &[u8]) -> io::Result<()> {
+    let sent = retry(|| {
+        socket::send(
+            std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()),
+            packet,
+            MsgFlags::MSG_NOSIGNAL,
+        )
+    })?;
+    if sent == packet.len() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "packet sent in part",
+        ))
+    }
+}
+
+/// Receives one packet into `buffer`; `Ok(None)` at end of stream. A packet
+/// longer than the buffer is reported as `InvalidData` (and dropped).
+pub(crate) fn recv(fd: &impl AsFd, buffer: &mut [u8]) -> io::Result<Option<usize>> {
+    let len = retry(|| {
+        socket::recv(
+            std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()),
+            buffer,
+            MsgFlags::MSG_TRUNC | MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+    })?;
+    if len == 0 {
+        // SEQPACKET has no empty packets on a live connection... except the
+        // ones a peer sends on purpose; both end here: treat 0 as the end
+        // only if the peer closed, which a second read would confirm. A
+        // zero-length packet is malformed anyway.
+        return Ok(None);
+    }
+    if len > buffer.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("packet of {len} bytes exceeds the largest valid packet"),
+        ));
+    }
+    Ok(Some(len))
+}
+
+/// The peer's (uid, pid), from SO_PEERCRED.
+pub(crate) fn peer(fd: &impl AsFd) -> io::Result<(u32, i32)> {
+    let cred = retry(|| socket::getsockopt(&fd.as_fd(), sockopt::PeerCredentials))?;
+    Ok((cred.uid(), cred.pid()))
+}
+
+/// Sets (or clears) the receive timeout.
+pub(crate) fn set_recv_timeout(fd: &impl AsFd, timeout: Option<Duration>) -> io::Result<()> {
+    let tv = nix::sys::time::TimeVal::from(match timeout {
+        Some(t) => libc_timeval(t),
+        None => libc_timeval(Duration::ZERO),
+    });
+    retry(|| socket::setsockopt(&fd.as_fd(), sockopt::ReceiveTimeout, &tv))
+}
+
+fn libc_timeval(d: Duration) -> nix::libc::timeval {
+    nix::libc::timeval {
+        tv_sec: d.as_secs() as _,
+        tv_usec: d.subsec_micros() as _,
+    }
+}
+
+/// Shuts both directions down: blocked reads and writes on it return.
+pub(crate) fn shutdown(fd: &impl AsFd) {
+    let _ = socket::shutdown(
+        std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()),
+        socket::Shutdown::Both,
+    );
+}

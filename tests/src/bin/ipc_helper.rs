@@ -1,0 +1,311 @@
+//! A process for the IPC tests to start: the server, a parent that starts
+//! the server, or a member playing one part. It reads commands on stdin and
+//! reports on stdout, one line each, so tests wait on lines, not on time.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serve_common::config::{self, Config, ConfigChange};
+use serve_common::event::{self, Event};
+use serve_common::ipc::{self, IpcError, ServerOptions};
+
+/// A numbered message of the exchange tests.
+#[derive(Debug, Serialize, Deserialize)]
+struct Msg {
+    from: u32,
+    seq: u64,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+}
+
+fn say(line: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
+
+fn lines() -> impl Iterator<Item = String> {
+    std::io::stdin().lock().lines().map_while(Result::ok)
+}
+
+fn wait_for_line(expected: &str) {
+    for line in lines() {
+        if line.trim() == expected {
+            return;
+        }
+    }
+    std::process::exit(3);
+}
+
+/// Content that depends on the sender and sequence, to catch mixed-up parts.
+fn pattern(id: u32, seq: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i as u64)
+                .wrapping_mul(31)
+                .wrapping_add(u64::from(id) * 7 + seq * 13) as u8
+        })
+        .collect()
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> T {
+    args.get(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("argument {i} missing or invalid: {args:?}"))
+}
+
+fn main() {
+    ipc::run_server_if_requested();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("parent") => parent(&args),
+        Some("exchange") => exchange(&args),
+        Some("stall") => stall(&args),
+        Some("read") => read(&args),
+        Some("big") => big(&args),
+        Some("try-join") => try_join(&args),
+        Some("events") => events(),
+        other => panic!("unknown mode {other:?}"),
+    }
+}
+
+/// Starts the server, reports `server <pid> <address>`, then waits: a
+/// `shutdown` line or SIGINT stops the server; end of input leaves it.
+fn parent(args: &[String]) {
+    let mut options = ServerOptions {
+        program: Some(std::env::current_exe().unwrap()),
+        ..ServerOptions::default()
+    };
+    let mut rest = args[1..].iter();
+    while let Some(flag) = rest.next() {
+        let value: u64 = rest.next().and_then(|v| v.parse().ok()).expect("a number");
+        match flag.as_str() {
+            "--stall-ms" => options.stall_timeout = Duration::from_millis(value),
+            "--greeting-ms" => options.greeting_timeout = Duration::from_millis(value),
+            "--queue-bytes" => options.queue_bytes = value as usize,
+            "--max" => options.max_message = value as usize,
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    let pid = ipc::start_with(options).unwrap();
+    let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT]);
+    let mut signals = signals.unwrap();
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            // The server must still be up: the parent stops it, not ^C.
+            let probe = ipc::join_group::<u8>("probe");
+            let alive = probe.is_ok()
+                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
+            say(if alive {
+                "alive-at-sigint"
+            } else {
+                "dead-at-sigint"
+            });
+            ipc::shutdown().unwrap();
+            say("stopped");
+            std::process::exit(0);
+        }
+    });
+    say(format!("server {pid} {}", ipc::address().unwrap()));
+    for line in lines() {
+        if line.trim() == "shutdown" {
+            ipc::shutdown().unwrap();
+            say("stopped");
+            return;
+        }
+    }
+}
+
+/// Joins, reports `joined`, waits for `go`, sends `count` messages, then
+/// receives until it has `count` from each of `peers` others, in order.
+fn exchange(args: &[String]) {
+    let (group, count, peers): (String, u64, usize) = (arg(args, 1), arg(args, 2), arg(args, 3));
+    ipc::setup(None).unwrap();
+    let socket = ipc::join_group::<Msg>(&group).unwrap();
+    say("joined");
+    wait_for_line("go");
+    let me = std::process::id();
+    let sender = socket.clone();
+    let sending = std::thread::spawn(move || {
+        for seq in 0..count {
+            sender
+                .send(&Msg {
+                    from: me,
+                    seq,
+                    body: pattern(me, seq, 64),
+                })
+                .unwrap();
+        }
+    });
+    let mut next = std::collections::HashMap::new();
+    let mut total = 0;
+    while total < count * peers as u64 {
+        let msg = socket.recv().unwrap();
+        let expected = next.entry(msg.from).or_insert(0);
+        assert_eq!(
+            msg.seq, *expected,
+            "out of order or duplicated from {}",
+            msg.from
+        );
+        assert_eq!(msg.body, pattern(msg.from, msg.seq, 64));
+        *expected += 1;
+        total += 1;
+    }
+    sending.join().unwrap();
+    assert_eq!(next.len(), peers);
+    say(format!("ok {total}"));
+}
+
+/// Joins and never reads until told to `drain`; then counts what is left
+/// before the server's close.
+fn stall(args: &[String]) {
+    let group: String = arg(args, 1);
+    ipc::setup(None).unwrap();
+    let socket = ipc::join_group::<Msg>(&group).unwrap();
+    say("joined");
+    wait_for_line("drain");
+    let mut n = 0;
+    loop {
+        match socket.recv_bytes() {
+            Ok(_) => n += 1,
+            Err(IpcError::Closed) => break,
+            Err(error) => panic!("{error}"),
+        }
+    }
+    say(format!("closed after {n}"));
+}
+
+/// Receives `n` messages of one sender, checking their order and content.
+fn read(args: &[String]) {
+    let (group, n): (String, u64) = (arg(args, 1), arg(args, 2));
+    ipc::setup(None).unwrap();
+    let socket = ipc::join_group::<Msg>(&group).unwrap();
+    say("joined");
+    for seq in 0..n {
+        let msg = socket.recv().unwrap();
+        assert_eq!(msg.seq, seq, "lost or reordered");
+        assert_eq!(msg.body, pattern(msg.from, msg.seq, msg.body.len()));
+    }
+    say(format!("ok {n}"));
+}
+
+/// Sends `n` messages of `size` bytes with a recognizable pattern.
+fn big(args: &[String]) {
+    let (group, id, n, size): (String, u32, u64, usize) =
+        (arg(args, 1), arg(args, 2), arg(args, 3), arg(args, 4));
+    ipc::setup(None).unwrap();
+    let socket = ipc::join_group::<Msg>(&group).unwrap();
+    say("joined");
+    wait_for_line("go");
+    for seq in 0..n {
+        socket
+            .send(&Msg {
+                from: id,
+                seq,
+                body: pattern(id, seq, size),
+            })
+            .unwrap();
+    }
+    say("sent");
+    wait_for_line("exit");
+}
+
+/// Tries to join and read; reports `refused` when the server closes it.
+fn try_join(args: &[String]) {
+    let group: String = arg(args, 1);
+    ipc::setup(None).unwrap();
+    match ipc::join_group::<u8>(&group).and_then(|s| s.recv_bytes()) {
+        Err(IpcError::Refused) => say("refused"),
+        Ok(_) => say("accepted"),
+        Err(error) => say(format!("error {error}")),
+    }
+}
+
+/// A process of an events test: config from `SERVCOM_TEST_CONFIG`
+/// (watched), events over IPC. Prints `handled <event> <payload>` for
+/// `test.*` and `config:*` events; takes `notify <name> <int>`,
+/// `notify-values`, `set <path> <int>`, `get <path>`, `ping <n>`.
+fn events() {
+    ipc::setup(None).unwrap();
+    let file = std::env::var("SERVCOM_TEST_CONFIG").unwrap();
+    let config = config::init(
+        Config::builder()
+            .path(Path::new(&file))
+            .no_env()
+            .watch(true),
+    )
+    .unwrap();
+    let bus = event::bus();
+    bus.on("test.*")
+        .call(|e: &Event| {
+            let value = e
+                .payload::<i64>()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|e| e.to_string());
+            say(format!("handled {} {value}", e.name()));
+        })
+        .unwrap();
+    bus.on("config:*")
+        .call_typed(|name: &str, change: &ConfigChange| {
+            say(format!(
+                "handled {name} {}",
+                change
+                    .new
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ));
+        })
+        .unwrap();
+    bus.on("values")
+        .call_data(|value: &toml::Value| {
+            say(format!(
+                "values {}",
+                toml::to_string(value).unwrap().replace('\n', "|")
+            ))
+        })
+        .unwrap();
+    let link = event::enable_ipc().unwrap();
+    let _ = Arc::new(link);
+    say("ready");
+    for line in lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        match parts.as_slice() {
+            ["notify", name, value] => {
+                event::notify(name.to_string(), value.parse::<i64>().unwrap())
+            }
+            ["notify-values"] => event::notify("values", all_toml_values()),
+            ["set", path, value] => config.set(path, value.parse::<i64>().unwrap()).unwrap(),
+            ["get", path] => say(format!(
+                "value {}",
+                config.get::<toml::Value>(path).unwrap()
+            )),
+            ["ping", n] => {
+                assert!(bus.flush(Duration::from_secs(10)));
+                say(format!("pong {n}"));
+            }
+            other => panic!("unknown command {other:?}"),
+        }
+    }
+}
+
+/// Every `toml::Value` variant, datetimes of every kind included.
+fn all_toml_values() -> toml::Value {
+    let text = r#"
+string = "text ✓"
+integer = -42
+float = 2.5
+boolean = true
+offset_datetime = 1979-05-27T07:32:00-08:00
+local_datetime = 1979-05-27T07:32:00
+local_date = 1979-05-27
+local_time = 07:32:00
+array = [1, "two", 3.0]
+[table]
+nested = { deep = [true] }
+"#;
+    toml::Value::Table(text.parse().unwrap())
+}

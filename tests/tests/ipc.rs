@@ -1,0 +1,379 @@
+//! The IPC server and group sockets: real processes, real SEQPACKET
+//! sockets, real signals. Every wait is on a line a helper printed.
+#![forbid(unsafe_code)]
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serve_common::ipc::{self, IpcError, ServerOptions};
+use serve_common_tests::{Proc, process_gone};
+
+const HELPER: &str = env!("CARGO_BIN_EXE_ipc_helper");
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Msg {
+    from: u32,
+    seq: u64,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+}
+
+fn pattern(id: u32, seq: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i as u64)
+                .wrapping_mul(31)
+                .wrapping_add(u64::from(id) * 7 + seq * 13) as u8
+        })
+        .collect()
+}
+
+/// This test process's server (the helper binary runs it), started once.
+fn shared_server() -> &'static str {
+    static ADDRESS: OnceLock<String> = OnceLock::new();
+    ADDRESS.get_or_init(|| {
+        ipc::start_with(ServerOptions {
+            program: Some(HELPER.into()),
+            ..ServerOptions::default()
+        })
+        .unwrap();
+        ipc::address().unwrap()
+    })
+}
+
+fn helper(address: &str, args: &[&str]) -> Proc {
+    let mut command = Command::new(HELPER);
+    command.args(args).env(ipc::ADDR_ENV, address);
+    Proc::spawn(&mut command, false)
+}
+
+/// A parent helper with its own server; returns it with the server's pid
+/// and address. Its stderr (and so the server's log) is captured.
+fn parent(flags: &[&str]) -> (Proc, u32, String) {
+    let mut command = Command::new(HELPER);
+    command.arg("parent").args(flags).env_remove(ipc::ADDR_ENV);
+    let mut parent = Proc::spawn(&mut command, true);
+    let line = parent.expect("server ");
+    let mut parts = line.split_whitespace().skip(1);
+    let pid = parts.next().unwrap().parse().unwrap();
+    let address = parts.next().unwrap().to_owned();
+    (parent, pid, address)
+}
+
+fn stop(mut parent: Proc) -> String {
+    parent.send("shutdown");
+    parent.expect("stopped");
+    let (status, stderr) = parent.finish();
+    assert!(status.success(), "parent failed: {stderr}");
+    stderr
+}
+
+#[test]
+fn three_processes_exchange_every_message_once_in_order() {
+    let address = shared_server();
+    let socket = ipc::join_group::<Msg>("exchange").unwrap();
+    let count = 500;
+    let mut members: Vec<Proc> = (0..2)
+        .map(|_| helper(address, &["exchange", "exchange", "500", "2"]))
+        .collect();
+    for member in &mut members {
+        member.expect("joined");
+    }
+    for member in &mut members {
+        member.send("go");
+    }
+    let me = std::process::id();
+    let sender = socket.clone();
+    let sending = std::thread::spawn(move || {
+        for seq in 0..count {
+            sender
+                .send(&Msg {
+                    from: me,
+                    seq,
+                    body: pattern(me, seq, 64),
+                })
+                .unwrap();
+        }
+    });
+    let mut next = std::collections::HashMap::new();
+    for _ in 0..2 * count {
+        let msg = socket.recv().unwrap();
+        assert_ne!(msg.from, me, "a member never receives its own message");
+        let expected = next.entry(msg.from).or_insert(0);
+        assert_eq!(
+            msg.seq, *expected,
+            "out of order or duplicated from {}",
+            msg.from
+        );
+        assert_eq!(msg.body, pattern(msg.from, msg.seq, 64));
+        *expected += 1;
+    }
+    sending.join().unwrap();
+    for member in &mut members {
+        member.expect("ok 1000");
+    }
+}
+
+#[test]
+fn a_stalled_member_is_cut_off_and_the_others_lose_nothing() {
+    let (server, _, address) = parent(&["--queue-bytes", "65536", "--stall-ms", "300"]);
+    let mut stalled = helper(&address, &["stall", "flood"]);
+    stalled.expect("joined");
+    let mut reader = helper(&address, &["read", "flood", "2000"]);
+    reader.expect("joined");
+    let mut flooder = helper(&address, &["big", "flood", "1", "2000", "1024"]);
+    flooder.expect("joined");
+    flooder.send("go");
+    flooder.expect("sent");
+    reader.expect("ok 2000");
+    stalled.send("drain");
+    let closed = stalled.expect("closed after ");
+    let got: u64 = closed.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(got < 2000, "the stalled member was not cut off: {closed}");
+    flooder.send("exit");
+    let log = stop(server);
+    assert!(
+        log.contains("disconnecting a member that stopped reading"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("pid {}", stalled.pid())),
+        "the log names the member: {log}"
+    );
+}
+
+#[test]
+fn concurrent_multi_megabyte_messages_arrive_whole() {
+    let address = shared_server();
+    let socket = ipc::join_group::<Msg>("big5").unwrap();
+    let size = 5 << 20;
+    let mut senders: Vec<Proc> = (1..=2)
+        .map(|id| {
+            helper(
+                address,
+                &["big", "big5", &id.to_string(), "3", &size.to_string()],
+            )
+        })
+        .collect();
+    for sender in &mut senders {
+        sender.expect("joined");
+    }
+    for sender in &mut senders {
+        sender.send("go");
+    }
+    let mut next = [0_u64; 3];
+    for _ in 0..6 {
+        let msg = socket.recv().unwrap();
+        assert_eq!(msg.body.len(), size);
+        assert_eq!(msg.seq, next[msg.from as usize]);
+        assert!(
+            msg.body == pattern(msg.from, msg.seq, size),
+            "message {} of {} was garbled",
+            msg.seq,
+            msg.from
+        );
+        next[msg.from as usize] += 1;
+    }
+    for sender in &mut senders {
+        sender.expect("sent");
+        sender.send("exit");
+    }
+}
+
+fn raw_connect(address: &str) -> std::os::fd::OwnedFd {
+    use base64::Engine as _;
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+    let name = base64::engine::general_purpose::STANDARD
+        .decode(address)
+        .unwrap();
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    socket::connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &UnixAddr::new_abstract(&name).unwrap(),
+    )
+    .unwrap();
+    fd
+}
+
+fn raw_send(fd: &std::os::fd::OwnedFd, packet: &[u8]) {
+    use nix::sys::socket::{self, MsgFlags};
+    socket::send(
+        std::os::fd::AsRawFd::as_raw_fd(fd),
+        packet,
+        MsgFlags::MSG_NOSIGNAL,
+    )
+    .unwrap();
+}
+
+/// The greeting's CBOR, written independently of the library.
+#[derive(Serialize)]
+enum Greeting {
+    Join { group: String },
+}
+
+fn whole(message: &[u8]) -> Vec<u8> {
+    let mut packet = vec![0x01];
+    packet.extend_from_slice(message);
+    packet
+}
+
+fn cbor<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn silent_connections_delay_no_one_and_are_closed_after_the_deadline() {
+    let address = shared_server();
+    let silent: Vec<_> = (0..3).map(|_| raw_connect(address)).collect();
+    let started = Instant::now();
+    let a = ipc::join_group::<String>("after-silence").unwrap();
+    let b = ipc::join_group::<String>("after-silence").unwrap();
+    // `b` is in the group once a message from it arrives: a handshake.
+    b.send(&"hello".to_owned()).unwrap();
+    assert_eq!(a.recv().unwrap(), "hello");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    // The silent ones are closed after the 2 s greeting deadline.
+    let mut buffer = [0_u8; 16];
+    for fd in &silent {
+        let read = nix::sys::socket::recv(
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            &mut buffer,
+            nix::sys::socket::MsgFlags::empty(),
+        );
+        assert_eq!(read.ok(), Some(0), "closed by the server");
+    }
+}
+
+#[test]
+fn garbage_frames_are_dropped_and_the_server_goes_on() {
+    let address = shared_server();
+    let member = ipc::join_group::<String>("garbage").unwrap();
+    let raw = raw_connect(address);
+    raw_send(
+        &raw,
+        &whole(&cbor(&Greeting::Join {
+            group: "garbage".into(),
+        })),
+    );
+    for packet in [
+        &[0x09, 1, 2][..],                  // unknown tag
+        &[0x03, 5],                         // continuation without a start
+        &[0x02, 1],                         // truncated length
+        &[0x02, 0xff, 0xff, 0xff, 0x7f, 1], // announces 2 GiB
+        &[0x02, 10, 0, 0, 0, 1, 2],         // a start...
+        &[0x01, 0xf6],                      // ...interrupted: both dropped
+    ] {
+        raw_send(&raw, packet);
+    }
+    // Valid framing, but not a String: the receiver's error, not a crash.
+    raw_send(&raw, &whole(&cbor(&Option::<u8>::None)));
+    raw_send(&raw, &whole(&cbor(&"after garbage")));
+    assert!(matches!(member.recv(), Err(IpcError::Decode(_))));
+    assert_eq!(member.recv().unwrap(), "after garbage");
+    // Still serving.
+    let other = ipc::join_group::<String>("garbage").unwrap();
+    other.send(&"still up".into()).unwrap();
+    assert_eq!(member.recv().unwrap(), "still up");
+}
+
+#[test]
+fn an_oversize_message_is_a_clear_error_and_the_socket_stays_usable() {
+    shared_server();
+    let a = ipc::join_group::<String>("oversize").unwrap();
+    let b = ipc::join_group::<String>("oversize").unwrap();
+    let error = a
+        .send_bytes(&vec![0; ipc::DEFAULT_MAX_MESSAGE + 1])
+        .unwrap_err();
+    assert!(matches!(error, IpcError::TooLarge(_)));
+    assert!(
+        error
+            .to_string()
+            .contains(&ipc::DEFAULT_MAX_MESSAGE.to_string()),
+        "{error}"
+    );
+    a.send(&"fits".into()).unwrap();
+    assert_eq!(b.recv().unwrap(), "fits");
+}
+
+#[test]
+fn other_users_are_refused_and_logged() {
+    if !nix::unistd::getuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test as root"
+        );
+        return;
+    }
+    let (server, _, address) = parent(&[]);
+    // `nobody` needs a copy of the helper it can read and run.
+    let dir = tempfile::Builder::new()
+        .prefix("ipc-nobody")
+        .tempdir()
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("ipc_helper");
+    std::fs::copy(HELPER, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut command = Command::new(&copy);
+    std::os::unix::process::CommandExt::uid(&mut command, 65534);
+    std::os::unix::process::CommandExt::gid(&mut command, 65534);
+    command
+        .args(["try-join", "secret"])
+        .env(ipc::ADDR_ENV, &address);
+    let mut intruder = Proc::spawn(&mut command, false);
+    intruder.expect("refused");
+    let log = stop(server);
+    assert!(
+        log.contains("refused a connection from another user (uid 65534"),
+        "{log}"
+    );
+}
+
+#[test]
+fn killing_the_parent_takes_the_server_down_within_a_second() {
+    let (mut parent, server_pid, _) = parent(&[]);
+    parent.kill();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !process_gone(server_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "server {server_pid} outlived its parent by 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn sigint_to_the_process_group_leaves_the_server_to_its_parent() {
+    let mut command = Command::new(HELPER);
+    command.arg("parent").env_remove(ipc::ADDR_ENV);
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut parent = Proc::spawn(&mut command, true);
+    let line = parent.expect("server ");
+    let server_pid: u32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let group = nix::unistd::Pid::from_raw(parent.pid() as i32);
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).unwrap();
+    parent.expect("alive-at-sigint");
+    parent.expect("stopped");
+    let (status, log) = parent.finish();
+    assert!(status.success(), "{log}");
+    assert!(
+        process_gone(server_pid),
+        "the parent's shutdown stopped the server"
+    );
+}
