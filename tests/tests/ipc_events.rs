@@ -1,0 +1,120 @@
+//! Events and config across three real processes joined by IPC.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use serve_common::ipc::{self, ServerOptions};
+use serve_common_tests::Proc;
+
+const HELPER: &str = env!("CARGO_BIN_EXE_ipc_helper");
+
+fn server() -> &'static str {
+    static ADDRESS: OnceLock<String> = OnceLock::new();
+    ADDRESS.get_or_init(|| {
+        ipc::start_with(ServerOptions {
+            program: Some(HELPER.into()),
+            ..ServerOptions::default()
+        })
+        .unwrap();
+        ipc::address().unwrap()
+    })
+}
+
+struct Service {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    processes: Vec<Proc>,
+}
+
+/// Three processes of one service: same server, same config file.
+fn service(config: &str) -> Service {
+    let address = server();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let processes = (0..3)
+        .map(|_| {
+            let mut command = Command::new(HELPER);
+            command
+                .arg("events")
+                .env(ipc::ADDR_ENV, address)
+                .env("SERVCOM_TEST_CONFIG", &path);
+            let mut process = Proc::spawn(&mut command, false);
+            process.expect("ready");
+            process
+        })
+        .collect();
+    Service {
+        _dir: dir,
+        config: path,
+        processes,
+    }
+}
+
+fn replace(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn count(process: &Proc, line: &str) -> usize {
+    process.seen().iter().filter(|l| l.as_str() == line).count()
+}
+
+#[test]
+fn an_event_runs_every_processs_handler_exactly_once() {
+    let mut service = service("");
+    service.processes[0].send("notify test.one 42");
+    // Same sender, same order: once the barrier is handled everywhere, any
+    // duplicate of the first event would have been handled before it.
+    service.processes[0].send("notify test.barrier 1");
+    for process in &mut service.processes {
+        process.expect("handled test.barrier 1");
+        assert_eq!(count(process, "handled test.one 42"), 1, "{:?}", process.seen());
+    }
+}
+
+#[test]
+fn a_config_edit_runs_each_handler_once_per_process() {
+    let mut service = service("[a]\nx = 1\n");
+    replace(&service.config, "[a]\nx = 2\n");
+    for process in &mut service.processes {
+        process.expect("handled config:a.x 2");
+    }
+    // A second edit as a barrier: a duplicate of the first would come first.
+    replace(&service.config, "[a]\nx = 2\n[b]\ny = 1\n");
+    for process in &mut service.processes {
+        process.expect("handled config:b.y 1");
+        assert_eq!(count(process, "handled config:a.x 2"), 1, "{:?}", process.seen());
+    }
+}
+
+#[test]
+fn a_runtime_set_reaches_every_process_once() {
+    let mut service = service("[s]\nv = 1\n");
+    service.processes[1].send("set s.v 7");
+    service.processes[1].send("notify test.barrier 2");
+    for process in &mut service.processes {
+        process.expect("handled test.barrier 2");
+        // Applying a remote set queues the local `config:` event behind the
+        // barrier: let the bus run dry first.
+        process.send("ping 1");
+        process.expect("pong 1");
+        assert_eq!(count(process, "handled config:s.v 7"), 1, "{:?}", process.seen());
+        process.send("get s.v");
+        assert_eq!(process.expect("value "), "value 7");
+    }
+}
+
+#[test]
+fn every_toml_value_round_trips_across_processes() {
+    let mut service = service("");
+    service.processes[2].send("notify-values");
+    let local = service.processes[2].expect("values ");
+    assert!(local.contains("1979-05-27T07:32:00-08:00") && local.contains("07:32:00"), "{local}");
+    for process in &mut service.processes[..2] {
+        assert_eq!(process.expect("values "), local, "a remote copy differs");
+    }
+}
