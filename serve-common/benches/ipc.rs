@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
-use serve_common::event::{self, Event};
+use serve_common::event;
 use serve_common::ipc;
 
 const MESSAGES: u64 = 200_000;
@@ -28,7 +28,13 @@ fn monotonic_ns() -> u64 {
 }
 
 fn raw_socket() -> OwnedFd {
-    socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap()
+    socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap()
 }
 
 fn raw_send(fd: &OwnedFd, data: &[u8]) {
@@ -55,7 +61,11 @@ fn run_peer(role: &str) {
         "raw" => {
             let name = std::env::var("BENCH_RAW").unwrap();
             let fd = raw_socket();
-            socket::connect(fd.as_raw_fd(), &UnixAddr::new_abstract(name.as_bytes()).unwrap()).unwrap();
+            socket::connect(
+                fd.as_raw_fd(),
+                &UnixAddr::new_abstract(name.as_bytes()).unwrap(),
+            )
+            .unwrap();
             let message = [7_u8; SIZE];
             for _ in 0..MESSAGES {
                 raw_send(&fd, &message);
@@ -116,7 +126,11 @@ fn main() {
     // Raw: a connected SEQPACKET pair between this process and the peer.
     let name = format!("serve-common-bench-{}", std::process::id());
     let listener = raw_socket();
-    socket::bind(listener.as_raw_fd(), &UnixAddr::new_abstract(name.as_bytes()).unwrap()).unwrap();
+    socket::bind(
+        listener.as_raw_fd(),
+        &UnixAddr::new_abstract(name.as_bytes()).unwrap(),
+    )
+    .unwrap();
     socket::listen(&listener, socket::Backlog::new(8).unwrap()).unwrap();
     std::env::set_var("BENCH_RAW", &name);
     let mut raw_peer = peer("raw");
@@ -179,7 +193,10 @@ fn main() {
     ipc::shutdown().unwrap();
 
     let line = |metric: &str, value: f64, baseline: f64| {
-        println!("{metric}: {value:.2} baseline: {baseline:.2} ratio: {:.3}", value / baseline);
+        println!(
+            "{metric}: {value:.2} baseline: {baseline:.2} ratio: {:.3}",
+            value / baseline
+        );
     };
     line("ipc_throughput_per_s", throughput, raw_throughput);
     line("ipc_round_trip_us", round_trip, raw_round_trip);

@@ -377,3 +377,37 @@ fn sigint_to_the_process_group_leaves_the_server_to_its_parent() {
         "the parent's shutdown stopped the server"
     );
 }
+
+#[test]
+fn async_sockets_talk_to_blocking_ones_and_recv_is_cancellation_safe() {
+    shared_server();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let a = ipc::join_group_async::<Msg>("async").await.unwrap();
+        let b = ipc::join_group::<Msg>("async").unwrap();
+        // A recv that is dropped before anything arrives loses nothing.
+        let early = tokio::time::timeout(Duration::from_millis(20), a.recv()).await;
+        assert!(early.is_err());
+        let body = pattern(9, 0, 200_000); // several packets
+        b.send(&Msg {
+            from: 9,
+            seq: 0,
+            body: body.clone(),
+        })
+        .unwrap();
+        let got = a.recv().await.unwrap();
+        assert_eq!((got.from, got.body == body), (9, true));
+        a.send(&Msg {
+            from: 1,
+            seq: 1,
+            body: vec![1],
+        })
+        .await
+        .unwrap();
+        assert_eq!(b.recv().unwrap().seq, 1);
+    });
+}

@@ -72,7 +72,12 @@ fn an_event_runs_every_processs_handler_exactly_once() {
     service.processes[0].send("notify test.barrier 1");
     for process in &mut service.processes {
         process.expect("handled test.barrier 1");
-        assert_eq!(count(process, "handled test.one 42"), 1, "{:?}", process.seen());
+        assert_eq!(
+            count(process, "handled test.one 42"),
+            1,
+            "{:?}",
+            process.seen()
+        );
     }
 }
 
@@ -87,7 +92,12 @@ fn a_config_edit_runs_each_handler_once_per_process() {
     replace(&service.config, "[a]\nx = 2\n[b]\ny = 1\n");
     for process in &mut service.processes {
         process.expect("handled config:b.y 1");
-        assert_eq!(count(process, "handled config:a.x 2"), 1, "{:?}", process.seen());
+        assert_eq!(
+            count(process, "handled config:a.x 2"),
+            1,
+            "{:?}",
+            process.seen()
+        );
     }
 }
 
@@ -102,7 +112,12 @@ fn a_runtime_set_reaches_every_process_once() {
         // barrier: let the bus run dry first.
         process.send("ping 1");
         process.expect("pong 1");
-        assert_eq!(count(process, "handled config:s.v 7"), 1, "{:?}", process.seen());
+        assert_eq!(
+            count(process, "handled config:s.v 7"),
+            1,
+            "{:?}",
+            process.seen()
+        );
         process.send("get s.v");
         assert_eq!(process.expect("value "), "value 7");
     }
@@ -113,8 +128,24 @@ fn every_toml_value_round_trips_across_processes() {
     let mut service = service("");
     service.processes[2].send("notify-values");
     let local = service.processes[2].expect("values ");
-    assert!(local.contains("1979-05-27T07:32:00-08:00") && local.contains("07:32:00"), "{local}");
+    assert!(
+        local.contains("1979-05-27T07:32:00-08:00") && local.contains("07:32:00"),
+        "{local}"
+    );
     for process in &mut service.processes[..2] {
         assert_eq!(process.expect("values "), local, "a remote copy differs");
+    }
+}
+
+#[test]
+fn a_message_that_is_not_an_event_is_dropped_and_events_keep_flowing() {
+    let mut service = service("");
+    // A member of the events group that speaks nonsense.
+    let intruder = ipc::join_group::<String>(serve_common::event::EVENTS_GROUP).unwrap();
+    intruder.send(&"not an event".to_owned()).unwrap();
+    intruder.send_bytes(&[0xff, 0x00, 0x13]).unwrap();
+    service.processes[0].send("notify test.after 5");
+    for process in &mut service.processes {
+        process.expect("handled test.after 5");
     }
 }

@@ -56,8 +56,13 @@
 //!   supported.
 
 pub mod frame;
+#[cfg(feature = "tokio")]
+mod nonblocking;
 mod server;
 mod socket;
+
+#[cfg(feature = "tokio")]
+pub use self::nonblocking::AsyncGroupSocket;
 
 use std::io::{self, BufRead};
 use std::marker::PhantomData;
@@ -426,6 +431,17 @@ pub fn join_group<T>(group: &str) -> Result<GroupSocket<T>, IpcError> {
         ciborium::from_reader(&welcome[..]).map_err(|e| IpcError::Decode(e.to_string()))?;
     tracing::debug!(group, member = welcome.member, "joined IPC group");
     Ok(socket)
+}
+
+/// [`join_group`] for tokio: the socket's `send` and `recv` are `async`.
+/// Joining itself is quick (a local connect and the server's welcome) and
+/// runs in place. Needs a tokio runtime with IO enabled.
+#[cfg(feature = "tokio")]
+pub async fn join_group_async<T>(group: &str) -> Result<AsyncGroupSocket<T>, IpcError> {
+    let joined = join_group::<T>(group)?;
+    let conn = Arc::try_unwrap(joined.conn)
+        .unwrap_or_else(|_| unreachable!("a fresh socket has one handle"));
+    AsyncGroupSocket::new(conn.fd, conn.group, conn.max_message)
 }
 
 /// Stops the server. Only the process that started it should call this
