@@ -99,6 +99,14 @@ pub struct ConfigSet {
     pub path: String,
     /// The value written, or `None` for an unset.
     pub value: Option<Value>,
+    /// A Lamport clock: of two sets of one path, the one with the higher
+    /// `(clock, origin)` wins in every process, whatever order they arrive
+    /// in, so concurrent sets cannot leave processes disagreeing.
+    #[serde(default)]
+    pub clock: u64,
+    /// The pid of the process that set it (the clock's tie-break).
+    #[serde(default)]
+    pub origin: u32,
 }
 
 /// The default prefix of per-key environment variables.
@@ -212,6 +220,9 @@ struct Layers {
     file: Table,
     env: Table,
     runtime: Table,
+    /// The Lamport clock of runtime sets, and the winning stamp per path.
+    clock: u64,
+    stamps: std::collections::HashMap<String, (u64, u32)>,
 }
 
 impl Layers {
@@ -362,6 +373,8 @@ impl ConfigBuilder {
             file: file_table,
             env,
             runtime: Table::new(),
+            clock: 0,
+            stamps: Default::default(),
         };
         let bus = match (self.bus, self.use_global_bus) {
             (Some(bus), _) => Some(bus),
@@ -405,9 +418,10 @@ fn apply_remote(weak: &Weak<Inner>, event: &event::Event) {
         }
     };
     let config = Config { inner };
+    let stamp = Some((set.clock, set.origin));
     let result = match set.value {
-        Some(value) => config.apply_set(&set.path, value, false),
-        None => config.apply_unset(&set.path, false).map(drop),
+        Some(value) => config.apply_set(&set.path, value, stamp),
+        None => config.apply_unset(&set.path, stamp).map(drop),
     };
     match result {
         Ok(()) => tracing::debug!(path = %set.path, "applied a config set from another process"),
@@ -527,18 +541,40 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        self.apply_set(path, value, true)
+        self.apply_set(path, value, None)
     }
 
-    fn apply_set(&self, path: &str, value: Value, broadcast: bool) -> Result<(), ConfigError> {
+    /// Stamps a local change (`remote` is `None`) or decides whether a
+    /// remote one wins over what this process has for `path`.
+    fn stamp(layers: &mut Layers, path: &str, remote: Option<(u64, u32)>) -> Option<(u64, u32)> {
+        let stamp = match remote {
+            None => (layers.clock + 1, std::process::id()),
+            Some(stamp) if stamp > layers.stamps.get(path).copied().unwrap_or_default() => stamp,
+            Some(_) => return None,
+        };
+        layers.clock = layers.clock.max(stamp.0);
+        layers.stamps.insert(path.to_owned(), stamp);
+        Some(stamp)
+    }
+
+    fn apply_set(
+        &self,
+        path: &str,
+        value: Value,
+        remote: Option<(u64, u32)>,
+    ) -> Result<(), ConfigError> {
         let keys = split_path(path)?;
         let mut layers = self.inner.layers.lock();
         let old_merged = self.inner.merged.load_full();
         check_tables_on_the_way(&old_merged, &keys, path)?;
         check_tables_on_the_way(&layers.runtime, &keys, path)?;
+        let Some(stamp) = Self::stamp(&mut layers, path, remote) else {
+            tracing::debug!(%path, "ignoring an older config set from another process");
+            return Ok(());
+        };
         insert_path(&mut layers.runtime, &keys, value.clone());
-        if broadcast {
-            self.broadcast(path, Some(value));
+        if remote.is_none() {
+            self.broadcast(path, Some(value), stamp);
         }
         self.publish(&layers, &old_merged, path, ChangeSource::Set);
         Ok(())
@@ -546,11 +582,13 @@ impl Config {
 
     /// Sends a runtime change to the service's other processes (through the
     /// bus's transport), which apply it to their own runtime layer.
-    fn broadcast(&self, path: &str, value: Option<Value>) {
+    fn broadcast(&self, path: &str, value: Option<Value>, (clock, origin): (u64, u32)) {
         if let Some(bus) = &self.inner.bus {
             let set = ConfigSet {
                 path: path.to_owned(),
                 value,
+                clock,
+                origin,
             };
             bus.notify(SET_EVENT, set);
         }
@@ -560,16 +598,19 @@ impl Config {
     /// defaults) shows through again. Notifies like [`set`](Self::set) when
     /// the merged value changed. Returns whether there was a runtime value.
     pub fn unset(&self, path: &str) -> Result<bool, ConfigError> {
-        self.apply_unset(path, true)
+        self.apply_unset(path, None)
     }
 
-    fn apply_unset(&self, path: &str, broadcast: bool) -> Result<bool, ConfigError> {
+    fn apply_unset(&self, path: &str, remote: Option<(u64, u32)>) -> Result<bool, ConfigError> {
         let keys = split_path(path)?;
         let mut layers = self.inner.layers.lock();
         let old_merged = self.inner.merged.load_full();
+        let Some(stamp) = Self::stamp(&mut layers, path, remote) else {
+            return Ok(false);
+        };
         let removed = remove_path(&mut layers.runtime, &keys);
-        if broadcast {
-            self.broadcast(path, None);
+        if remote.is_none() {
+            self.broadcast(path, None, stamp);
         }
         if removed {
             self.publish(&layers, &old_merged, path, ChangeSource::Unset);

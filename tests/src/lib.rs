@@ -157,6 +157,15 @@ impl Proc {
         }
     }
 
+    /// Like [`expect`](Self::expect), but also accepts a line seen before:
+    /// for lines that may come in either order.
+    pub fn expect_seen(&mut self, prefix: &str) -> String {
+        match self.seen.iter().find(|l| l.starts_with(prefix)) {
+            Some(line) => line.clone(),
+            None => self.expect(prefix),
+        }
+    }
+
     /// Every line read so far.
     pub fn seen(&self) -> &[String] {
         &self.seen

@@ -345,10 +345,22 @@ fn a_set_travels_as_one_event_with_the_value_written() {
     );
 }
 
+/// A set from another process, with the next clock tick.
 fn remote_set(path: &str, value: Option<toml::Value>) -> Event {
+    static CLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(100);
+    remote_set_at(
+        path,
+        value,
+        CLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+fn remote_set_at(path: &str, value: Option<toml::Value>, clock: u64) -> Event {
     let set = ConfigSet {
         path: path.to_owned(),
         value,
+        clock,
+        origin: 1,
     };
     Event::from_remote(
         SET_EVENT,
@@ -404,6 +416,41 @@ fn a_set_from_another_process_is_applied_and_notified_once_locally() {
     ));
     assert!(bus.flush(LONG));
     assert_eq!(config.get::<String>("logging.level").unwrap(), "INFO");
+}
+
+/// Two processes setting one path at once: the later stamp wins in both,
+/// whatever order the sets arrive in.
+#[test]
+fn concurrent_sets_converge_on_the_later_stamp() {
+    let bus = EventBus::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_on(&bus, &write(dir.path(), ""));
+    config.set("race.v", "mine").unwrap(); // clock 1 here
+    // An older set from elsewhere (clock 1, a smaller pid) loses...
+    bus.deliver(remote_set_at(
+        "race.v",
+        Some(toml::Value::String("older".into())),
+        1,
+    ));
+    assert!(bus.flush(LONG));
+    assert_eq!(config.get::<String>("race.v").unwrap(), "mine");
+    // ...a newer one wins, and the next local set is newer still.
+    bus.deliver(remote_set_at(
+        "race.v",
+        Some(toml::Value::String("newer".into())),
+        7,
+    ));
+    assert!(bus.flush(LONG));
+    assert_eq!(config.get::<String>("race.v").unwrap(), "newer");
+    let sets = bus.wait_for(SET_EVENT).unwrap();
+    config.set("race.v", "latest").unwrap();
+    let set = sets
+        .wait(LONG)
+        .unwrap()
+        .payload::<ConfigSet>()
+        .unwrap()
+        .into_owned();
+    assert!(set.clock > 7, "{set:?}");
 }
 
 #[test]

@@ -88,10 +88,15 @@ fn a_config_edit_runs_each_handler_once_per_process() {
     for process in &mut service.processes {
         process.expect("handled config:a.x 2");
     }
-    // A second edit as a barrier: a duplicate of the first would come first.
+    // Barriers: a second edit, an event from another process, and each
+    // bus run dry; a duplicate of the first would have shown by then.
     replace(&service.config, "[a]\nx = 2\n[b]\ny = 1\n");
+    service.processes[0].send("notify test.barrier 3");
     for process in &mut service.processes {
-        process.expect("handled config:b.y 1");
+        process.expect_seen("handled config:b.y 1");
+        process.expect_seen("handled test.barrier 3");
+        process.send("ping 3");
+        process.expect("pong 3");
         assert_eq!(
             count(process, "handled config:a.x 2"),
             1,
@@ -148,4 +153,21 @@ fn a_message_that_is_not_an_event_is_dropped_and_events_keep_flowing() {
     for process in &mut service.processes {
         process.expect("handled test.after 5");
     }
+    // Nonsense again, then another event: the receive loops are alive.
+    intruder.send(&"more nonsense".to_owned()).unwrap();
+    service.processes[1].send("notify test.later 6");
+    for process in &mut service.processes {
+        process.expect("handled test.later 6");
+    }
+}
+
+#[test]
+fn a_bus_links_to_ipc_once() {
+    server();
+    let bus = serve_common::event::EventBus::new();
+    let _link = bus.enable_ipc().unwrap();
+    assert!(matches!(
+        bus.enable_ipc(),
+        Err(ipc::IpcError::AlreadyEnabled)
+    ));
 }

@@ -139,7 +139,20 @@ impl EventBus {
     /// Carries this bus's events to and from the service's other processes
     /// (see the [module docs](self)). IPC must be set up ([`ipc::start`] or
     /// [`ipc::setup`]).
+    /// A bus has one link: a second call is [`IpcError::AlreadyEnabled`]
+    /// (two would deliver every event twice).
     pub fn enable_ipc(&self) -> Result<IpcEvents, IpcError> {
+        if !self.claim_ipc_link() {
+            return Err(IpcError::AlreadyEnabled);
+        }
+        let linked = self.link_ipc();
+        if linked.is_err() {
+            self.release_ipc_link();
+        }
+        linked
+    }
+
+    fn link_ipc(&self) -> Result<IpcEvents, IpcError> {
         let socket = ipc::join_group::<WireEvent>(EVENTS_GROUP)?;
         let stats = Arc::new(Stats::default());
         let (queue, outgoing) = mpsc::sync_channel::<WireEvent>(OUTGOING_CAPACITY);

@@ -207,8 +207,10 @@ pub(crate) struct Core {
     dispatched: AtomicU64,
     /// Items ever queued: lets the dispatcher spin without the lock.
     queued: AtomicU64,
-    /// Items the dispatcher took off the queue.
+    /// Items the dispatcher started on.
     taken: AtomicU64,
+    /// Whether an IPC link carries this bus's events.
+    ipc_linked: std::sync::atomic::AtomicBool,
 }
 
 impl Core {
@@ -270,9 +272,9 @@ impl Core {
                 queue.idle = false;
                 seen = self.queued.load(Ordering::Acquire);
                 std::mem::swap(&mut queue.items, &mut batch);
-                self.taken.fetch_add(batch.len() as u64, Ordering::Relaxed);
             }
             for item in batch.drain(..) {
+                self.taken.fetch_add(1, Ordering::Relaxed);
                 match item {
                     Item::Event(event) => self.dispatch(&event, &mut matched),
                     Item::Barrier(slot) => slot.fill(&Event::new("", ())),
@@ -423,6 +425,7 @@ impl EventBus {
             dispatched: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             taken: AtomicU64::new(0),
+            ipc_linked: std::sync::atomic::AtomicBool::new(false),
         });
         let thread_core = core.clone();
         let handle = thread::Builder::new()
@@ -433,6 +436,16 @@ impl EventBus {
         Self {
             owner: Arc::new(Owner { core }),
         }
+    }
+
+    /// Claims the bus's one IPC link; false if it has one already.
+    pub(crate) fn claim_ipc_link(&self) -> bool {
+        !self.core().ipc_linked.swap(true, Ordering::AcqRel)
+    }
+
+    /// Releases the claim after a link failed to start.
+    pub(crate) fn release_ipc_link(&self) {
+        self.core().ipc_linked.store(false, Ordering::Release);
     }
 
     fn core(&self) -> &Arc<Core> {

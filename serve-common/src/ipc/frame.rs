@@ -11,7 +11,9 @@
 //!
 //! The decoder checks every length against the total and the maximum
 //! message size; a malformed packet is an error for that packet only (the
-//! partial message it belongs to is dropped) and decoding goes on.
+//! partial message it belongs to is dropped) and decoding goes on. A new
+//! message that starts before the last one was complete is decoded; the
+//! incomplete one is dropped and reported by [`Decoder::take_dropped`].
 
 /// Payload bytes per packet: well under the default send buffer.
 pub const CHUNK: usize = 64 * 1024;
@@ -85,7 +87,8 @@ pub enum FrameError {
         /// The announced total.
         announced: usize,
     },
-    /// A new message started before the last one was complete.
+    /// A new message started before the last one was complete (the new
+    /// one is kept; see [`Decoder::take_dropped`]).
     #[error(
         "a new message started before the previous one ({got} of {announced} bytes) was complete"
     )]
@@ -102,12 +105,17 @@ pub enum FrameError {
 pub struct Decoder {
     max: usize,
     partial: Option<(usize, Vec<u8>)>,
+    dropped: Option<FrameError>,
 }
 
 impl Decoder {
     /// A decoder that refuses messages over `max` bytes.
     pub fn new(max: usize) -> Self {
-        Self { max, partial: None }
+        Self {
+            max,
+            partial: None,
+            dropped: None,
+        }
     }
 
     /// Takes one packet. Returns a message when this packet completes one.
@@ -117,7 +125,7 @@ impl Decoder {
         let (&tag, rest) = packet.split_first().ok_or(FrameError::Empty)?;
         match tag {
             WHOLE => {
-                self.check_idle()?;
+                self.drop_partial();
                 if rest.len() > self.max {
                     return Err(TooLarge {
                         len: rest.len(),
@@ -128,7 +136,7 @@ impl Decoder {
                 Ok(Some(rest.to_vec()))
             }
             FIRST => {
-                self.check_idle()?;
+                self.drop_partial();
                 let (len, data) = rest.split_first_chunk::<4>().ok_or(FrameError::Truncated)?;
                 let announced = u32::from_le_bytes(*len) as usize;
                 if announced > self.max {
@@ -160,14 +168,23 @@ impl Decoder {
         }
     }
 
-    fn check_idle(&mut self) -> Result<(), FrameError> {
-        match self.partial.take() {
-            Some((announced, buffer)) => Err(FrameError::Interrupted {
+    /// A message that starts interrupts an incomplete one: that one is
+    /// dropped (and reported by [`take_dropped`](Self::take_dropped)), the
+    /// new one decoded.
+    fn drop_partial(&mut self) {
+        if let Some((announced, buffer)) = self.partial.take() {
+            self.dropped = Some(FrameError::Interrupted {
                 got: buffer.len(),
                 announced,
-            }),
-            None => Ok(()),
+            });
         }
+    }
+
+    /// The incomplete message the last packet interrupted, if any: a
+    /// sender that gave up half-way. Check after each [`push`](Self::push)
+    /// to log it.
+    pub fn take_dropped(&mut self) -> Option<FrameError> {
+        self.dropped.take()
     }
 
     fn finish_or_keep(
@@ -220,11 +237,19 @@ mod tests {
             Err(FrameError::TooLarge(_))
         ));
         assert_eq!(decoder.push(&[FIRST, 4, 0, 0, 0, 1, 2]), Ok(None));
-        assert!(matches!(
+        assert_eq!(
             decoder.push(&[WHOLE, 7]),
-            Err(FrameError::Interrupted { .. })
+            Ok(Some(vec![7])),
+            "the new message is kept"
+        );
+        assert!(matches!(
+            decoder.take_dropped(),
+            Some(FrameError::Interrupted {
+                got: 2,
+                announced: 4
+            })
         ));
-        assert_eq!(decoder.push(&[WHOLE, 7]), Ok(Some(vec![7])));
+        assert_eq!(decoder.take_dropped(), None);
         assert_eq!(encode(&[0; 101], 100).unwrap_err().len, 101);
     }
 }

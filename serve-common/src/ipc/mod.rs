@@ -170,6 +170,9 @@ pub enum IpcError {
     /// member for not reading).
     #[error("the IPC server closed the connection")]
     Closed,
+    /// This event bus already carries its events over IPC.
+    #[error("this event bus is already linked to IPC")]
+    AlreadyEnabled,
     /// The server closed the connection instead of accepting the member
     /// (another user, or a malformed greeting); its log says why.
     #[error("the IPC server refused the connection (see its log)")]
@@ -290,6 +293,13 @@ pub fn start() -> Result<u32, IpcError> {
 /// exports [`ADDR_ENV`] (and [`MAX_MESSAGE_ENV`]) for children. Returns the
 /// server's pid. If this process started one already, returns its pid.
 pub fn start_with(options: ServerOptions) -> Result<u32, IpcError> {
+    if std::env::var_os(SERVER_MARKER_ENV).is_some() {
+        return Err(IpcError::Spawn(
+            "this process was started as the IPC server but runs the application: \
+             call ipc::run_server_if_requested() first thing in main"
+                .into(),
+        ));
+    }
     let mut state = STATE.lock();
     if let Some(started) = state.as_ref().and_then(|s| s.started.as_ref()) {
         return Ok(started.pid);
@@ -315,20 +325,30 @@ pub fn start_with(options: ServerOptions) -> Result<u32, IpcError> {
         .recv()
         .map_err(|_| IpcError::Spawn("the spawner thread is gone".into()))?
         .map_err(|e| IpcError::Spawn(format!("{}: {e}", program.display())))?;
-    let mut line = String::new();
+    // The address line, with a deadline: a program that does not run the
+    // server never prints it.
     let stdout = child.stdout.take().expect("stdout is piped");
-    io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(|e| IpcError::Spawn(e.to_string()))?;
-    if line.trim().is_empty() {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(IpcError::Spawn(format!(
-            "{} did not announce an address: does its main call ipc::run_server_if_requested() first?",
-            program.display()
-        )));
-    }
-    let address = decode_address(&line)?;
+    let (line_tx, line_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = io::BufReader::new(stdout).read_line(&mut line);
+        let _ = line_tx.send(line);
+    });
+    let line = line_rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_default();
+    let address = match decode_address(&line) {
+        Ok(address) if !line.trim().is_empty() => address,
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(IpcError::Spawn(format!(
+                "{} did not announce an address (got {:?}): does its main call ipc::run_server_if_requested() first?",
+                program.display(),
+                line.trim()
+            )));
+        }
+    };
     let pid = child.id();
     std::env::set_var(ADDR_ENV, line.trim());
     std::env::set_var(MAX_MESSAGE_ENV, options.max_message.to_string());
@@ -398,21 +418,63 @@ fn connect(greeting: &Greeting) -> Result<(OwnedFd, usize), IpcError> {
         (state.address.clone(), state.max_message)
     };
     let fd = socket::connect(&address)?;
+    // Abstract names are visible to every user: once a server is gone,
+    // another uid could bind its name. Talk only to our own uid.
+    let (uid, pid) = socket::peer(&fd)?;
+    let own = nix::unistd::getuid().as_raw();
+    if uid != own {
+        tracing::error!(
+            server_uid = uid,
+            server_pid = pid,
+            own_uid = own,
+            "the IPC address is served by another user; not connecting"
+        );
+        return Err(IpcError::Refused);
+    }
     let mut hello = Vec::new();
     ciborium::into_writer(greeting, &mut hello).map_err(|e| IpcError::Encode(e.to_string()))?;
     for packet in frame::encode(&hello, max_message)? {
-        socket::send(&fd, &packet)?;
+        socket::send(&fd, &packet).map_err(|e| match e.kind() {
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => IpcError::Refused,
+            _ => IpcError::Io(e),
+        })?;
     }
     Ok((fd, max_message))
+}
+
+/// Reads the server's welcome: the member is in the group once it arrives.
+fn welcome(fd: &OwnedFd) -> Result<Welcome, IpcError> {
+    let mut decoder = Decoder::new(4096);
+    let mut buffer = vec![0; frame::MAX_PACKET];
+    loop {
+        match socket::recv(fd, &mut buffer) {
+            Ok(Some(len)) => {
+                if let Some(message) = decoder
+                    .push(&buffer[..len])
+                    .map_err(|e| IpcError::Decode(e.to_string()))?
+                {
+                    return ciborium::from_reader(&message[..])
+                        .map_err(|e| IpcError::Decode(e.to_string()));
+                }
+            }
+            Ok(None) => return Err(IpcError::Refused),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(IpcError::Refused),
+            Err(e) => return Err(IpcError::Io(e)),
+        }
+    }
 }
 
 /// Joins `group`: the returned socket is connected and already a member.
 /// The group exists as long as it has members.
 pub fn join_group<T>(group: &str) -> Result<GroupSocket<T>, IpcError> {
-    let (fd, max_message) = connect(&Greeting::Join {
+    let (fd, _) = connect(&Greeting::Join {
         group: group.to_owned(),
     })?;
-    let socket = GroupSocket {
+    // Wait until the server has put us in the group; its limit is ours.
+    let welcome = welcome(&fd)?;
+    let max_message = usize::try_from(welcome.max_message).unwrap_or(usize::MAX);
+    tracing::debug!(group, member = welcome.member, "joined IPC group");
+    Ok(GroupSocket {
         conn: Arc::new(Connection {
             fd,
             max_message,
@@ -421,16 +483,7 @@ pub fn join_group<T>(group: &str) -> Result<GroupSocket<T>, IpcError> {
             recv: Mutex::new((Decoder::new(max_message), vec![0; frame::MAX_PACKET])),
         }),
         _type: PhantomData,
-    };
-    // Wait until the server has put us in the group.
-    let welcome = socket.recv_bytes().map_err(|e| match e {
-        IpcError::Closed => IpcError::Refused,
-        other => other,
-    })?;
-    let welcome: Welcome =
-        ciborium::from_reader(&welcome[..]).map_err(|e| IpcError::Decode(e.to_string()))?;
-    tracing::debug!(group, member = welcome.member, "joined IPC group");
-    Ok(socket)
+    })
 }
 
 /// [`join_group`] for tokio: the socket's `send` and `recv` are `async`.
@@ -520,13 +573,19 @@ impl<T> GroupSocket<T> {
         let (decoder, buffer) = &mut *guard;
         loop {
             match socket::recv(&self.conn.fd, buffer) {
-                Ok(Some(len)) => match decoder.push(&buffer[..len]) {
-                    Ok(Some(message)) => return Ok(message),
-                    Ok(None) => {}
-                    Err(error) => {
-                        tracing::warn!(group = %self.conn.group, %error, "malformed IPC frame dropped");
+                Ok(Some(len)) => {
+                    let pushed = decoder.push(&buffer[..len]);
+                    if let Some(error) = decoder.take_dropped() {
+                        tracing::warn!(group = %self.conn.group, %error, "incomplete IPC message dropped");
                     }
-                },
+                    match pushed {
+                        Ok(Some(message)) => return Ok(message),
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::warn!(group = %self.conn.group, %error, "malformed IPC frame dropped");
+                        }
+                    }
+                }
                 Ok(None) => return Err(IpcError::Closed),
                 Err(error) if error.kind() == io::ErrorKind::InvalidData => {
                     tracing::warn!(group = %self.conn.group, %error, "malformed IPC packet dropped");

@@ -119,13 +119,19 @@ impl<T> AsyncGroupSocket<T> {
                 Err(_would_block) => continue,
             };
             match received {
-                Ok(Some(len)) => match decoder.push(&buffer[..len]) {
-                    Ok(Some(message)) => return Ok(message),
-                    Ok(None) => {}
-                    Err(error) => {
-                        tracing::warn!(group = %self.group, %error, "malformed IPC frame dropped")
+                Ok(Some(len)) => {
+                    let pushed = decoder.push(&buffer[..len]);
+                    if let Some(error) = decoder.take_dropped() {
+                        tracing::warn!(group = %self.group, %error, "incomplete IPC message dropped");
                     }
-                },
+                    match pushed {
+                        Ok(Some(message)) => return Ok(message),
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::warn!(group = %self.group, %error, "malformed IPC frame dropped")
+                        }
+                    }
+                }
                 Ok(None) => return Err(IpcError::Closed),
                 Err(error) if error.kind() == io::ErrorKind::InvalidData => {
                     tracing::warn!(group = %self.group, %error, "malformed IPC packet dropped");

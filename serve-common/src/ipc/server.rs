@@ -26,6 +26,10 @@ struct Outgoing {
     messages: VecDeque<(Arc<Vec<Vec<u8>>>, usize)>,
     bytes: usize,
     closed: bool,
+    /// When the queue last became full; cleared once it drains below half.
+    /// The stall deadline runs from here, so a member that reads just
+    /// enough to take one message now and then is still cut off.
+    full_since: Option<Instant>,
 }
 
 struct Member {
@@ -151,6 +155,7 @@ impl Server {
                 messages: VecDeque::new(),
                 bytes: 0,
                 closed: false,
+                full_since: None,
             }),
             changed: Condvar::new(),
             alive: AtomicBool::new(true),
@@ -182,9 +187,10 @@ impl Server {
             member.disconnect();
         }
         let writer = member.clone();
+        let queue_bytes = self.options.queue_bytes;
         let spawned = std::thread::Builder::new()
             .name("ipc-writer".into())
-            .spawn(move || write_loop(&writer));
+            .spawn(move || write_loop(&writer, queue_bytes));
         if let Err(error) = spawned {
             tracing::error!(%error, member = %member.describe(), "cannot start its writer; disconnected");
             member.disconnect();
@@ -214,7 +220,11 @@ impl Server {
                 }
                 Err(_) => return,
             };
-            let message = match decoder.push(&buffer[..len]) {
+            let pushed = decoder.push(&buffer[..len]);
+            if let Some(error) = decoder.take_dropped() {
+                tracing::warn!(member = %member.describe(), %error, "incomplete message dropped");
+            }
+            let message = match pushed {
                 Ok(Some(message)) => message,
                 Ok(None) => continue,
                 Err(error) => {
@@ -251,10 +261,11 @@ impl Server {
     /// Queues a message for `recipient`, waiting while its queue is full;
     /// disconnects it if it stays full past the stall deadline.
     fn enqueue(&self, recipient: &Member, packets: &Arc<Vec<Vec<u8>>>, bytes: usize) {
-        let deadline = Instant::now() + self.options.stall_timeout;
         let mut out = recipient.out.lock();
         // A message larger than the whole queue still goes, alone.
         while !out.closed && out.bytes > 0 && out.bytes + bytes > self.options.queue_bytes {
+            let full_since = *out.full_since.get_or_insert_with(Instant::now);
+            let deadline = full_since + self.options.stall_timeout;
             if recipient.changed.wait_until(&mut out, deadline).timed_out() {
                 let queued = out.bytes;
                 drop(out);
@@ -275,7 +286,7 @@ impl Server {
     }
 }
 
-fn write_loop(member: &Member) {
+fn write_loop(member: &Member, queue_bytes: usize) {
     loop {
         let (packets, bytes) = {
             let mut out = member.out.lock();
@@ -296,7 +307,12 @@ fn write_loop(member: &Member) {
                 return;
             }
         }
-        member.out.lock().bytes -= bytes;
+        let mut out = member.out.lock();
+        out.bytes -= bytes;
+        if out.bytes <= queue_bytes / 2 {
+            out.full_since = None;
+        }
+        drop(out);
         member.changed.notify_all();
     }
 }

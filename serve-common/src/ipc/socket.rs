@@ -80,11 +80,22 @@ pub(crate) fn recv(fd: &impl AsFd, buffer: &mut [u8]) -> io::Result<Option<usize
         )
     })?;
     if len == 0 {
-        // SEQPACKET has no empty packets on a live connection... except the
-        // ones a peer sends on purpose; both end here: treat 0 as the end
-        // only if the peer closed, which a second read would confirm. A
-        // zero-length packet is malformed anyway.
-        return Ok(None);
+        // End of stream, or an empty packet a peer sent on purpose: only a
+        // hang-up tells them apart. (nix has no POLLRDHUP constant, so its
+        // `revents` is `None` when that bit is set: a hang-up too.)
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let rdhup = PollFlags::from_bits_retain(nix::libc::POLLRDHUP);
+        let mut fds = [PollFd::new(fd.as_fd(), rdhup)];
+        let hung_up = match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(_) => fds[0]
+                .revents()
+                .is_none_or(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+            Err(_) => true,
+        };
+        if hung_up {
+            return Ok(None);
+        }
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "empty packet"));
     }
     if len > buffer.len() {
         return Err(io::Error::new(
