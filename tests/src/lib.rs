@@ -208,3 +208,83 @@ pub fn process_gone(pid: u32) -> bool {
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
+
+/// What the IPC tests and their helper process share.
+pub mod ipc_support {
+    use serde::{Deserialize, Serialize};
+    use serve_common::ipc::{self, GroupSocket, ServerOptions};
+
+    /// A numbered message.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Msg {
+        /// The sender's id (a pid, or a number the test chose).
+        pub from: u32,
+        /// The sender's sequence number.
+        pub seq: u64,
+        /// Content that [`pattern`] can check.
+        #[serde(with = "serde_bytes")]
+        pub body: Vec<u8>,
+    }
+
+    /// Content that depends on the sender and sequence, to catch parts of
+    /// messages mixed up.
+    pub fn pattern(id: u32, seq: u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| {
+                (i as u64)
+                    .wrapping_mul(31)
+                    .wrapping_add(u64::from(id) * 7 + seq * 13) as u8
+            })
+            .collect()
+    }
+
+    /// Starts this process's server (run by `helper`) once; its address.
+    pub fn shared_server(helper: &str) -> &'static str {
+        static ADDRESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        ADDRESS.get_or_init(|| {
+            ipc::start_with(ServerOptions {
+                program: Some(helper.into()),
+                ..ServerOptions::default()
+            })
+            .unwrap();
+            ipc::address().unwrap()
+        })
+    }
+
+    /// Sends `count` messages as `me` (on another thread) while receiving
+    /// `count` from each of `peers` other members, checking that each
+    /// arrives once, in its sender's order, intact. Returns how many came.
+    pub fn exchange(socket: &GroupSocket<Msg>, me: u32, count: u64, peers: usize) -> u64 {
+        let sender = socket.clone();
+        let sending = std::thread::spawn(move || {
+            for seq in 0..count {
+                let body = pattern(me, seq, 64);
+                sender
+                    .send(&Msg {
+                        from: me,
+                        seq,
+                        body,
+                    })
+                    .unwrap();
+            }
+        });
+        let mut next = std::collections::HashMap::new();
+        let mut total = 0;
+        while total < count * peers as u64 {
+            let msg = socket.recv().unwrap();
+            assert_ne!(msg.from, me, "a member never receives its own message");
+            let expected = next.entry(msg.from).or_insert(0);
+            assert_eq!(
+                msg.seq, *expected,
+                "out of order or duplicated from {}",
+                msg.from
+            );
+            assert_eq!(msg.body, pattern(msg.from, msg.seq, 64));
+            *expected += 1;
+            total += 1;
+        }
+        sending.join().unwrap();
+        assert_eq!(next.len(), peers);
+        total
+    }
+}

@@ -3,44 +3,17 @@
 #![forbid(unsafe_code)]
 
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use serve_common::ipc::{self, IpcError, ServerOptions};
+use serde::Serialize;
+use serve_common::ipc::{self, IpcError};
+use serve_common_tests::ipc_support::{Msg, exchange, pattern};
 use serve_common_tests::{Proc, process_gone};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_ipc_helper");
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Msg {
-    from: u32,
-    seq: u64,
-    #[serde(with = "serde_bytes")]
-    body: Vec<u8>,
-}
-
-fn pattern(id: u32, seq: u64, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            (i as u64)
-                .wrapping_mul(31)
-                .wrapping_add(u64::from(id) * 7 + seq * 13) as u8
-        })
-        .collect()
-}
-
-/// This test process's server (the helper binary runs it), started once.
 fn shared_server() -> &'static str {
-    static ADDRESS: OnceLock<String> = OnceLock::new();
-    ADDRESS.get_or_init(|| {
-        ipc::start_with(ServerOptions {
-            program: Some(HELPER.into()),
-            ..ServerOptions::default()
-        })
-        .unwrap();
-        ipc::address().unwrap()
-    })
+    serve_common_tests::ipc_support::shared_server(HELPER)
 }
 
 fn helper(address: &str, args: &[&str]) -> Proc {
@@ -84,33 +57,7 @@ fn three_processes_exchange_every_message_once_in_order() {
     for member in &mut members {
         member.send("go");
     }
-    let me = std::process::id();
-    let sender = socket.clone();
-    let sending = std::thread::spawn(move || {
-        for seq in 0..count {
-            sender
-                .send(&Msg {
-                    from: me,
-                    seq,
-                    body: pattern(me, seq, 64),
-                })
-                .unwrap();
-        }
-    });
-    let mut next = std::collections::HashMap::new();
-    for _ in 0..2 * count {
-        let msg = socket.recv().unwrap();
-        assert_ne!(msg.from, me, "a member never receives its own message");
-        let expected = next.entry(msg.from).or_insert(0);
-        assert_eq!(
-            msg.seq, *expected,
-            "out of order or duplicated from {}",
-            msg.from
-        );
-        assert_eq!(msg.body, pattern(msg.from, msg.seq, 64));
-        *expected += 1;
-    }
-    sending.join().unwrap();
+    exchange(&socket, std::process::id(), count, 2);
     for member in &mut members {
         member.expect("ok 1000");
     }

@@ -3,23 +3,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
-use serve_common::ipc::{self, ServerOptions};
+use serve_common::ipc;
 use serve_common_tests::Proc;
 
 const HELPER: &str = env!("CARGO_BIN_EXE_ipc_helper");
 
 fn server() -> &'static str {
-    static ADDRESS: OnceLock<String> = OnceLock::new();
-    ADDRESS.get_or_init(|| {
-        ipc::start_with(ServerOptions {
-            program: Some(HELPER.into()),
-            ..ServerOptions::default()
-        })
-        .unwrap();
-        ipc::address().unwrap()
-    })
+    serve_common_tests::ipc_support::shared_server(HELPER)
 }
 
 struct Service {

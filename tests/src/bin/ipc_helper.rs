@@ -7,19 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serve_common::config::{self, Config, ConfigChange};
 use serve_common::event::{self, Event};
 use serve_common::ipc::{self, IpcError, ServerOptions};
-
-/// A numbered message of the exchange tests.
-#[derive(Debug, Serialize, Deserialize)]
-struct Msg {
-    from: u32,
-    seq: u64,
-    #[serde(with = "serde_bytes")]
-    body: Vec<u8>,
-}
+use serve_common_tests::ipc_support::{Msg, exchange, pattern};
 
 fn say(line: impl std::fmt::Display) {
     let mut out = std::io::stdout().lock();
@@ -40,17 +31,6 @@ fn wait_for_line(expected: &str) {
     std::process::exit(3);
 }
 
-/// Content that depends on the sender and sequence, to catch mixed-up parts.
-fn pattern(id: u32, seq: u64, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            (i as u64)
-                .wrapping_mul(31)
-                .wrapping_add(u64::from(id) * 7 + seq * 13) as u8
-        })
-        .collect()
-}
-
 fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> T {
     args.get(i)
         .and_then(|a| a.parse().ok())
@@ -62,7 +42,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("parent") => parent(&args),
-        Some("exchange") => exchange(&args),
+        Some("exchange") => exchange_mode(&args),
         Some("stall") => stall(&args),
         Some("read") => read(&args),
         Some("big") => big(&args),
@@ -121,41 +101,13 @@ fn parent(args: &[String]) {
 
 /// Joins, reports `joined`, waits for `go`, sends `count` messages, then
 /// receives until it has `count` from each of `peers` others, in order.
-fn exchange(args: &[String]) {
+fn exchange_mode(args: &[String]) {
     let (group, count, peers): (String, u64, usize) = (arg(args, 1), arg(args, 2), arg(args, 3));
     ipc::setup(None).unwrap();
     let socket = ipc::join_group::<Msg>(&group).unwrap();
     say("joined");
     wait_for_line("go");
-    let me = std::process::id();
-    let sender = socket.clone();
-    let sending = std::thread::spawn(move || {
-        for seq in 0..count {
-            sender
-                .send(&Msg {
-                    from: me,
-                    seq,
-                    body: pattern(me, seq, 64),
-                })
-                .unwrap();
-        }
-    });
-    let mut next = std::collections::HashMap::new();
-    let mut total = 0;
-    while total < count * peers as u64 {
-        let msg = socket.recv().unwrap();
-        let expected = next.entry(msg.from).or_insert(0);
-        assert_eq!(
-            msg.seq, *expected,
-            "out of order or duplicated from {}",
-            msg.from
-        );
-        assert_eq!(msg.body, pattern(msg.from, msg.seq, 64));
-        *expected += 1;
-        total += 1;
-    }
-    sending.join().unwrap();
-    assert_eq!(next.len(), peers);
+    let total = exchange(&socket, std::process::id(), count, peers);
     say(format!("ok {total}"));
 }
 
