@@ -35,6 +35,7 @@
 
 pub mod cached;
 pub mod config;
+pub mod default;
 pub mod event;
 pub mod ipc;
 mod outcome;

@@ -1,0 +1,416 @@
+//! The default logging setup, on `tracing` (the seed's
+//! `default.logging`, which used loguru).
+//!
+//! ```no_run
+//! use serve_common::default::logging;
+//!
+//! logging::add_output_stderr()?;           // coloured on a terminal
+//! logging::add_output_file(None)?;         // logs/app.log, rotated at 2 MB
+//! tracing::info!(user = "ann", "logged in");
+//! // [2026-11-28 10:00:00.123] [INFO    ] [4242] logged in user="ann"
+//! logging::flush();                        // on the way out
+//! # Ok::<(), logging::LoggingError>(())
+//! ```
+//!
+//! - One subscriber for the process, installed on first use; outputs can
+//!   be added later. One global, reloadable filter carries the level and
+//!   the per-target levels (reloading per-layer filters panics:
+//!   tracing#1629).
+//! - The line format is the original's: `[YYYY-MM-DD HH:MM:SS.mmm] [LEVEL   ]
+//!   [pid] [target:span:line] message fields`; the location only at TRACE
+//!   (tracing events carry no function name: the innermost span's name
+//!   stands for it).
+//! - The level follows config `logging.level`, and per-target levels the
+//!   table `logging.targets` (`"my_app::db" = "trace"`), at run time: a
+//!   `config:logging.*` event re-reads both, so with IPC every process
+//!   follows a change. Levels are the original's names (TRACE DEBUG INFO
+//!   SUCCESS WARNING ERROR CRITICAL), tracing's (WARN) or OFF, in any
+//!   case. An unknown level is refused with an error log line and the
+//!   effective level stays; [`level`] reports the effective one.
+//! - File outputs go under config `logging.logs_dir` (default `logs`,
+//!   created 0700), rotate by size (2 MB by default, [`FileOutput`]) keeping
+//!   a few old files, and are written off the caller's thread with
+//!   backpressure: a full buffer makes the logging thread wait, nothing is
+//!   dropped. [`flush`] writes out what is buffered.
+
+use std::collections::BTreeMap;
+use std::fmt as stdfmt;
+use std::io;
+use std::path::PathBuf;
+
+use once_cell::sync::OnceCell;
+use parking_lot::Mutex;
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::layer::{Layered, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
+
+use crate::config::{self, ConfigError};
+use crate::event;
+
+/// The level names accepted, as the original spelled them.
+pub const LEVEL_NAMES: [&str; 7] = [
+    "TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL",
+];
+
+/// A level name that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown log level {given}: expected one of TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR, CRITICAL (or WARN, OFF), in any case")]
+pub struct LevelError {
+    /// What was given, as text.
+    pub given: String,
+}
+
+/// Reads a level name: the original's, tracing's, or OFF; any case.
+/// Returns the canonical (upper-case) name and the filter directive.
+pub fn parse_level(name: &str) -> Result<(String, &'static str), LevelError> {
+    let upper = name.trim().to_ascii_uppercase();
+    let directive = match upper.as_str() {
+        "TRACE" => "trace",
+        "DEBUG" => "debug",
+        "INFO" | "SUCCESS" => "info",
+        "WARNING" | "WARN" => "warn",
+        "ERROR" | "CRITICAL" => "error",
+        "OFF" => "off",
+        _ => {
+            return Err(LevelError {
+                given: format!("{name:?}"),
+            });
+        }
+    };
+    Ok((upper, directive))
+}
+
+/// What went wrong setting logging up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    /// Another global subscriber was installed first.
+    #[error("another tracing subscriber is installed already: {0}")]
+    OtherSubscriber(String),
+    /// A log file or directory cannot be created.
+    #[error("cannot open log file {}: {source}", path.display())]
+    File {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// A level that is not one.
+    #[error(transparent)]
+    Level(#[from] LevelError),
+    /// The config could not be read or written.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+type Inner = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+type Output = Box<dyn Layer<Inner> + Send + Sync>;
+
+struct State {
+    filter: reload::Handle<EnvFilter, Registry>,
+    outputs: reload::Handle<Vec<Output>, Inner>,
+    /// The effective level and per-target levels.
+    setting: Mutex<(String, BTreeMap<String, String>)>,
+    guards: Mutex<Vec<tracing_appender::non_blocking::WorkerGuard>>,
+}
+
+static STATE: OnceCell<State> = OnceCell::new();
+
+fn directives(level: &str, targets: &BTreeMap<String, String>) -> Result<String, LevelError> {
+    let mut out = parse_level(level)?.1.to_owned();
+    for (target, target_level) in targets {
+        out.push_str(&format!(",{target}={}", parse_level(target_level)?.1));
+    }
+    Ok(out)
+}
+
+fn state() -> Result<&'static State, LoggingError> {
+    STATE.get_or_try_init(|| {
+        let (filter, filter_handle) = reload::Layer::new(EnvFilter::new("info"));
+        let (outputs, outputs_handle) = reload::Layer::new(Vec::<Output>::new());
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(outputs)
+            .try_init()
+            .map_err(|e| LoggingError::OtherSubscriber(e.to_string()))?;
+        let state = State {
+            filter: filter_handle,
+            outputs: outputs_handle,
+            setting: Mutex::new(("INFO".to_owned(), BTreeMap::new())),
+            guards: Mutex::new(Vec::new()),
+        };
+        Ok(state)
+    })
+}
+
+/// Installs the subscriber (once) and applies the config's levels, and
+/// follows them from now on.
+pub fn init() -> Result<(), LoggingError> {
+    static FOLLOWING: OnceCell<()> = OnceCell::new();
+    state()?;
+    FOLLOWING.get_or_try_init(|| {
+        if let Err(error) = apply_config() {
+            tracing::error!(%error, "log level from the config refused; keeping {}", level());
+        }
+        event::bus()
+            .on("config:logging.*")
+            .label("serve_common::default::logging")
+            .call(|_: &event::Event| {
+                apply_config().map_err(|e| format!("{e}; keeping {}", level()))
+            })
+            .map(drop)
+            .map_err(|e| LoggingError::OtherSubscriber(e.to_string()))
+    })?;
+    Ok(())
+}
+
+/// Reads `logging.level` and `logging.targets` from the global config and
+/// applies them, or changes nothing if any is not a level.
+fn apply_config() -> Result<(), LevelError> {
+    let config = config::config();
+    let level = match config.get_opt::<toml::Value>("logging.level") {
+        Ok(Some(toml::Value::String(level))) => level,
+        Ok(Some(other)) => {
+            return Err(LevelError {
+                given: other.to_string(),
+            })
+        }
+        _ => "INFO".to_owned(),
+    };
+    let targets: BTreeMap<String, String> =
+        match config.get_opt::<BTreeMap<String, toml::Value>>("logging.targets") {
+            Ok(Some(table)) => table
+                .into_iter()
+                .map(|(target, value)| match value {
+                    toml::Value::String(level) => Ok((target, level)),
+                    other => Err(LevelError {
+                        given: other.to_string(),
+                    }),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => BTreeMap::new(),
+        };
+    apply(&level, targets)
+}
+
+fn apply(level: &str, targets: BTreeMap<String, String>) -> Result<(), LevelError> {
+    let Some(state) = STATE.get() else {
+        return Ok(());
+    };
+    let filter = EnvFilter::builder()
+        .parse(directives(level, &targets)?)
+        .map_err(|e| LevelError {
+            given: e.to_string(),
+        })?;
+    let mut setting = state.setting.lock();
+    let canonical = parse_level(level)?.0;
+    let targets = targets
+        .into_iter()
+        .map(|(t, l)| parse_level(&l).map(|(name, _)| (t, name)))
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    if state.filter.reload(filter).is_ok() {
+        *setting = (canonical, targets);
+    }
+    Ok(())
+}
+
+/// The effective level (canonical name), whatever the config says.
+pub fn level() -> String {
+    STATE
+        .get()
+        .map(|s| s.setting.lock().0.clone())
+        .unwrap_or_else(|| "INFO".to_owned())
+}
+
+/// The effective per-target levels.
+pub fn targets() -> BTreeMap<String, String> {
+    STATE
+        .get()
+        .map(|s| s.setting.lock().1.clone())
+        .unwrap_or_default()
+}
+
+/// Validates `name`, then sets config `logging.level` (so, with IPC, every
+/// process follows).
+pub fn set_level(name: &str) -> Result<(), LoggingError> {
+    let (canonical, _) = parse_level(name)?;
+    config::config().set("logging.level", canonical)?;
+    Ok(())
+}
+
+/// Validates `name`, then sets config `logging.targets."<target>"`.
+pub fn set_target_level(target: &str, name: &str) -> Result<(), LoggingError> {
+    let (canonical, _) = parse_level(name)?;
+    let mut targets = config::config()
+        .get_opt::<toml::Table>("logging.targets")?
+        .unwrap_or_default();
+    targets.insert(target.to_owned(), toml::Value::String(canonical));
+    config::config().set("logging.targets", targets)?;
+    Ok(())
+}
+
+/// A size-rotated log file.
+#[derive(Clone, Debug)]
+pub struct FileOutput {
+    /// The file name, under the directory.
+    pub name: String,
+    /// The directory (default: config `logging.logs_dir`, or `logs`).
+    pub dir: Option<PathBuf>,
+    /// Rotate once the file passes this size (default 2 MB). Lines are
+    /// never split across files.
+    pub max_bytes: usize,
+    /// Rotated files to keep (default 5): `app.log.1` is the newest.
+    pub keep: usize,
+}
+
+impl FileOutput {
+    /// `name` with the defaults.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            dir: None,
+            max_bytes: 2_000_000,
+            keep: 5,
+        }
+    }
+}
+
+/// Adds an output that writes lines to `make_writer` (for tests, or any
+/// `MakeWriter`), in the line format.
+pub fn add_output_writer<W>(make_writer: W, ansi: bool) -> Result<(), LoggingError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    init()?;
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .event_format(LineFormat { ansi })
+        .with_writer(make_writer);
+    push(Box::new(layer))
+}
+
+fn push(output: Output) -> Result<(), LoggingError> {
+    state()?
+        .outputs
+        .modify(|outputs| outputs.push(output))
+        .map_err(|e| LoggingError::OtherSubscriber(e.to_string()))
+}
+
+/// Adds standard error: coloured on a terminal unless `NO_COLOR` is set.
+pub fn add_output_stderr() -> Result<(), LoggingError> {
+    use std::io::IsTerminal;
+    let ansi =
+        io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    add_output_writer(io::stderr, ansi)
+}
+
+/// Adds a size-rotated file (`app.log` by default) under config
+/// `logging.logs_dir` (default `logs`, created with mode 0700). Returns its
+/// path.
+pub fn add_output_file(name: Option<&str>) -> Result<PathBuf, LoggingError> {
+    add_file(FileOutput::new(name.unwrap_or("app.log")))
+}
+
+/// Adds a file output with explicit options; returns its path.
+pub fn add_file(output: FileOutput) -> Result<PathBuf, LoggingError> {
+    use std::os::unix::fs::DirBuilderExt;
+    init()?;
+    let dir = output.dir.clone().unwrap_or_else(|| {
+        PathBuf::from(config::config().get_or("logging.logs_dir", "logs".to_owned()))
+    });
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|source| LoggingError::File {
+            path: dir.clone(),
+            source,
+        })?;
+    let path = dir.join(&output.name);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).create(true).append(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = file_rotate::FileRotate::new(
+        &path,
+        file_rotate::suffix::AppendCount::new(output.keep),
+        file_rotate::ContentLimit::BytesSurpassed(output.max_bytes.max(1)),
+        file_rotate::compression::Compression::None,
+        Some(options),
+    );
+    // Off the caller's thread, never lossy: a full buffer waits.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("serve-common-log-file")
+        .finish(file);
+    state()?.guards.lock().push(guard);
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .event_format(LineFormat { ansi: false })
+        .with_writer(writer);
+    push(Box::new(layer))?;
+    Ok(path)
+}
+
+/// Writes out everything buffered for file outputs and closes them; call
+/// it on the way out of `main` (the `main` macro does). Lines logged after
+/// it to those files are lost.
+pub fn flush() {
+    if let Some(state) = STATE.get() {
+        state.guards.lock().clear();
+    }
+}
+
+/// The original's line format.
+struct LineFormat {
+    ansi: bool,
+}
+
+fn level_name(level: &Level) -> (&'static str, &'static str) {
+    match *level {
+        Level::TRACE => ("TRACE", "\x1b[2m"),
+        Level::DEBUG => ("DEBUG", "\x1b[34m"),
+        Level::INFO => ("INFO", "\x1b[1m"),
+        Level::WARN => ("WARNING", "\x1b[33m"),
+        Level::ERROR => ("ERROR", "\x1b[31m"),
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> stdfmt::Result {
+        let metadata = event.metadata();
+        let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.3f");
+        let (name, colour) = level_name(metadata.level());
+        if self.ansi {
+            write!(
+                writer,
+                "[{now}] [{colour}{name:<8}\x1b[0m] [{}] ",
+                std::process::id()
+            )?;
+        } else {
+            write!(writer, "[{now}] [{name:<8}] [{}] ", std::process::id())?;
+        }
+        if *metadata.level() == Level::TRACE {
+            let span = ctx.lookup_current().map(|s| s.name()).unwrap_or("-");
+            write!(
+                writer,
+                "[{}:{span}:{}] ",
+                metadata.target(),
+                metadata.line().unwrap_or(0)
+            )?;
+        }
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}

@@ -1,0 +1,243 @@
+//! The default logging setup: the real subscriber, a writer the test reads,
+//! real files, level changes through the real config and its events.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use serve_common::config::{self, Config};
+use serve_common::default::logging::{self, FileOutput};
+use serve_common::event;
+
+const LONG: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Capture {
+    fn lines_with(&self, needle: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Setup {
+    capture: Capture,
+    config_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Tests change the one global level: one at a time.
+fn setup() -> (MutexGuard<'static, ()>, &'static Setup) {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    static SETUP: OnceLock<Setup> = OnceLock::new();
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let setup = SETUP.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let config_file = dir.path().join("config.toml");
+        std::fs::write(&config_file, "[logging]\nlevel = \"INFO\"\n").unwrap();
+        config::init(Config::builder().path(&config_file).no_env().watch(true)).unwrap();
+        let capture = Capture::default();
+        let buffer = capture.0.clone();
+        logging::add_output_writer(move || CaptureWriter(buffer.clone()), false).unwrap();
+        Setup {
+            capture,
+            config_file,
+            _dir: dir,
+        }
+    });
+    // Back to the file's level between tests.
+    config::config().unset("logging.level").unwrap();
+    config::config().unset("logging.targets").unwrap();
+    settle();
+    (guard, setup)
+}
+
+/// Lets every queued event (a config change, the level it carries) apply.
+fn settle() {
+    assert!(event::bus().flush(LONG));
+    assert!(event::bus().flush(LONG));
+}
+
+fn replace(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn the_line_format_is_the_originals() {
+    let (_serial, setup) = setup();
+    tracing::info!(user = "ann", "format check one");
+    let line = setup.capture.lines_with("format check one").pop().unwrap();
+    let pattern = regex::Regex::new(&format!(
+        r#"^\[\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{{3}}\] \[INFO    \] \[{}\] format check one user="ann"$"#,
+        std::process::id()
+    ))
+    .unwrap();
+    assert!(pattern.is_match(&line), "{line}");
+    tracing::warn!("format check two");
+    let line = setup.capture.lines_with("format check two").pop().unwrap();
+    assert!(line.contains("] [WARNING ] ["), "{line}");
+    // The location appears at TRACE only.
+    assert!(!line.contains("logging:"), "{line}");
+}
+
+#[test]
+fn trace_lines_carry_the_location() {
+    let (_serial, setup) = setup();
+    config::config().set("logging.level", "trace").unwrap();
+    settle();
+    assert_eq!(logging::level(), "TRACE");
+    let span = tracing::info_span!("work");
+    let line_no = line!() + 1;
+    span.in_scope(|| tracing::trace!("deep in work"));
+    let line = setup.capture.lines_with("deep in work").pop().unwrap();
+    assert!(
+        line.contains(&format!(
+            "] [TRACE   ] [{}] [logging:work:{line_no}] deep in work",
+            std::process::id()
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn the_level_follows_a_config_set_and_a_file_edit() {
+    let (_serial, setup) = setup();
+    tracing::debug!("hidden at info");
+    config::config().set("logging.level", "debug").unwrap();
+    settle();
+    tracing::debug!("shown at debug");
+    assert!(setup.capture.lines_with("hidden at info").is_empty());
+    assert_eq!(setup.capture.lines_with("shown at debug").len(), 1);
+    config::config().unset("logging.level").unwrap();
+    settle();
+
+    let changed = event::wait_for("config:logging.level").unwrap();
+    replace(&setup.config_file, "[logging]\nlevel = \"ERROR\"\n");
+    changed.wait(LONG).unwrap();
+    settle();
+    assert_eq!(logging::level(), "ERROR");
+    tracing::warn!("hidden at error");
+    assert!(setup.capture.lines_with("hidden at error").is_empty());
+    let back = event::wait_for("config:logging.level").unwrap();
+    replace(&setup.config_file, "[logging]\nlevel = \"INFO\"\n");
+    back.wait(LONG).unwrap();
+    settle();
+    assert_eq!(logging::level(), "INFO");
+}
+
+#[test]
+fn unknown_levels_are_refused_and_the_effective_level_stays() {
+    let (_serial, setup) = setup();
+    assert_eq!(logging::level(), "INFO");
+    config::config().set("logging.level", "NOPE").unwrap();
+    settle();
+    assert_eq!(logging::level(), "INFO");
+    assert!(
+        !setup
+            .capture
+            .lines_with("unknown log level \"NOPE\"")
+            .is_empty()
+    );
+    config::config().set("logging.level", 5).unwrap();
+    settle();
+    assert_eq!(logging::level(), "INFO");
+    let error = logging::set_level("loud").unwrap_err();
+    assert!(error.to_string().contains("unknown log level"), "{error}");
+    logging::set_level("warning").unwrap();
+    settle();
+    assert_eq!(logging::level(), "WARNING");
+    assert_eq!(
+        config::config().get::<String>("logging.level").unwrap(),
+        "WARNING"
+    );
+}
+
+#[test]
+fn per_target_levels() {
+    let (_serial, setup) = setup();
+    logging::set_target_level("logging::quiet", "error").unwrap();
+    logging::set_target_level("logging::chatty", "TRACE").unwrap();
+    settle();
+    assert_eq!(
+        logging::targets().get("logging::quiet").map(String::as_str),
+        Some("ERROR")
+    );
+    tracing::info!(target: "logging::quiet", "quiet info");
+    tracing::error!(target: "logging::quiet", "quiet error");
+    tracing::debug!(target: "logging::chatty", "chatty debug");
+    tracing::debug!("default debug");
+    assert!(setup.capture.lines_with("quiet info").is_empty());
+    assert_eq!(setup.capture.lines_with("quiet error").len(), 1);
+    assert_eq!(setup.capture.lines_with("chatty debug").len(), 1);
+    assert!(setup.capture.lines_with("default debug").is_empty());
+    assert!(logging::set_target_level("logging::x", "NOPE").is_err());
+}
+
+#[test]
+fn files_rotate_by_size_and_lose_no_line() {
+    let (_serial, _) = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let path = logging::add_file(FileOutput {
+        dir: Some(dir.path().to_owned()),
+        max_bytes: 20_000,
+        keep: 1000,
+        ..FileOutput::new("rotating.log")
+    })
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..2500 {
+                    tracing::info!(thread = t, i, "rotation line");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    logging::flush();
+    let mut lines = 0;
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        files += 1;
+        assert!(
+            text.len() < 20_000 + 200,
+            "{} is {} bytes",
+            path.display(),
+            text.len()
+        );
+        assert!(text.is_empty() || text.ends_with('\n'), "a line was split");
+        lines += text.lines().filter(|l| l.contains("rotation line")).count();
+    }
+    assert_eq!(lines, 10_000, "lines lost or duplicated across rotation");
+    assert!(files > 10, "rotated into {files} files");
+}
