@@ -7,6 +7,7 @@
 mod cached;
 mod on_event;
 mod pattern;
+mod time_and_log;
 
 use proc_macro::TokenStream;
 
@@ -26,4 +27,10 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_derive(Cached, attributes(cache, input))]
 pub fn derive_cached(input: TokenStream) -> TokenStream {
     cached::derive(input.into()).into()
+}
+
+/// See `serve_common::time_and_log`.
+#[proc_macro_attribute]
+pub fn time_and_log(args: TokenStream, item: TokenStream) -> TokenStream {
+    time_and_log::expand(args.into(), item.into()).into()
 }

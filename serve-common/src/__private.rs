@@ -1,6 +1,9 @@
 //! What generated code needs. Not a public API: it changes without notice.
 
 pub use inventory;
+pub use tracing;
+
+pub use crate::log_util::TimedCall;
 
 pub use crate::cached::{CacheAccess, CacheSlots, HasCache};
 pub use std::sync::OnceLock;

@@ -38,6 +38,7 @@ pub mod config;
 pub mod default;
 pub mod event;
 pub mod ipc;
+pub mod log_util;
 mod outcome;
 pub mod prelude;
 pub mod reloading;
@@ -95,3 +96,7 @@ pub use serve_common_macros::Cached;
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+/// Times a function and logs `<message>: <N> ns` at DEBUG; see
+/// [`log_util`].
+pub use serve_common_macros::time_and_log;

@@ -8,5 +8,6 @@ pub use crate::config::{config, ChangeSource, Config, ConfigChange};
 pub use crate::event::{Event, EventBus, EventPattern, Registration};
 pub use crate::on_event;
 pub use crate::reloading::Reloader;
+pub use crate::time_and_log;
 pub use crate::HandlerOutcome;
 pub use crate::{cached, Cached};

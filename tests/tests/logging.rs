@@ -241,3 +241,83 @@ fn files_rotate_by_size_and_lose_no_line() {
     assert_eq!(lines, 10_000, "lines lost or duplicated across rotation");
     assert!(files > 10, "rotated into {files} files");
 }
+
+struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl std::fmt::Display for Counted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        f.write_str("counted")
+    }
+}
+
+#[serve_common::time_and_log("sync add {a} {b}")]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[serve_common::time_and_log("lazy {c}")]
+fn lazy(c: &Counted) {
+    let _ = c;
+}
+
+#[serve_common::time_and_log("async double {x:?}", level = "info")]
+async fn double(x: u64) -> u64 {
+    tokio::task::yield_now().await;
+    2 * x
+}
+
+struct Service;
+
+impl Service {
+    #[serve_common::time_and_log("method with {n}")]
+    fn method(&self, n: u8) -> Result<u8, String> {
+        if n == 0 {
+            return Err("zero".into());
+        }
+        Ok(n)
+    }
+}
+
+#[test]
+fn time_and_log_on_sync_async_and_methods() {
+    let (_serial, setup) = setup();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // DEBUG is off at INFO: the message is not even formatted.
+    lazy(&Counted(count.clone()));
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(setup.capture.lines_with("lazy counted").is_empty());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert_eq!(runtime.block_on(double(21)), 42);
+    let line = setup.capture.lines_with("async double 21").pop().unwrap();
+    assert!(
+        regex::Regex::new(r"\[INFO    \] .* async double 21: \d+ ns$")
+            .unwrap()
+            .is_match(&line),
+        "{line}"
+    );
+
+    config::config().set("logging.level", "DEBUG").unwrap();
+    settle();
+    lazy(&Counted(count.clone()));
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(add(2, 3), 5);
+    assert_eq!(Service.method(0), Err("zero".into()));
+    for message in ["lazy counted", "sync add 2 3", "method with 0"] {
+        let line = setup.capture.lines_with(&format!("{message}: ")).pop();
+        let line = line.unwrap_or_else(|| panic!("no line for {message}"));
+        assert!(
+            regex::Regex::new(r"\[DEBUG   \] .*: \d+ ns$")
+                .unwrap()
+                .is_match(&line),
+            "{line}"
+        );
+    }
+    // The guard form.
+    {
+        let _timer = serve_common::log_util::time_and_log("guarded block");
+    }
+    assert_eq!(setup.capture.lines_with("guarded block: ").len(), 1);
+}

@@ -10,5 +10,6 @@ fn ui() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/on_event/*.rs");
     t.compile_fail("tests/ui/cached/*.rs");
+    t.compile_fail("tests/ui/time_and_log/*.rs");
     t.pass("tests/pass/*.rs");
 }

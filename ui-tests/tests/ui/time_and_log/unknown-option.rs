@@ -1,0 +1,4 @@
+#[serve_common::time_and_log("running f", unit = "ms")]
+fn f() {}
+
+fn main() {}
