@@ -151,10 +151,10 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             };
         };
         let body = &func.block;
-        func.block = Box::new(syn::parse_quote!({
+        *func.block = syn::parse_quote!({
             #guard
             #body
-        }));
+        });
         Ok(quote!(#func))
     })();
     match result {
