@@ -48,17 +48,20 @@ impl Drop for TimeAndLog {
     }
 }
 
-/// What `#[time_and_log]` expands to: the event is logged by `log`, a
-/// function written in the user's module, so the line has its target.
+/// Logs a finished call: written by the macro in the user's module, so the
+/// line has the user's target.
+type LogFn = fn(&str, u128);
+
+/// What `#[time_and_log]` expands to.
 #[doc(hidden)]
 pub struct TimedCall {
-    started: Option<(String, Instant, fn(&str, u128))>,
+    started: Option<(String, Instant, LogFn)>,
 }
 
 impl TimedCall {
     #[doc(hidden)]
     #[inline]
-    pub fn start(message: String, log: fn(&str, u128)) -> Self {
+    pub fn start(message: String, log: LogFn) -> Self {
         Self {
             started: Some((message, Instant::now(), log)),
         }
