@@ -305,15 +305,11 @@ fn time_and_log_on_sync_async_and_methods() {
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(add(2, 3), 5);
     assert_eq!(Service.method(0), Err("zero".into()));
+    let debug_line = regex::Regex::new(r"\[DEBUG   \] .*: \d+ ns$").unwrap();
     for message in ["lazy counted", "sync add 2 3", "method with 0"] {
         let line = setup.capture.lines_with(&format!("{message}: ")).pop();
         let line = line.unwrap_or_else(|| panic!("no line for {message}"));
-        assert!(
-            regex::Regex::new(r"\[DEBUG   \] .*: \d+ ns$")
-                .unwrap()
-                .is_match(&line),
-            "{line}"
-        );
+        assert!(debug_line.is_match(&line), "{line}");
     }
     // The guard form.
     {
