@@ -9,6 +9,8 @@
 //! | [`cached`] | cached properties: [`#[derive(Cached)]`](derive@Cached), [`#[cached]`](macro@cached) |
 //! | [`event`] | an event bus: [`notify`](event::notify), [`register`](event::register), [`#[on_event]`](macro@on_event), waits and acknowledgements |
 //! | [`config`] | layered, typed, hot-reloaded configuration from `config.toml` |
+//! | [`default::logging`] | the subscriber: the original's line format, files rotated by size, levels from config |
+//! | [`log_util`] | [`#[time_and_log]`](macro@time_and_log) and its guard form |
 //! | [`ipc`] | a group server process: messages, and events and config, across the service's processes |
 //! | [`reloading`] | file watchers: inotify with a safety poll, or plain polling |
 //! | [`prelude`] | the glob import (the seed's `export` module) |
