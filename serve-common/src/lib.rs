@@ -44,6 +44,8 @@ pub mod log_util;
 mod outcome;
 pub mod prelude;
 pub mod reloading;
+#[cfg(feature = "actix")]
+pub mod request_id;
 
 #[doc(hidden)]
 pub mod __private;

@@ -82,3 +82,90 @@ impl Drop for TimedCall {
         }
     }
 }
+
+/// Actix middleware that times each request (the seed's `RequestTimer`):
+/// logs `hit <path>` at INFO when a route matched (at DEBUG `no route
+/// matched <method> <path>` otherwise, once), then `request completed
+/// with <status> (took <ms> ms)`. Put it inside the request-id middleware
+/// (`.wrap(RequestTimer).wrap(RequestIdMiddleware)`) so its lines carry
+/// the id.
+#[cfg(feature = "actix")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestTimer;
+
+#[cfg(feature = "actix")]
+mod timer {
+    use std::future::{ready, Future, Ready};
+    use std::pin::Pin;
+    use std::time::Instant;
+
+    use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
+
+    use super::RequestTimer;
+
+    impl<S, B> Transform<S, ServiceRequest> for RequestTimer
+    where
+        S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>
+            + 'static,
+        B: 'static,
+    {
+        type Response = ServiceResponse<B>;
+        type Error = actix_web::Error;
+        type Transform = RequestTimerService<S>;
+        type InitError = ();
+        type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+        fn new_transform(&self, service: S) -> Self::Future {
+            ready(Ok(RequestTimerService { service }))
+        }
+    }
+
+    /// The service [`RequestTimer`] wraps.
+    #[derive(Debug)]
+    pub struct RequestTimerService<S> {
+        service: S,
+    }
+
+    type BoxedResponse<B> =
+        Pin<Box<dyn Future<Output = Result<ServiceResponse<B>, actix_web::Error>>>>;
+
+    impl<S, B> Service<ServiceRequest> for RequestTimerService<S>
+    where
+        S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>
+            + 'static,
+        B: 'static,
+    {
+        type Response = ServiceResponse<B>;
+        type Error = actix_web::Error;
+        type Future = BoxedResponse<B>;
+
+        actix_web::dev::forward_ready!(service);
+
+        fn call(&self, request: ServiceRequest) -> Self::Future {
+            let started = Instant::now();
+            match request.match_pattern() {
+                Some(_) => tracing::info!("hit {}", request.path()),
+                None => tracing::debug!("no route matched {} {}", request.method(), request.path()),
+            }
+            let future = self.service.call(request);
+            Box::pin(async move {
+                let result = future.await;
+                let millis = started.elapsed().as_secs_f64() * 1e3;
+                match &result {
+                    Ok(response) => tracing::info!(
+                        "request completed with {} (took {millis:.2} ms)",
+                        response.status().as_u16()
+                    ),
+                    Err(error) => tracing::info!(
+                        "request completed with {} (took {millis:.2} ms)",
+                        error.as_response_error().status_code().as_u16()
+                    ),
+                }
+                result
+            })
+        }
+    }
+}
+
+#[cfg(feature = "actix")]
+pub use timer::RequestTimerService;

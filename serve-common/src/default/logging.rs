@@ -17,7 +17,8 @@
 //!   the per-target levels (reloading per-layer filters panics:
 //!   tracing#1629).
 //! - The line format is the original's: `[YYYY-MM-DD HH:MM:SS.mmm] [LEVEL   ]
-//!   [pid] [target:span:line] message fields`; the location only at TRACE
+//!   [pid] [target:span:line] [request-id] message fields`; the request id
+//!   only inside a request ([`crate::request_id`]), the location only at TRACE
 //!   (tracing events carry no function name: the innermost span's name
 //!   stands for it).
 //! - The level follows config `logging.level`, and per-target levels the
@@ -363,6 +364,16 @@ pub fn flush() {
     }
 }
 
+#[cfg(feature = "actix")]
+fn current_request_id() -> Option<crate::request_id::RequestId> {
+    crate::request_id::get()
+}
+
+#[cfg(not(feature = "actix"))]
+fn current_request_id() -> Option<String> {
+    None
+}
+
 /// The original's line format.
 struct LineFormat {
     ansi: bool,
@@ -409,6 +420,9 @@ where
                 metadata.target(),
                 metadata.line().unwrap_or(0)
             )?;
+        }
+        if let Some(id) = current_request_id() {
+            write!(writer, "[{id}] ")?;
         }
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
