@@ -317,3 +317,48 @@ fn time_and_log_on_sync_async_and_methods() {
     }
     assert_eq!(setup.capture.lines_with("guarded block: ").len(), 1);
 }
+
+#[test]
+fn json_lines_are_an_option() {
+    let (_serial, _) = setup();
+    let json = Capture::default();
+    let buffer = json.0.clone();
+    logging::add_output_writer_json(move || CaptureWriter(buffer.clone())).unwrap();
+    tracing::info!(user = "ann", "json check");
+    let line = json.lines_with("json check").pop().unwrap();
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    for part in [
+        r#""level":"INFO""#,
+        r#""message":"json check""#,
+        r#""user":"ann""#,
+    ] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
+}
+
+#[test]
+fn the_builder_installs_outputs_in_one_go() {
+    let (_serial, _) = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let logs_dir = dir.path().join("nested/logs");
+    let paths = logging::builder()
+        .file_output(FileOutput {
+            dir: Some(logs_dir.clone()),
+            ..FileOutput::new("built.log")
+        })
+        .install()
+        .unwrap();
+    assert_eq!(paths, [logs_dir.join("built.log")]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&logs_dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    tracing::info!("built and written");
+    logging::flush();
+    let text = std::fs::read_to_string(&paths[0]).unwrap();
+    assert!(
+        text.contains("] [INFO    ] [") && text.contains("built and written"),
+        "{text}"
+    );
+}

@@ -33,6 +33,8 @@
 //!   a few old files, and are written off the caller's thread with
 //!   backpressure: a full buffer makes the logging thread wait, nothing is
 //!   dropped. [`flush`] writes out what is buffered.
+//! - JSON lines are an option ([`FileOutput::json`],
+//!   [`add_output_writer_json`]).
 
 use std::collections::BTreeMap;
 use std::fmt as stdfmt;
@@ -253,6 +255,49 @@ pub fn set_target_level(target: &str, name: &str) -> Result<(), LoggingError> {
     Ok(())
 }
 
+/// Outputs to add in one go: `logging::builder().stderr().file("app.log").install()`.
+/// Installing twice adds the second builder's outputs to the first's.
+#[derive(Debug, Default)]
+#[must_use = "nothing is installed until `install`"]
+pub struct LoggingBuilder {
+    stderr: bool,
+    files: Vec<FileOutput>,
+}
+
+/// A builder with no outputs yet.
+pub fn builder() -> LoggingBuilder {
+    LoggingBuilder::default()
+}
+
+impl LoggingBuilder {
+    /// Standard error, coloured on a terminal unless `NO_COLOR` is set.
+    pub fn stderr(mut self) -> Self {
+        self.stderr = true;
+        self
+    }
+
+    /// A size-rotated file under config `logging.logs_dir`.
+    pub fn file(self, name: impl Into<String>) -> Self {
+        self.file_output(FileOutput::new(name))
+    }
+
+    /// A file with explicit options.
+    pub fn file_output(mut self, output: FileOutput) -> Self {
+        self.files.push(output);
+        self
+    }
+
+    /// Installs the subscriber (once), follows the config's levels and adds
+    /// the outputs. Returns the files' paths.
+    pub fn install(self) -> Result<Vec<PathBuf>, LoggingError> {
+        init()?;
+        if self.stderr {
+            add_output_stderr()?;
+        }
+        self.files.into_iter().map(add_file).collect()
+    }
+}
+
 /// A size-rotated log file.
 #[derive(Clone, Debug)]
 pub struct FileOutput {
@@ -265,6 +310,8 @@ pub struct FileOutput {
     pub max_bytes: usize,
     /// Rotated files to keep (default 5): `app.log.1` is the newest.
     pub keep: usize,
+    /// JSON lines instead of the text format (default false).
+    pub json: bool,
 }
 
 impl FileOutput {
@@ -275,6 +322,7 @@ impl FileOutput {
             dir: None,
             max_bytes: 2_000_000,
             keep: 5,
+            json: false,
         }
     }
 }
@@ -291,6 +339,30 @@ where
         .event_format(LineFormat { ansi })
         .with_writer(make_writer);
     push(Box::new(layer))
+}
+
+/// JSON lines: `timestamp`, `level`, `fields` (with `message`), `target`,
+/// and the spans (a request's span carries its `request_id`).
+fn json_layer<W>(make_writer: W) -> Output
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    Box::new(
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_writer(make_writer),
+    )
+}
+
+/// Adds an output that writes JSON lines to `make_writer`.
+pub fn add_output_writer_json<W>(make_writer: W) -> Result<(), LoggingError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    init()?;
+    push(json_layer(make_writer))
 }
 
 fn push(output: Output) -> Result<(), LoggingError> {
@@ -347,11 +419,15 @@ pub fn add_file(output: FileOutput) -> Result<PathBuf, LoggingError> {
         .thread_name("serve-common-log-file")
         .finish(file);
     state()?.guards.lock().push(guard);
-    let layer = tracing_subscriber::fmt::layer()
-        .with_ansi(false)
-        .event_format(LineFormat { ansi: false })
-        .with_writer(writer);
-    push(Box::new(layer))?;
+    if output.json {
+        push(json_layer(writer))?;
+    } else {
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .event_format(LineFormat { ansi: false })
+            .with_writer(writer);
+        push(Box::new(layer))?;
+    }
     Ok(path)
 }
 
