@@ -11,6 +11,20 @@ mod time_and_log;
 
 use proc_macro::TokenStream;
 
+/// The expansion, or the error followed by `fallback` (the user's item,
+/// cleaned up), so one mistake does not cascade into "cannot find" errors
+/// elsewhere.
+fn or_fallback(
+    result: syn::Result<proc_macro2::TokenStream>,
+    fallback: impl FnOnce() -> proc_macro2::TokenStream,
+) -> proc_macro2::TokenStream {
+    result.unwrap_or_else(|error| {
+        let mut tokens = error.into_compile_error();
+        tokens.extend(fallback());
+        tokens
+    })
+}
+
 /// See `serve_common::on_event`.
 #[proc_macro_attribute]
 pub fn on_event(args: TokenStream, item: TokenStream) -> TokenStream {

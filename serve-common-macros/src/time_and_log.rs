@@ -157,12 +157,5 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         });
         Ok(quote!(#func))
     })();
-    match result {
-        Ok(tokens) => tokens,
-        Err(error) => {
-            let mut tokens = error.into_compile_error();
-            tokens.extend(item);
-            tokens
-        }
-    }
+    crate::or_fallback(result, || item)
 }

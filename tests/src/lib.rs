@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 
-/// Everything logged in this test process, as plain text lines.
+/// Log output kept in memory, as plain text lines: give
+/// [`make_writer`](Self::make_writer) to a subscriber or an output.
 #[derive(Clone, Default)]
 pub struct LogCapture {
     buffer: Arc<Mutex<Vec<u8>>>,
@@ -23,9 +24,16 @@ impl LogCapture {
             .map(str::to_owned)
             .collect()
     }
+
+    /// A `MakeWriter` that appends to this capture.
+    pub fn make_writer(&self) -> impl Fn() -> CaptureWriter + Send + Sync + 'static {
+        let buffer = self.buffer.clone();
+        move || CaptureWriter(buffer.clone())
+    }
 }
 
-struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+/// Appends to a [`LogCapture`].
+pub struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
 
 impl Write for CaptureWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -44,11 +52,10 @@ pub fn logs() -> &'static LogCapture {
     static CAPTURE: OnceLock<LogCapture> = OnceLock::new();
     CAPTURE.get_or_init(|| {
         let capture = LogCapture::default();
-        let buffer = capture.buffer.clone();
         tracing_subscriber::fmt()
             .with_ansi(false)
             .with_max_level(tracing::Level::DEBUG)
-            .with_writer(move || CaptureWriter(buffer.clone()))
+            .with_writer(capture.make_writer())
             .init();
         capture
     })

@@ -2,7 +2,6 @@
 //! real files, level changes through the real config and its events.
 #![forbid(unsafe_code)]
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -10,37 +9,12 @@ use std::time::Duration;
 use serve_common::config::{self, Config};
 use serve_common::default::logging::{self, FileOutput};
 use serve_common::event;
+use serve_common_tests::LogCapture;
 
 const LONG: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn lines_with(&self, needle: &str) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for CaptureWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 struct Setup {
-    capture: Capture,
+    capture: LogCapture,
     config_file: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -55,9 +29,8 @@ fn setup() -> (MutexGuard<'static, ()>, &'static Setup) {
         let config_file = dir.path().join("config.toml");
         std::fs::write(&config_file, "[logging]\nlevel = \"INFO\"\n").unwrap();
         config::init(Config::builder().path(&config_file).no_env().watch(true)).unwrap();
-        let capture = Capture::default();
-        let buffer = capture.0.clone();
-        logging::add_output_writer(move || CaptureWriter(buffer.clone()), false).unwrap();
+        let capture = LogCapture::default();
+        logging::add_output_writer(capture.make_writer(), false).unwrap();
         Setup {
             capture,
             config_file,
@@ -321,9 +294,8 @@ fn time_and_log_on_sync_async_and_methods() {
 #[test]
 fn json_lines_are_an_option() {
     let (_serial, _) = setup();
-    let json = Capture::default();
-    let buffer = json.0.clone();
-    logging::add_output_writer_json(move || CaptureWriter(buffer.clone())).unwrap();
+    let json = LogCapture::default();
+    logging::add_output_writer_json(json.make_writer()).unwrap();
     tracing::info!(user = "ann", "json check");
     let line = json.lines_with("json check").pop().unwrap();
     assert!(line.starts_with('{') && line.ends_with('}'), "{line}");

@@ -2,43 +2,17 @@
 //! the real log output captured.
 #![forbid(unsafe_code)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use actix_web::{App, HttpResponse, test, web};
 use serve_common::config::{self, Config};
 use serve_common::default::logging;
 use serve_common::log_util::RequestTimer;
 use serve_common::request_id::{self, RequestIdMiddleware};
+use serve_common_tests::LogCapture;
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn lines_with(&self, needle: &str) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-struct Writer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Writer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logs() -> &'static Capture {
-    static CAPTURE: OnceLock<Capture> = OnceLock::new();
+fn logs() -> &'static LogCapture {
+    static CAPTURE: OnceLock<LogCapture> = OnceLock::new();
     CAPTURE.get_or_init(|| {
         config::init(
             Config::builder()
@@ -47,9 +21,8 @@ fn logs() -> &'static Capture {
                 .default_value("logging.level", "DEBUG"),
         )
         .unwrap();
-        let capture = Capture::default();
-        let buffer = capture.0.clone();
-        logging::add_output_writer(move || Writer(buffer.clone()), false).unwrap();
+        let capture = LogCapture::default();
+        logging::add_output_writer(capture.make_writer(), false).unwrap();
         capture
     })
 }

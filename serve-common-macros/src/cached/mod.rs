@@ -46,14 +46,7 @@ pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
             )),
         }
     })();
-    match result {
-        Ok(tokens) => tokens,
-        Err(error) => {
-            let mut tokens = error.into_compile_error();
-            tokens.extend(model::strip_inert_attributes(item));
-            tokens
-        }
-    }
+    crate::or_fallback(result, || model::strip_inert_attributes(item))
 }
 
 pub(crate) fn derive(input: TokenStream) -> TokenStream {

@@ -12,14 +12,5 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         let signature = check::signature(&func)?;
         Ok(expand::handler(&args, &func, &signature))
     });
-    match result {
-        Ok(tokens) => tokens,
-        // Keep the user's fn so one mistake does not cascade into
-        // "cannot find function" errors elsewhere.
-        Err(error) => {
-            let mut tokens = error.into_compile_error();
-            tokens.extend(item);
-            tokens
-        }
-    }
+    crate::or_fallback(result, || item)
 }
