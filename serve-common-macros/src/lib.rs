@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 mod cached;
+mod main_attr;
 mod on_event;
 mod pattern;
 mod time_and_log;
@@ -47,4 +48,10 @@ pub fn derive_cached(input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn time_and_log(args: TokenStream, item: TokenStream) -> TokenStream {
     time_and_log::expand(args.into(), item.into()).into()
+}
+
+/// See `serve_common::main`.
+#[proc_macro_attribute]
+pub fn main(args: TokenStream, item: TokenStream) -> TokenStream {
+    main_attr::expand(args.into(), item.into()).into()
 }

@@ -4,6 +4,8 @@ pub use inventory;
 pub use tracing;
 
 pub use crate::log_util::TimedCall;
+#[cfg(feature = "tokio")]
+pub use crate::main_entry::{run as run_main, MainOptions};
 
 pub use crate::cached::{CacheAccess, CacheSlots, HasCache};
 pub use std::sync::OnceLock;

@@ -41,6 +41,8 @@ pub mod default;
 pub mod event;
 pub mod ipc;
 pub mod log_util;
+#[cfg(feature = "tokio")]
+mod main_entry;
 mod outcome;
 pub mod prelude;
 pub mod reloading;
@@ -104,3 +106,30 @@ pub struct ReadmeDoctests;
 /// Times a function and logs `<message>: <N> ns` at DEBUG; see
 /// [`log_util`].
 pub use serve_common_macros::time_and_log;
+
+/// Sets the service up around `async fn main`: the two-stage start-up of
+/// the original's example app, done for you.
+///
+/// ```no_run
+/// #[serve_common::main]
+/// async fn main() -> std::io::Result<()> {
+///     tracing::info!(greeting = %serve_common::config::config().get_or("greeting", "hi".to_owned()), "started");
+///     Ok(())
+/// }
+/// ```
+///
+/// In order: if this process was started as the IPC server, it serves and
+/// never reaches the body ([`ipc::run_server_if_requested`]); the config is
+/// loaded (`config.toml`, `SERVE_COMMON_CONFIG`, or `config = "path"`) and
+/// watched; logging goes to stderr (unless config `logging.stderr =
+/// false`) and to the file of config `logging.file`, if any, with levels
+/// from config; the event bus starts; IPC is set up (a server is started
+/// when no `SERVCOM_IPC_ADDR` is inherited) and carries events; the body
+/// runs on the actix runtime. Afterwards the IPC server this process
+/// started is shut down and the logs are flushed. A config or IPC failure
+/// at start-up is printed and exits with status 1.
+///
+/// Options: `config = "path"`, `ipc = false`, `logging = false`. The
+/// application needs no direct tokio or actix-rt dependency. (With the
+/// `actix` feature off, the body runs on a tokio runtime.)
+pub use serve_common_macros::main;

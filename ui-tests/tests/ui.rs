@@ -11,5 +11,6 @@ fn ui() {
     t.compile_fail("tests/ui/on_event/*.rs");
     t.compile_fail("tests/ui/cached/*.rs");
     t.compile_fail("tests/ui/time_and_log/*.rs");
+    t.compile_fail("tests/ui/main/*.rs");
     t.pass("tests/pass/*.rs");
 }

@@ -1,0 +1,151 @@
+//! `#[serve_common::main(config = "...", ipc = false, logging = false)]`.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::parse::{ParseStream, Parser};
+use syn::{ItemFn, LitBool, LitStr, Token};
+
+#[derive(Default)]
+struct Options {
+    config: Option<LitStr>,
+    ipc: Option<LitBool>,
+    logging: Option<LitBool>,
+}
+
+fn parse_options(input: ParseStream<'_>) -> syn::Result<Options> {
+    let mut options = Options::default();
+    while !input.is_empty() {
+        let name: syn::Ident = input.parse()?;
+        input
+            .parse::<Token![=]>()
+            .map_err(|e| syn::Error::new(e.span(), format!("expected `{name} = ...`")))?;
+        match name.to_string().as_str() {
+            "config" => {
+                if options.config.is_some() {
+                    return Err(syn::Error::new(name.span(), "duplicate option `config`"));
+                }
+                let value: syn::Expr = input.parse()?;
+                match value {
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(lit),
+                        ..
+                    }) => options.config = Some(lit),
+                    other => {
+                        return Err(syn::Error::new_spanned(
+                            other,
+                            "`config` takes a string literal: the config file's path, as in `config = \"service.toml\"`",
+                        ));
+                    }
+                }
+            }
+            "ipc" | "logging" => {
+                let slot = if name == "ipc" {
+                    &mut options.ipc
+                } else {
+                    &mut options.logging
+                };
+                if slot.is_some() {
+                    return Err(syn::Error::new(
+                        name.span(),
+                        format!("duplicate option `{name}`"),
+                    ));
+                }
+                let value: syn::Expr = input.parse()?;
+                match value {
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Bool(lit),
+                        ..
+                    }) => *slot = Some(lit),
+                    other => {
+                        return Err(syn::Error::new_spanned(
+                            other,
+                            format!("`{name}` takes `true` or `false`"),
+                        ));
+                    }
+                }
+            }
+            other => {
+                let hint = match other {
+                    "config_path" | "path" | "file" => " (did you mean `config = \"...\"`?)",
+                    "events" => " (events cross processes with `ipc`)",
+                    _ => "",
+                };
+                return Err(syn::Error::new(
+                    name.span(),
+                    format!(
+                        "unknown option `{other}`; expected `config = \"path\"`, `ipc = false` or `logging = false`{hint}"
+                    ),
+                ));
+            }
+        }
+        if !input.is_empty() {
+            input.parse::<Token![,]>()?;
+        }
+    }
+    Ok(options)
+}
+
+pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    let result = (|| -> syn::Result<TokenStream> {
+        let options = parse_options.parse2(args)?;
+        let func: ItemFn = syn::parse2(item.clone())?;
+        let sig = &func.sig;
+        if sig.asyncness.is_none() {
+            return Err(syn::Error::new(
+                sig.fn_token.span,
+                "`#[serve_common::main]` goes on `async fn main()`: add `async`",
+            ));
+        }
+        if !sig.inputs.is_empty() {
+            return Err(syn::Error::new_spanned(
+                &sig.inputs,
+                "`main` takes no parameters: read arguments with `std::env::args()`",
+            ));
+        }
+        if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+            return Err(syn::Error::new_spanned(
+                &sig.generics,
+                "`main` cannot be generic",
+            ));
+        }
+        if sig.ident != "main" {
+            return Err(syn::Error::new_spanned(
+                &sig.ident,
+                "`#[serve_common::main]` goes on the program's `main` function",
+            ));
+        }
+        let config = match &options.config {
+            Some(lit) => quote!(::core::option::Option::Some(#lit)),
+            None => quote!(::core::option::Option::None),
+        };
+        let ipc = options.ipc.is_none_or(|b| b.value);
+        let logging = options.logging.is_none_or(|b| b.value);
+        let (attrs, vis, output, body) = (&func.attrs, &func.vis, &sig.output, &func.block);
+        Ok(quote! {
+            #(#attrs)*
+            #vis fn main() #output {
+                ::serve_common::__private::run_main(
+                    ::serve_common::__private::MainOptions {
+                        config: #config,
+                        ipc: #ipc,
+                        logging: #logging,
+                    },
+                    || async move #body,
+                )
+            }
+        })
+    })();
+    // On error, keep the body type-checked under another name, with an
+    // empty `main`, so the one mistake is the one error.
+    crate::or_fallback(result, || match syn::parse2::<ItemFn>(item.clone()) {
+        Ok(mut func) => {
+            func.sig.ident = syn::Ident::new("__serve_common_main_body", func.sig.ident.span());
+            quote! {
+                #[allow(dead_code)]
+                #func
+                fn main() {}
+            }
+        }
+        Err(_) => item,
+    })
+}

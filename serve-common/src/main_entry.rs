@@ -1,0 +1,88 @@
+//! What `#[serve_common::main]` runs around the user's `async fn main`.
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use crate::config::{self, Config};
+use crate::default::logging;
+use crate::{event, ipc};
+
+/// The options of `#[serve_common::main(...)]`.
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct MainOptions {
+    /// `config = "path"`: the config file (default: `SERVE_COMMON_CONFIG`
+    /// or `config.toml`).
+    pub config: Option<&'static str>,
+    /// `ipc = false` turns IPC off.
+    pub ipc: bool,
+    /// `logging = false` leaves logging to the application.
+    pub logging: bool,
+}
+
+fn fail(what: &str, error: impl std::fmt::Display) -> ! {
+    eprintln!("error: {what}: {error}");
+    std::process::exit(1)
+}
+
+/// Start-up, the body on the actix runtime, then shut-down; see the
+/// `main` macro's docs.
+#[doc(hidden)]
+pub fn run<F, Fut, R>(options: MainOptions, body: F) -> R
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = R>,
+{
+    // Started as the IPC server: serve, never return.
+    ipc::run_server_if_requested();
+
+    let mut builder = Config::builder().watch(true);
+    if let Some(path) = options.config {
+        builder = builder.path(PathBuf::from(path));
+    }
+    if let Err(error) = config::init(builder) {
+        fail("cannot load the config", error);
+    }
+    if options.logging {
+        let config = config::config();
+        let mut outputs = logging::builder();
+        if config.get_or("logging.stderr", true) {
+            outputs = outputs.stderr();
+        }
+        if let Some(file) = config.get_opt::<String>("logging.file").ok().flatten() {
+            outputs = outputs.file(file);
+        }
+        if let Err(error) = outputs.install() {
+            fail("cannot set up logging", error);
+        }
+    }
+    let bus = event::initialize();
+    let mut started_ipc = false;
+    if options.ipc {
+        started_ipc = std::env::var_os(ipc::ADDR_ENV).is_none();
+        if let Err(error) = ipc::setup(None) {
+            fail("cannot set up IPC", error);
+        }
+        if let Err(error) = event::enable_ipc() {
+            fail("cannot carry events over IPC", error);
+        }
+    }
+    let _ = bus;
+
+    #[cfg(feature = "actix")]
+    let result = actix_web::rt::System::new().block_on(body());
+    #[cfg(not(feature = "actix"))]
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail("cannot start the runtime", e))
+        .block_on(body());
+
+    if started_ipc {
+        if let Err(error) = ipc::shutdown() {
+            tracing::warn!(%error, "IPC server did not shut down cleanly");
+        }
+    }
+    logging::flush();
+    result
+}

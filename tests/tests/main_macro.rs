@@ -1,0 +1,103 @@
+//! `#[serve_common::main]` on a real program: config, logging, IPC and
+//! the event bus set up before the body, torn down after.
+#![forbid(unsafe_code)]
+
+use std::process::Command;
+
+const SERVICE: &str = env!("CARGO_BIN_EXE_main_service");
+
+fn run(dir: &std::path::Path, config: &str, args: &[&str]) -> std::process::Output {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    Command::new(SERVICE)
+        .args(args)
+        .current_dir(dir)
+        .env("SERVE_COMMON_CONFIG", &path)
+        .env_remove(serve_common::ipc::ADDR_ENV)
+        .output()
+        .unwrap()
+}
+
+fn line<'a>(stdout: &'a str, prefix: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in {stdout}"))
+}
+
+/// Whether anything still listens at an IPC address.
+fn listening(address: &str) -> bool {
+    use base64::Engine as _;
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+    let name = base64::engine::general_purpose::STANDARD
+        .decode(address)
+        .unwrap();
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    socket::connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &UnixAddr::new_abstract(&name).unwrap(),
+    )
+    .is_ok()
+}
+
+#[test]
+fn the_body_runs_with_everything_set_up_and_torn_down_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(
+        dir.path(),
+        "greeting = \"hi\"\n[logging]\nfile = \"svc.log\"\nlogs_dir = \"logs\"\n",
+        &[],
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(line(&stdout, "ipc "), "true");
+    assert_eq!(line(&stdout, "greeting "), "hi");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("] [INFO    ] [") && l.ends_with("inside main")),
+        "{stderr}"
+    );
+    let file = std::fs::read_to_string(dir.path().join("logs/svc.log")).unwrap();
+    assert!(file.contains("inside main"), "flushed on exit: {file}");
+    let address = line(&stdout, "address ");
+    assert!(
+        !listening(address),
+        "the IPC server it started was shut down"
+    );
+}
+
+#[test]
+fn an_error_from_main_still_tears_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(dir.path(), "", &["fail"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("asked to fail"), "{stderr}");
+    assert!(!listening(line(&stdout, "address ")));
+}
+
+#[test]
+fn a_bad_config_stops_the_program_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(dir.path(), "greeting = \n", &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr.contains("error: cannot load the config") && stderr.contains("config.toml"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "the body did not run");
+}

@@ -1,0 +1,2 @@
+#[serve_common::main(ipc = false, ipc = true)]
+async fn main() {}

@@ -1,0 +1,2 @@
+#[serve_common::main(ipc = "no")]
+async fn main() {}

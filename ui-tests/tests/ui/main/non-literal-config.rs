@@ -1,0 +1,4 @@
+const PATH: &str = "service.toml";
+
+#[serve_common::main(config = PATH)]
+async fn main() {}

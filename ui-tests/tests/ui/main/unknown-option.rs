@@ -1,0 +1,2 @@
+#[serve_common::main(config_path = "service.toml")]
+async fn main() {}
