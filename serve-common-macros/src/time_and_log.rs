@@ -128,7 +128,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             .inputs
             .iter()
             .filter_map(|arg| match arg {
-                FnArg::Receiver(_) => None,
+                FnArg::Receiver(_) => Some("self".to_owned()),
                 FnArg::Typed(t) => match &*t.pat {
                     Pat::Ident(ident) => Some(ident.ident.to_string()),
                     _ => None,

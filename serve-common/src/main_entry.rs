@@ -22,7 +22,17 @@ pub struct MainOptions {
 
 fn fail(what: &str, error: impl std::fmt::Display) -> ! {
     eprintln!("error: {what}: {error}");
+    logging::flush();
     std::process::exit(1)
+}
+
+/// Flushes the log files however the body ends, a panic included.
+struct FlushOnDrop;
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        logging::flush();
+    }
 }
 
 /// Start-up, the body on the actix runtime, then shut-down; see the
@@ -56,6 +66,7 @@ where
             fail("cannot set up logging", error);
         }
     }
+    let _flush = FlushOnDrop;
     let bus = event::initialize();
     let mut started_ipc = false;
     if options.ipc {
@@ -83,6 +94,5 @@ where
             tracing::warn!(%error, "IPC server did not shut down cleanly");
         }
     }
-    logging::flush();
     result
 }

@@ -100,12 +100,15 @@ pub async fn scope<F: Future>(id: RequestId, future: F) -> F::Output {
 /// futures handed to `tokio::spawn` or `actix_web::rt::spawn`.
 pub fn carry<F: Future>(future: F) -> impl Future<Output = F::Output> {
     let id = get();
+    // The span too, so JSON lines (which read spans) carry the id.
+    let span = tracing::Span::current();
     async move {
         match id {
             Some(id) => CURRENT.scope(id, future).await,
             None => future.await,
         }
     }
+    .instrument(span)
 }
 
 /// The middleware; see the [module docs](self).

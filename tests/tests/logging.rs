@@ -165,6 +165,15 @@ fn per_target_levels() {
     assert_eq!(setup.capture.lines_with("chatty debug").len(), 1);
     assert!(setup.capture.lines_with("default debug").is_empty());
     assert!(logging::set_target_level("logging::x", "NOPE").is_err());
+    // A target is a module path: no smuggled directives.
+    let error = logging::set_target_level("debug,x", "warn").unwrap_err();
+    assert!(error.to_string().contains("module path"), "{error}");
+    config::config()
+        .set("logging.targets", toml::toml! { "debug,y" = "warn" })
+        .unwrap();
+    settle();
+    assert_eq!(logging::level(), "INFO");
+    assert!(!logging::targets().contains_key("debug,y"));
 }
 
 #[test]
@@ -240,10 +249,11 @@ async fn double(x: u64) -> u64 {
     2 * x
 }
 
+#[derive(Debug)]
 struct Service;
 
 impl Service {
-    #[serve_common::time_and_log("method with {n}")]
+    #[serve_common::time_and_log("method of {self:?} with {n}")]
     fn method(&self, n: u8) -> Result<u8, String> {
         if n == 0 {
             return Err("zero".into());
@@ -279,7 +289,7 @@ fn time_and_log_on_sync_async_and_methods() {
     assert_eq!(add(2, 3), 5);
     assert_eq!(Service.method(0), Err("zero".into()));
     let debug_line = regex::Regex::new(r"\[DEBUG   \] .*: \d+ ns$").unwrap();
-    for message in ["lazy counted", "sync add 2 3", "method with 0"] {
+    for message in ["lazy counted", "sync add 2 3", "method of Service with 0"] {
         let line = setup.capture.lines_with(&format!("{message}: ")).pop();
         let line = line.unwrap_or_else(|| panic!("no line for {message}"));
         assert!(debug_line.is_match(&line), "{line}");

@@ -69,6 +69,8 @@ fn the_body_runs_with_everything_set_up_and_torn_down_after() {
     );
     let file = std::fs::read_to_string(dir.path().join("logs/svc.log")).unwrap();
     assert!(file.contains("inside main"), "flushed on exit: {file}");
+    // Shut down by the macro, not only by the kernel when the parent died.
+    assert!(file.contains("IPC server stopped"), "{file}");
     let address = line(&stdout, "address ");
     assert!(
         !listening(address),
@@ -79,13 +81,15 @@ fn the_body_runs_with_everything_set_up_and_torn_down_after() {
 #[test]
 fn an_error_from_main_still_tears_down() {
     let dir = tempfile::tempdir().unwrap();
-    let output = run(dir.path(), "", &["fail"]);
+    let output = run(dir.path(), "[logging]\nfile = \"svc.log\"\n", &["fail"]);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
     );
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("asked to fail"), "{stderr}");
+    let file = std::fs::read_to_string(dir.path().join("logs/svc.log")).unwrap();
+    assert!(file.contains("IPC server stopped"), "{file}");
     assert!(!listening(line(&stdout, "address ")));
 }
 

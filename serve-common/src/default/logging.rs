@@ -32,7 +32,7 @@
 //!   created 0700), rotate by size (2 MB by default, [`FileOutput`]) keeping
 //!   a few old files, and are written off the caller's thread with
 //!   backpressure: a full buffer makes the logging thread wait, nothing is
-//!   dropped. [`flush`] writes out what is buffered.
+//!   dropped. [`flush`] writes out what is buffered and closes the files.
 //! - JSON lines are an option ([`FileOutput::json`],
 //!   [`add_output_writer_json`]).
 
@@ -118,13 +118,35 @@ struct State {
     /// The effective level and per-target levels.
     setting: Mutex<(String, BTreeMap<String, String>)>,
     guards: Mutex<Vec<tracing_appender::non_blocking::WorkerGuard>>,
+    /// Parallel to the outputs: which are files (closed by `flush`).
+    file_outputs: Mutex<Vec<bool>>,
 }
 
 static STATE: OnceCell<State> = OnceCell::new();
 
+/// A target is a module path (`my_app::db`): anything else could inject
+/// filter directives (`debug,x` would change the global level).
+fn check_target(target: &str) -> Result<(), LevelError> {
+    let valid = !target.is_empty()
+        && target.split("::").all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(LevelError {
+            given: format!("target {target:?} (a target is a module path such as \"my_app::db\")"),
+        })
+    }
+}
+
 fn directives(level: &str, targets: &BTreeMap<String, String>) -> Result<String, LevelError> {
     let mut out = parse_level(level)?.1.to_owned();
     for (target, target_level) in targets {
+        check_target(target)?;
         out.push_str(&format!(",{target}={}", parse_level(target_level)?.1));
     }
     Ok(out)
@@ -144,6 +166,7 @@ fn state() -> Result<&'static State, LoggingError> {
             outputs: outputs_handle,
             setting: Mutex::new(("INFO".to_owned(), BTreeMap::new())),
             guards: Mutex::new(Vec::new()),
+            file_outputs: Mutex::new(Vec::new()),
         };
         Ok(state)
     })
@@ -246,6 +269,7 @@ pub fn set_level(name: &str) -> Result<(), LoggingError> {
 
 /// Validates `name`, then sets config `logging.targets."<target>"`.
 pub fn set_target_level(target: &str, name: &str) -> Result<(), LoggingError> {
+    check_target(target)?;
     let (canonical, _) = parse_level(name)?;
     let mut targets = config::config()
         .get_opt::<toml::Table>("logging.targets")?
@@ -338,7 +362,7 @@ where
         .with_ansi(ansi)
         .event_format(LineFormat { ansi })
         .with_writer(make_writer);
-    push(Box::new(layer))
+    push(Box::new(layer), false)
 }
 
 /// JSON lines: `timestamp`, `level`, `fields` (with `message`), `target`,
@@ -362,13 +386,17 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     init()?;
-    push(json_layer(make_writer))
+    push(json_layer(make_writer), false)
 }
 
-fn push(output: Output) -> Result<(), LoggingError> {
-    state()?
+fn push(output: Output, is_file: bool) -> Result<(), LoggingError> {
+    let state = state()?;
+    state
         .outputs
-        .modify(|outputs| outputs.push(output))
+        .modify(|outputs| {
+            outputs.push(output);
+            state.file_outputs.lock().push(is_file);
+        })
         .map_err(|e| LoggingError::OtherSubscriber(e.to_string()))
 }
 
@@ -420,22 +448,34 @@ pub fn add_file(output: FileOutput) -> Result<PathBuf, LoggingError> {
         .finish(file);
     state()?.guards.lock().push(guard);
     if output.json {
-        push(json_layer(writer))?;
+        push(json_layer(writer), true)?;
     } else {
         let layer = tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .event_format(LineFormat { ansi: false })
             .with_writer(writer);
-        push(Box::new(layer))?;
+        push(Box::new(layer), true)?;
     }
     Ok(path)
 }
 
-/// Writes out everything buffered for file outputs and closes them; call
-/// it on the way out of `main` (the `main` macro does). Lines logged after
-/// it to those files are lost.
+/// Writes out everything buffered for file outputs and closes them (they
+/// leave the subscriber; other outputs stay); call it on the way out of
+/// `main` (the `main` macro does, also on a panic or a start-up failure).
 pub fn flush() {
     if let Some(state) = STATE.get() {
+        // Take the file outputs out of the stack first, so nothing writes
+        // to a closed writer, then let each writer drain and close.
+        let _ = state.outputs.modify(|outputs| {
+            let mut kinds = state.file_outputs.lock();
+            let mut index = 0;
+            outputs.retain(|_| {
+                let keep = !kinds.get(index).copied().unwrap_or(false);
+                index += 1;
+                keep
+            });
+            kinds.retain(|is_file| !is_file);
+        });
         state.guards.lock().clear();
     }
 }
