@@ -245,6 +245,27 @@ pub mod ipc_support {
             .collect()
     }
 
+    /// A raw SEQPACKET connection to the listener at `address` (base64):
+    /// no greeting, nothing of the library's.
+    pub fn raw_connect(address: &str) -> std::io::Result<std::os::fd::OwnedFd> {
+        use base64::Engine as _;
+        use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+        let name = base64::engine::general_purpose::STANDARD
+            .decode(address)
+            .map_err(std::io::Error::other)?;
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        socket::connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &UnixAddr::new_abstract(&name)?,
+        )?;
+        Ok(fd)
+    }
+
     /// Starts this process's server (run by `helper`) once; its address.
     pub fn shared_server(helper: &str) -> &'static str {
         static ADDRESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();

@@ -128,24 +128,7 @@ fn concurrent_multi_megabyte_messages_arrive_whole() {
 }
 
 fn raw_connect(address: &str) -> std::os::fd::OwnedFd {
-    use base64::Engine as _;
-    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
-    let name = base64::engine::general_purpose::STANDARD
-        .decode(address)
-        .unwrap();
-    let fd = socket::socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap();
-    socket::connect(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &UnixAddr::new_abstract(&name).unwrap(),
-    )
-    .unwrap();
-    fd
+    serve_common_tests::ipc_support::raw_connect(address).unwrap()
 }
 
 fn raw_send(fd: &std::os::fd::OwnedFd, packet: &[u8]) {

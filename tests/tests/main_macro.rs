@@ -27,23 +27,7 @@ fn line<'a>(stdout: &'a str, prefix: &str) -> &'a str {
 
 /// Whether anything still listens at an IPC address.
 fn listening(address: &str) -> bool {
-    use base64::Engine as _;
-    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
-    let name = base64::engine::general_purpose::STANDARD
-        .decode(address)
-        .unwrap();
-    let fd = socket::socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap();
-    socket::connect(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &UnixAddr::new_abstract(&name).unwrap(),
-    )
-    .is_ok()
+    serve_common_tests::ipc_support::raw_connect(address).is_ok()
 }
 
 #[test]

@@ -118,7 +118,9 @@ struct State {
     /// The effective level and per-target levels.
     setting: Mutex<(String, BTreeMap<String, String>)>,
     guards: Mutex<Vec<tracing_appender::non_blocking::WorkerGuard>>,
-    /// Parallel to the outputs: which are files (closed by `flush`).
+    /// Parallel to the outputs: which are files (closed by `flush`). Not a
+    /// second reloadable layer: an empty `Vec` layer answers
+    /// `Interest::never`, which would mute every output while no file is on.
     file_outputs: Mutex<Vec<bool>>,
 }
 
