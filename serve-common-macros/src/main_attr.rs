@@ -3,11 +3,11 @@
 use proc_macro2::TokenStream;
 use quote::quote;
 use syn::parse::{ParseStream, Parser};
-use syn::{ItemFn, LitBool, LitStr, Token};
+use syn::{ItemFn, LitBool, Token};
 
 #[derive(Default)]
 struct Options {
-    config: Option<LitStr>,
+    config: Option<syn::Expr>,
     ipc: Option<LitBool>,
     logging: Option<LitBool>,
 }
@@ -27,13 +27,18 @@ fn parse_options(input: ParseStream<'_>) -> syn::Result<Options> {
                 let value: syn::Expr = input.parse()?;
                 match value {
                     syn::Expr::Lit(syn::ExprLit {
-                        lit: syn::Lit::Str(lit),
+                        lit: syn::Lit::Str(_),
                         ..
-                    }) => options.config = Some(lit),
+                    }) => options.config = Some(value),
+                    syn::Expr::Macro(ref call)
+                        if call.mac.path.is_ident("concat") || call.mac.path.is_ident("env") =>
+                    {
+                        options.config = Some(value)
+                    }
                     other => {
                         return Err(syn::Error::new_spanned(
                             other,
-                            "`config` takes a string literal: the config file's path, as in `config = \"service.toml\"`",
+                            "`config` takes a string literal (or `concat!`/`env!`): the config file's path, as in `config = \"service.toml\"`",
                         ));
                     }
                 }
@@ -129,6 +134,8 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
                         config: #config,
                         ipc: #ipc,
                         logging: #logging,
+                        package: ::core::env!("CARGO_PKG_NAME"),
+                        version: ::core::env!("CARGO_PKG_VERSION"),
                     },
                     || async move #body,
                 )

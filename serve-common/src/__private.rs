@@ -85,3 +85,8 @@ pub fn payload<T: DeserializeOwned + 'static>(event: &Event) -> Result<Payload<'
 pub fn outcome<R: crate::HandlerOutcome>(r: R) -> Result<(), String> {
     r.into_outcome()
 }
+
+#[cfg(feature = "actix")]
+pub use ::apistos;
+#[cfg(feature = "actix")]
+pub use ::schemars;

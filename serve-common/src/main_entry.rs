@@ -18,6 +18,25 @@ pub struct MainOptions {
     pub ipc: bool,
     /// `logging = false` leaves logging to the application.
     pub logging: bool,
+    /// The application crate's `CARGO_PKG_NAME`.
+    pub package: &'static str,
+    /// The application crate's `CARGO_PKG_VERSION`.
+    pub version: &'static str,
+}
+
+static APP_NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// The application's crate name (from `#[serve_common::main]`), else the
+/// executable's name.
+#[cfg_attr(not(feature = "actix"), allow(dead_code))]
+pub(crate) fn app_name() -> String {
+    if let Some(name) = APP_NAME.get() {
+        return (*name).to_owned();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "service".to_owned())
 }
 
 fn fail(what: &str, error: impl std::fmt::Display) -> ! {
@@ -46,8 +65,13 @@ where
     // Started as the IPC server: serve, never return.
     ipc::run_server_if_requested();
 
+    let _ = APP_NAME.set(options.package);
+    #[cfg(feature = "actix")]
+    crate::default::management::set_default_version(options.version);
+
     let mut builder = Config::builder().watch(true);
-    if let Some(path) = options.config {
+    // SERVE_COMMON_CONFIG, when set, points elsewhere than the macro's default.
+    if let (Some(path), None) = (options.config, std::env::var_os(config::CONFIG_PATH_ENV)) {
         builder = builder.path(PathBuf::from(path));
     }
     if let Err(error) = config::init(builder) {

@@ -3,11 +3,19 @@
 //! This is the seed's `export` module. In Rust, `pub` already is the export
 //! list; a prelude gathers what a service uses every day.
 
+/// The crates apistos' and schemars' derives name in their expansions
+/// (`apistos::...`, `schemars::...`): with the glob import in scope, a
+/// service needs no direct dependency on either.
+#[cfg(feature = "actix")]
+pub use crate::__private::{apistos, schemars};
 pub use crate::cached::Cache;
 pub use crate::config::{config, ChangeSource, Config, ConfigChange};
+#[cfg(feature = "actix")]
+pub use crate::default::actix::{api_operation, ApiComponent, ApiError, JsonSchema};
 pub use crate::event::{Event, EventBus, EventPattern, Registration};
 pub use crate::on_event;
 pub use crate::reloading::Reloader;
 pub use crate::time_and_log;
 pub use crate::HandlerOutcome;
 pub use crate::{cached, Cached};
+pub use serde::{Deserialize, Serialize};

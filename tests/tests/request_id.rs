@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use actix_web::{App, HttpResponse, test, web};
+use actix_web::{App, HttpResponse, test as http_test, web};
 use serve_common::config::{self, Config};
 use serve_common::default::logging;
 use serve_common::log_util::RequestTimer;
@@ -46,7 +46,7 @@ async fn work(path: web::Path<u32>) -> HttpResponse {
 
 macro_rules! app {
     () => {
-        test::init_service(
+        http_test::init_service(
             App::new()
                 .wrap(RequestTimer)
                 .wrap(RequestIdMiddleware)
@@ -72,15 +72,15 @@ fn a_hundred_concurrent_requests_get_distinct_ids_in_every_line() {
     actix_web::rt::System::new().block_on(async {
         let app = app!();
         let requests = (0..100).map(|n| {
-            let request = test::TestRequest::get()
+            let request = http_test::TestRequest::get()
                 .uri(&format!("/work/{n}"))
                 .to_request();
             let app = &app;
             async move {
-                let response = test::call_service(app, request).await;
+                let response = http_test::call_service(app, request).await;
                 assert!(response.status().is_success());
                 let id = header_id(&response);
-                let body = test::read_body(response).await;
+                let body = http_test::read_body(response).await;
                 assert_eq!(
                     std::str::from_utf8(&body).unwrap(),
                     id,
@@ -132,11 +132,11 @@ fn incoming_ids_are_reused_when_well_formed_and_replaced_otherwise() {
     actix_web::rt::System::new().block_on(async {
         let app = app!();
         let call = |value: &str| {
-            let request = test::TestRequest::get()
+            let request = http_test::TestRequest::get()
                 .uri("/work/1")
                 .insert_header(("x-request-id", value))
                 .to_request();
-            test::call_service(&app, request)
+            http_test::call_service(&app, request)
         };
         let reused = call("client-1234.abc:xyz/9").await;
         assert_eq!(header_id(&reused), "client-1234.abc:xyz/9");
@@ -159,8 +159,8 @@ fn unmatched_routes_are_logged_at_debug() {
     let logs = logs();
     actix_web::rt::System::new().block_on(async {
         let app = app!();
-        let request = test::TestRequest::get().uri("/nowhere/at/all").to_request();
-        let response = test::call_service(&app, request).await;
+        let request = http_test::TestRequest::get().uri("/nowhere/at/all").to_request();
+        let response = http_test::call_service(&app, request).await;
         assert_eq!(response.status().as_u16(), 404);
     });
     let line = logs

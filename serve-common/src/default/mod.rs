@@ -1,4 +1,8 @@
 //! The default, opinionated implementations of common functionality (the
 //! seed's `default` package): here we trade versatility for ease of use.
 
+#[cfg(feature = "actix")]
+pub mod actix;
 pub mod logging;
+#[cfg(feature = "actix")]
+pub mod management;

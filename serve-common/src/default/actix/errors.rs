@@ -1,0 +1,326 @@
+//! Client mistakes become 4xx responses with a JSON body, never a 500.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::{ready, Future, Ready};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use apistos::paths::Response;
+use apistos::reference_or::ReferenceOr;
+use apistos::{ApiComponent, ApiErrorComponent};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The JSON body of every error response: `{"error": "...", "status": 400}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, ApiComponent)]
+pub struct ErrorBody {
+    /// What went wrong, for a human.
+    pub error: String,
+    /// The HTTP status code, repeated.
+    pub status: u16,
+}
+
+/// An error a handler returns: a status and a message, rendered as an
+/// [`ErrorBody`]. Documented in the OpenAPI document as 400 and 500.
+///
+/// ```
+/// use serve_common::default::actix::ApiError;
+///
+/// fn check(name: &str) -> Result<(), ApiError> {
+///     if name.is_empty() {
+///         return Err(ApiError::bad_request("`name` must not be empty"));
+///     }
+///     Ok(())
+/// }
+/// assert_eq!(check("").unwrap_err().status().as_u16(), 400);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with any status.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 400 Bad Request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 404 Not Found.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 500 Internal Server Error: the service's fault, logged at ERROR.
+    pub fn internal(message: impl Into<String>) -> Self {
+        let message = message.into();
+        tracing::error!("{message}");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse<BoxBody> {
+        json_error(self.status, self.message.clone())
+    }
+}
+
+/// An error response with an [`ErrorBody`].
+pub(crate) fn json_error(status: StatusCode, error: String) -> HttpResponse {
+    HttpResponse::build(status).json(ErrorBody {
+        error,
+        status: status.as_u16(),
+    })
+}
+
+/// One documented error response with the [`ErrorBody`] schema.
+pub(crate) fn documented(code: u16, description: &str) -> (String, Response) {
+    let mut content = BTreeMap::new();
+    if let Some((name, _)) = <ErrorBody as ApiComponent>::schema() {
+        content.insert(
+            "application/json".to_owned(),
+            apistos::paths::MediaType {
+                schema: Some(ReferenceOr::Reference {
+                    _ref: format!("#/components/schemas/{name}"),
+                }),
+                ..Default::default()
+            },
+        );
+    }
+    (
+        code.to_string(),
+        Response {
+            description: description.to_owned(),
+            content,
+            ..Default::default()
+        },
+    )
+}
+
+impl ApiErrorComponent for ApiError {
+    fn schemas_by_status_code() -> BTreeMap<String, (String, ReferenceOr<apistos::Schema>)> {
+        let mut schemas = BTreeMap::new();
+        if let Some(schema) = <ErrorBody as ApiComponent>::schema() {
+            schemas.insert("400".to_owned(), schema.clone());
+            schemas.insert("500".to_owned(), schema);
+        }
+        schemas
+    }
+
+    fn error_responses() -> Vec<(String, Response)> {
+        vec![
+            documented(400, "A bad request: the body says what is wrong"),
+            documented(500, "The service failed"),
+        ]
+    }
+}
+
+/// Extractor errors (bad JSON, a missing field, a wrong type, a bad path
+/// or query parameter) as 4xx JSON bodies. Installed as app data.
+pub(crate) fn extractor_configs(config: &mut apistos::web::ServiceConfig<'_>) {
+    config
+        .app_data(web::JsonConfig::default().error_handler(|error, _| {
+            let status = error.status_code();
+            let message = match error {
+                actix_web::error::JsonPayloadError::ContentType => {
+                    "expected a JSON body (Content-Type: application/json)".to_owned()
+                }
+                other => other.to_string(),
+            };
+            ApiError::new(status, message).into()
+        }))
+        .app_data(web::PathConfig::default().error_handler(|error, _| {
+            ApiError::new(StatusCode::NOT_FOUND, error.to_string()).into()
+        }))
+        .app_data(
+            web::QueryConfig::default()
+                .error_handler(|error, _| ApiError::bad_request(error.to_string()).into()),
+        )
+        .app_data(web::FormConfig::default().error_handler(|error, _| {
+            let status = error.status_code();
+            ApiError::new(status, error.to_string()).into()
+        }));
+}
+
+/// The app's default service: no route matched.
+pub(crate) async fn not_found(request: HttpRequest) -> HttpResponse {
+    json_error(
+        StatusCode::NOT_FOUND,
+        format!("no route for {} {}", request.method(), request.path()),
+    )
+}
+
+/// Which methods each documented path answers, from the OpenAPI document:
+/// the `Allow` header of a 405.
+#[derive(Debug, Default)]
+pub(crate) struct AllowTable {
+    routes: Vec<(regex::Regex, String)>,
+}
+
+impl AllowTable {
+    pub(crate) fn from_spec(spec: &serde_json::Value) -> Self {
+        let mut routes = Vec::new();
+        let Some(paths) = spec.get("paths").and_then(|p| p.as_object()) else {
+            return Self::default();
+        };
+        for (path, item) in paths {
+            let Some(item) = item.as_object() else {
+                continue;
+            };
+            let methods: Vec<String> = [
+                "get", "put", "post", "delete", "options", "head", "patch", "trace",
+            ]
+            .into_iter()
+            .filter(|m| item.contains_key(*m))
+            .map(str::to_ascii_uppercase)
+            .collect();
+            if methods.is_empty() {
+                continue;
+            }
+            let mut pattern = String::from("^");
+            for (i, part) in path.split('{').enumerate() {
+                let literal = if i == 0 {
+                    part
+                } else {
+                    pattern.push_str("[^/]+");
+                    part.split_once('}').map_or("", |(_, rest)| rest)
+                };
+                pattern.push_str(&regex::escape(literal));
+            }
+            pattern.push('$');
+            if let Ok(regex) = regex::Regex::new(&pattern) {
+                routes.push((regex, methods.join(", ")));
+            }
+        }
+        Self { routes }
+    }
+
+    fn allowed(&self, path: &str) -> Option<&str> {
+        self.routes
+            .iter()
+            .find(|(regex, _)| regex.is_match(path))
+            .map(|(_, methods)| methods.as_str())
+    }
+}
+
+/// Replaces the empty 404 and 405 bodies actix produces with JSON, adding
+/// `Allow` to a 405.
+#[derive(Clone, Debug)]
+pub(crate) struct JsonErrors {
+    pub(crate) allow: Arc<AllowTable>,
+}
+
+impl<S, B> Transform<S, ServiceRequest> for JsonErrors
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Transform = JsonErrorsService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(JsonErrorsService {
+            service,
+            allow: self.allow.clone(),
+        }))
+    }
+}
+
+pub(crate) struct JsonErrorsService<S> {
+    service: S,
+    allow: Arc<AllowTable>,
+}
+
+type BoxedResponse<B> =
+    Pin<Box<dyn Future<Output = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>>>>;
+
+impl<S, B> Service<ServiceRequest> for JsonErrorsService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Future = BoxedResponse<B>;
+
+    actix_web::dev::forward_ready!(service);
+
+    fn call(&self, request: ServiceRequest) -> Self::Future {
+        let future = self.service.call(request);
+        let allow = self.allow.clone();
+        Box::pin(async move {
+            let response = future.await?;
+            let status = response.status();
+            let empty = matches!(
+                response.response().body().size(),
+                actix_web::body::BodySize::None | actix_web::body::BodySize::Sized(0)
+            );
+            if !(status.is_client_error() || status.is_server_error()) || !empty {
+                return Ok(response.map_into_left_body());
+            }
+            let (request, _) = response.into_parts();
+            let message = match status {
+                StatusCode::METHOD_NOT_ALLOWED => format!(
+                    "method {} not allowed on {}",
+                    request.method(),
+                    request.path()
+                ),
+                StatusCode::NOT_FOUND => {
+                    format!("no route for {} {}", request.method(), request.path())
+                }
+                other => other
+                    .canonical_reason()
+                    .unwrap_or("request failed")
+                    .to_owned(),
+            };
+            let mut replaced = json_error(status, message);
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                if let Some(methods) = allow.allowed(request.path()) {
+                    if let Ok(value) = HeaderValue::from_str(methods) {
+                        replaced.headers_mut().insert(header::ALLOW, value);
+                    }
+                }
+            }
+            Ok(ServiceResponse::new(request, replaced).map_into_right_body())
+        })
+    }
+}

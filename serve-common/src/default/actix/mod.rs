@@ -1,0 +1,311 @@
+//! The web service (the seed's `default.falcon`), on actix-web and apistos.
+//!
+//! One call builds the app: request ids ([`RequestIdMiddleware`]), the
+//! request timer ([`RequestTimer`]), your routes, the
+//! [management endpoints](crate::default::management), JSON bodies for
+//! every client error, and the OpenAPI document of all routes.
+//!
+//! ```no_run
+//! use serve_common::prelude::*;
+//! use serve_common::default::actix::{self, web, ApiError};
+//!
+//! #[derive(Serialize, JsonSchema, ApiComponent)]
+//! struct Greeting {
+//!     message: String,
+//! }
+//!
+//! #[api_operation(summary = "Greet someone")]
+//! async fn hello(name: web::Path<String>) -> Result<web::Json<Greeting>, ApiError> {
+//!     Ok(web::Json(Greeting { message: format!("hello, {name}") }))
+//! }
+//!
+//! #[serve_common::main]
+//! async fn main() -> std::io::Result<()> {
+//!     actix::serve(|app| {
+//!         app.service(actix::resource("/hello/{name}").route(actix::get().to(hello)));
+//!     })
+//!     .await
+//! }
+//! ```
+//!
+//! [`serve`] reads the `[server]` config section:
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `server.bind` | `"127.0.0.1:8000"` | the address to listen on |
+//! | `server.workers` | one per CPU | worker threads per process |
+//! | `server.processes` | `1` | worker processes (see below) |
+//! | `server.shutdown_timeout` | `30` | seconds in-flight requests get after SIGTERM/SIGINT |
+//! | `server.title` | the crate name | the OpenAPI document's title |
+//!
+//! SIGTERM and SIGINT stop the service gracefully: the listener closes,
+//! in-flight requests finish (up to `server.shutdown_timeout`), then
+//! `serve` returns and `#[serve_common::main]` flushes the logs.
+//!
+//! With `server.processes = N > 1`, the process that calls `serve` becomes a
+//! supervisor, the gunicorn way: it binds the socket once and starts N
+//! copies of its own executable (same arguments) that inherit it and
+//! serve; it restarts a worker that exits, forwards SIGTERM/SIGINT, and
+//! returns once every worker has stopped. Workers share events and config
+//! changes through IPC (so a level change answered by one reaches all).
+//! Everything `main` does before `serve` runs in every worker too.
+
+pub(crate) mod errors;
+mod workers;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::web::Bytes;
+use apistos::app::{BuildConfig, OpenApiWrapper};
+use apistos::info::Info;
+use apistos::spec::Spec;
+use apistos::tag::Tag;
+use tracing::instrument::WithSubscriber;
+
+pub use errors::{ApiError, ErrorBody};
+
+pub use crate::log_util::RequestTimer;
+pub use crate::request_id::RequestIdMiddleware;
+
+/// actix-web itself, for what [`web`] does not cover.
+pub use actix_web as actix_web_crate;
+/// actix-web's `web` module (extractors such as `web::Json`,
+/// `web::Path`, `web::Data`), so a service needs no direct dependency.
+pub use actix_web::web;
+/// The route builders that document as they route: use these (not
+/// `actix_web::web`'s) so a route lands in the OpenAPI document.
+pub use apistos::web::{
+    delete, get, head, patch, post, put, resource, scope, Resource, Route, Scope, ServiceConfig,
+};
+pub use apistos::{api_operation, ApiComponent, ApiErrorComponent};
+/// The JSON-schema derive the OpenAPI document needs on bodies.
+pub use schemars::JsonSchema;
+
+const RENDER_PATH: &str = "/.serve-common/openapi.json";
+
+/// What the app's handlers share: the rendered OpenAPI document.
+#[derive(Debug)]
+pub(crate) struct ServiceState {
+    pub(crate) spec_json: Bytes,
+    allow: Arc<errors::AllowTable>,
+}
+
+impl ServiceState {
+    fn new(spec: &serde_json::Value) -> Self {
+        Self {
+            spec_json: Bytes::from(serde_json::to_vec(spec).unwrap_or_default()),
+            allow: Arc::new(errors::AllowTable::from_spec(spec)),
+        }
+    }
+}
+
+/// The service: your routes plus everything [the module](self) lists.
+/// [`serve`] is `service(routes).run()`.
+#[derive(Clone, Debug)]
+#[must_use = "nothing is served until `run`"]
+pub struct Service<F> {
+    configure: F,
+    title: Option<String>,
+    description: Option<String>,
+}
+
+/// Starts describing a service whose routes `configure` adds.
+pub fn service<F>(configure: F) -> Service<F>
+where
+    F: Fn(&mut ServiceConfig<'_>) + Clone + Send + 'static,
+{
+    Service {
+        configure,
+        title: None,
+        description: None,
+    }
+}
+
+/// Serves `configure`'s routes with everything [the module](self) lists,
+/// until SIGTERM or SIGINT. See [`Service::run`].
+pub async fn serve<F>(configure: F) -> io::Result<()>
+where
+    F: Fn(&mut ServiceConfig<'_>) + Clone + Send + 'static,
+{
+    service(configure).run().await
+}
+
+impl<F> Service<F>
+where
+    F: Fn(&mut ServiceConfig<'_>) + Clone + Send + 'static,
+{
+    /// The OpenAPI document's title (default: config `server.title`, else
+    /// the application's crate name).
+    pub fn title(mut self, title: impl Into<String>) -> Self {
+        self.title = Some(title.into());
+        self
+    }
+
+    /// The OpenAPI document's description.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+
+    fn spec(&self) -> Spec {
+        let title = self.title.clone().unwrap_or_else(|| {
+            crate::config::config().get_or("server.title", crate::main_entry::app_name())
+        });
+        Spec {
+            info: Info {
+                title,
+                version: crate::default::management::version(),
+                description: self.description.clone(),
+                ..Default::default()
+            },
+            tags: vec![Tag {
+                name: crate::default::management::TAG.to_owned(),
+                description: Some("Service management: spec, version, health, logging".to_owned()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn build(
+        &self,
+        state: Arc<ServiceState>,
+        render: bool,
+    ) -> actix_web::App<
+        impl ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<impl MessageBody>,
+            Error = actix_web::Error,
+            InitError = (),
+        >,
+    > {
+        let configure = self.configure.clone();
+        let allow = state.allow.clone();
+        let app = actix_web::App::new()
+            .document(self.spec())
+            .app_data(web::Data::from(state))
+            .configure(errors::extractor_configs)
+            .configure(move |config| configure(config))
+            .configure(crate::default::management::routes)
+            .default_service(web::to(errors::not_found))
+            .wrap(errors::JsonErrors { allow })
+            .wrap(RequestTimer)
+            .wrap(RequestIdMiddleware);
+        let app = if render {
+            app.build(RENDER_PATH)
+        } else {
+            app.build_with(RENDER_PATH, BuildConfig::default().disable_openapi_route())
+        };
+        app.service(swagger_ui_dist::generate_scope(
+            swagger_ui_dist::ApiDefinition {
+                uri_prefix: "/manage/docs",
+                api_definition: swagger_ui_dist::OpenApiSource::Uri("/manage/spec"),
+                title: Some("API docs"),
+            },
+        ))
+    }
+
+    /// Renders the OpenAPI document of every route (yours and the
+    /// management ones) as JSON.
+    pub async fn openapi(&self) -> serde_json::Value {
+        let render = async {
+            let app = actix_web::test::init_service(
+                self.build(Arc::new(ServiceState::new(&serde_json::Value::Null)), true),
+            )
+            .await;
+            let request = actix_web::test::TestRequest::get()
+                .uri(RENDER_PATH)
+                .to_request();
+            let body = actix_web::test::call_and_read_body(&app, request).await;
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)
+        };
+        // The render's own request is no news: keep it out of the logs.
+        render
+            .with_subscriber(tracing::subscriber::NoSubscriber::default())
+            .await
+    }
+
+    /// The app, ready for `HttpServer::new` or `actix_web::test::init_service`.
+    pub async fn app(
+        &self,
+    ) -> actix_web::App<
+        impl ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<impl MessageBody>,
+            Error = actix_web::Error,
+            InitError = (),
+        >,
+    > {
+        let state = Arc::new(ServiceState::new(&self.openapi().await));
+        self.build(state, false)
+    }
+
+    /// Binds (config `server.bind`) and serves until SIGTERM or SIGINT,
+    /// then lets in-flight requests finish. With `server.processes > 1`
+    /// this process supervises worker processes instead (see the
+    /// [module docs](self)).
+    pub async fn run(self) -> io::Result<()> {
+        let config = crate::config::config();
+        let settings = Settings {
+            bind: config.get_or("server.bind", "127.0.0.1:8000".to_owned()),
+            workers: config.get_opt("server.workers").ok().flatten(),
+            processes: config.get_or("server.processes", 1_usize),
+            shutdown_timeout: Duration::from_secs(config.get_or("server.shutdown_timeout", 30_u64)),
+        };
+        if let Some(listener) = workers::inherited_listener()? {
+            return self.serve_on(listener, &settings).await;
+        }
+        let listener = std::net::TcpListener::bind(&settings.bind).map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!("cannot listen on {}: {error}", settings.bind),
+            )
+        })?;
+        if settings.processes > 1 {
+            return workers::supervise(listener, &settings).await;
+        }
+        self.serve_on(listener, &settings).await
+    }
+
+    async fn serve_on(
+        self,
+        listener: std::net::TcpListener,
+        settings: &Settings,
+    ) -> io::Result<()> {
+        let state = Arc::new(ServiceState::new(&self.openapi().await));
+        let address = listener.local_addr()?;
+        let this = self.clone();
+        let mut server = actix_web::HttpServer::new(move || this.build(state.clone(), false))
+            .disable_signals()
+            .shutdown_timeout(settings.shutdown_timeout.as_secs());
+        if let Some(workers) = settings.workers {
+            server = server.workers(workers.max(1));
+        }
+        let server = server.listen(listener)?.run();
+        tracing::info!("listening on http://{address} (pid {})", std::process::id());
+        let handle = server.handle();
+        actix_web::rt::spawn(async move {
+            let signal = workers::stop_signal().await;
+            tracing::info!("{signal} received: finishing in-flight requests, then stopping");
+            handle.stop(true).await;
+        });
+        server.await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The `[server]` config section.
+#[derive(Debug, Clone)]
+struct Settings {
+    bind: String,
+    workers: Option<usize>,
+    processes: usize,
+    shutdown_timeout: Duration,
+}

@@ -1,0 +1,335 @@
+//! The management endpoints (the seed's `default.management`), mounted by
+//! [`default::actix`](crate::default::actix) and listed in the OpenAPI
+//! document under the tag `management`:
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | GET | `/`, `/manage/spec` | the OpenAPI document (JSON) |
+//! | GET | `/manage/version` | the version, as text ([`set_version`]) |
+//! | GET | `/manage/health` | `{"status", "pid", "level", "version", "checks"}`; 503 when a check fails ([`add_health_check`]) |
+//! | GET | `/manage/logging/level` | `{"level": "INFO"}`: the level logging really uses |
+//! | POST | `/manage/logging/level` | `{"level": "DEBUG"}`: validated, then config `logging.level` is set, so every process follows |
+//! | GET | `/manage/logging/targets` | `{"targets": {"my_app::db": "DEBUG"}}` |
+//! | POST | `/manage/logging/targets` | `{"target": "my_app::db", "level": "DEBUG"}` |
+//! | GET | `/manage/docs` | the API docs page (Swagger UI, served from this binary: no internet needed) |
+//!
+//! A bad body (invalid JSON, a missing field, a wrong type, an unknown
+//! level) is a 400 with an [`ErrorBody`](crate::default::actix::ErrorBody)
+//! and changes nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse, ResponseError};
+use apistos::paths::Response;
+use apistos::reference_or::ReferenceOr;
+use apistos::web::{get, post, resource, ServiceConfig};
+use apistos::{api_operation, ApiComponent, ApiErrorComponent};
+use once_cell::sync::Lazy;
+use parking_lot::RwLock;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::default::actix::{ApiError, ServiceState};
+use crate::default::logging::{self, LoggingError};
+use crate::event;
+
+/// The tag of every management operation in the OpenAPI document.
+pub const TAG: &str = "management";
+
+static VERSION: Lazy<RwLock<Option<String>>> = Lazy::new(|| RwLock::new(None));
+static DEFAULT_VERSION: Lazy<RwLock<String>> = Lazy::new(|| RwLock::new("unknown".to_owned()));
+
+type HealthCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+static CHECKS: Lazy<RwLock<Vec<(String, HealthCheck)>>> = Lazy::new(|| RwLock::new(Vec::new()));
+
+/// Sets the version `/manage/version` answers (the seed's assignment to
+/// `management.version`). Without it: the application crate's
+/// `CARGO_PKG_VERSION` when `#[serve_common::main]` is used, else `unknown`.
+pub fn set_version(version: impl Into<String>) {
+    *VERSION.write() = Some(version.into());
+}
+
+/// The version `/manage/version` answers.
+pub fn version() -> String {
+    VERSION
+        .read()
+        .clone()
+        .unwrap_or_else(|| DEFAULT_VERSION.read().clone())
+}
+
+/// The version used when [`set_version`] was not called.
+pub(crate) fn set_default_version(version: &str) {
+    *DEFAULT_VERSION.write() = version.to_owned();
+}
+
+/// Adds (or replaces, by name) a check `/manage/health` runs on every
+/// request: `Ok(())` is healthy, `Err(reason)` makes the answer a 503 that
+/// names the check and the reason. Checks run on the request's worker
+/// thread: keep them quick (read a flag a background task maintains).
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use serve_common::default::management;
+///
+/// static DB_UP: AtomicBool = AtomicBool::new(true);
+/// management::add_health_check("database", || {
+///     if DB_UP.load(Ordering::Relaxed) { Ok(()) } else { Err("no connection".into()) }
+/// });
+/// ```
+pub fn add_health_check<F>(name: impl Into<String>, check: F)
+where
+    F: Fn() -> Result<(), String> + Send + Sync + 'static,
+{
+    let name = name.into();
+    let mut checks = CHECKS.write();
+    checks.retain(|(n, _)| *n != name);
+    checks.push((name, Arc::new(check)));
+}
+
+/// Removes the check named `name`; true if there was one.
+pub fn remove_health_check(name: &str) -> bool {
+    let mut checks = CHECKS.write();
+    let before = checks.len();
+    checks.retain(|(n, _)| n != name);
+    checks.len() != before
+}
+
+/// The management routes, for [`default::actix`](crate::default::actix)'s app.
+pub(crate) fn routes(config: &mut ServiceConfig<'_>) {
+    config
+        .service(resource("/").route(get().to(root_spec)))
+        .service(resource("/manage/spec").route(get().to(spec)))
+        .service(resource("/manage/version").route(get().to(get_version)))
+        .service(resource("/manage/health").route(get().to(health)))
+        .service(
+            resource("/manage/logging/level")
+                .route(get().to(get_level))
+                .route(post().to(post_level)),
+        )
+        .service(
+            resource("/manage/logging/targets")
+                .route(get().to(get_targets))
+                .route(post().to(post_target)),
+        )
+        .service(resource("/manage/docs").route(get().to(docs)));
+}
+
+fn spec_response(state: &ServiceState) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(state.spec_json.clone())
+}
+
+/// The OpenAPI document of every route.
+#[api_operation(
+    tag = "management",
+    summary = "The OpenAPI document (same as /manage/spec)"
+)]
+async fn root_spec(state: web::Data<ServiceState>) -> HttpResponse {
+    spec_response(&state)
+}
+
+/// The OpenAPI document of every route.
+#[api_operation(tag = "management", summary = "The OpenAPI document")]
+async fn spec(state: web::Data<ServiceState>) -> HttpResponse {
+    spec_response(&state)
+}
+
+/// The service's version, as text.
+#[api_operation(tag = "management", summary = "The version string")]
+async fn get_version() -> String {
+    version()
+}
+
+/// The API docs page lives under `/manage/docs/`.
+#[api_operation(tag = "management", summary = "The API docs page (HTML)")]
+async fn docs() -> HttpResponse {
+    HttpResponse::PermanentRedirect()
+        .insert_header(("Location", "/manage/docs/"))
+        .finish()
+}
+
+/// One health check's result.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, ApiComponent)]
+pub struct CheckResult {
+    /// Whether the check passed.
+    pub ok: bool,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The body of `/manage/health`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, ApiComponent)]
+pub struct Health {
+    /// `ok` or `failing`.
+    pub status: String,
+    /// The answering process's pid (with worker processes, each answers for itself).
+    pub pid: u32,
+    /// The logging level this process uses.
+    pub level: String,
+    /// The version string.
+    pub version: String,
+    /// Each registered check by name.
+    pub checks: BTreeMap<String, CheckResult>,
+}
+
+/// A failing health report: a 503 whose body is the [`Health`].
+#[derive(Debug)]
+struct Unhealthy(Health);
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a health check failed")
+    }
+}
+
+impl ResponseError for Unhealthy {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::ServiceUnavailable().json(&self.0)
+    }
+}
+
+impl ApiErrorComponent for Unhealthy {
+    fn schemas_by_status_code() -> BTreeMap<String, (String, ReferenceOr<apistos::Schema>)> {
+        <Health as ApiComponent>::schema()
+            .map(|schema| BTreeMap::from([("503".to_owned(), schema)]))
+            .unwrap_or_default()
+    }
+
+    fn error_responses() -> Vec<(String, Response)> {
+        let mut response = crate::default::actix::errors::documented(503, "A check failed");
+        if let Some((name, _)) = <Health as ApiComponent>::schema() {
+            for media in response.1.content.values_mut() {
+                media.schema = Some(ReferenceOr::Reference {
+                    _ref: format!("#/components/schemas/{name}"),
+                });
+            }
+        }
+        vec![response]
+    }
+}
+
+/// Runs every registered check; 503 when one fails.
+#[api_operation(
+    tag = "management",
+    summary = "Health: per-check results and the answering process"
+)]
+async fn health() -> Result<web::Json<Health>, Unhealthy> {
+    let checks: Vec<(String, HealthCheck)> = CHECKS.read().clone();
+    let mut results = BTreeMap::new();
+    for (name, check) in checks {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check()))
+            .unwrap_or_else(|_| Err("the check panicked".to_owned()));
+        if let Err(error) = &outcome {
+            tracing::warn!(check = %name, %error, "health check failed");
+        }
+        results.insert(
+            name,
+            CheckResult {
+                ok: outcome.is_ok(),
+                error: outcome.err(),
+            },
+        );
+    }
+    let healthy = results.values().all(|r| r.ok);
+    let report = Health {
+        status: if healthy { "ok" } else { "failing" }.to_owned(),
+        pid: std::process::id(),
+        level: logging::level(),
+        version: version(),
+        checks: results,
+    };
+    if healthy {
+        Ok(web::Json(report))
+    } else {
+        Err(Unhealthy(report))
+    }
+}
+
+/// A logging level, as the endpoints read and write it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, ApiComponent)]
+#[serde(deny_unknown_fields)]
+pub struct LevelBody {
+    /// TRACE, DEBUG, INFO, SUCCESS, WARNING (WARN), ERROR, CRITICAL or OFF, any case.
+    pub level: String,
+}
+
+/// Per-target levels.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, ApiComponent)]
+pub struct TargetsBody {
+    /// Level by target (a module path such as `my_app::db`).
+    pub targets: BTreeMap<String, String>,
+}
+
+/// One target's level to set.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, ApiComponent)]
+#[serde(deny_unknown_fields)]
+pub struct TargetLevel {
+    /// A module path such as `my_app::db`.
+    pub target: String,
+    /// The level for it.
+    pub level: String,
+}
+
+fn logging_error(error: LoggingError) -> ApiError {
+    match error {
+        LoggingError::Level(error) => ApiError::bad_request(error.to_string()),
+        other => ApiError::internal(format!("cannot change the logging level: {other}")),
+    }
+}
+
+/// Waits (briefly, off the worker thread) until this process's handlers
+/// have seen the config change, so the answer is what logging now uses.
+async fn settle() {
+    let _ = web::block(|| event::bus().flush(Duration::from_secs(2))).await;
+}
+
+/// The level logging uses in this process.
+#[api_operation(tag = "management", summary = "The logging level in use")]
+async fn get_level() -> web::Json<LevelBody> {
+    web::Json(LevelBody {
+        level: logging::level(),
+    })
+}
+
+/// Validates the level, then sets config `logging.level` (every process follows).
+#[api_operation(
+    tag = "management",
+    summary = "Change the logging level of every process"
+)]
+async fn post_level(body: web::Json<LevelBody>) -> Result<web::Json<LevelBody>, ApiError> {
+    logging::set_level(&body.level).map_err(logging_error)?;
+    settle().await;
+    Ok(web::Json(LevelBody {
+        level: logging::level(),
+    }))
+}
+
+/// The per-target levels in use.
+#[api_operation(tag = "management", summary = "The per-target logging levels")]
+async fn get_targets() -> web::Json<TargetsBody> {
+    web::Json(TargetsBody {
+        targets: logging::targets(),
+    })
+}
+
+/// Validates, then sets config `logging.targets."<target>"` (every process follows).
+#[api_operation(
+    tag = "management",
+    summary = "Change one target's logging level in every process"
+)]
+async fn post_target(body: web::Json<TargetLevel>) -> Result<web::Json<TargetsBody>, ApiError> {
+    logging::set_target_level(&body.target, &body.level).map_err(logging_error)?;
+    settle().await;
+    Ok(web::Json(TargetsBody {
+        targets: logging::targets(),
+    }))
+}
