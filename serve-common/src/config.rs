@@ -580,6 +580,54 @@ impl Config {
         Ok(())
     }
 
+    /// This process's runtime sets and unsets with their stamps, as TOML:
+    /// handed to a worker process that starts later, so it agrees with
+    /// the others from its first request.
+    #[cfg_attr(not(feature = "actix"), allow(dead_code))]
+    pub(crate) fn export_sets(&self) -> String {
+        #[derive(Serialize)]
+        struct Sets {
+            set: Vec<ConfigSet>,
+        }
+        let layers = self.inner.layers.lock();
+        let mut set: Vec<ConfigSet> = layers
+            .stamps
+            .iter()
+            .map(|(path, &(clock, origin))| ConfigSet {
+                path: path.clone(),
+                value: lookup(&layers.runtime, path).cloned(),
+                clock,
+                origin,
+            })
+            .collect();
+        set.sort_by_key(|s| (s.clock, s.origin));
+        toml::to_string(&Sets { set }).unwrap_or_default()
+    }
+
+    /// Applies [`export_sets`](Self::export_sets)' output as sets from
+    /// another process (stamps decide, nothing is re-broadcast).
+    #[cfg_attr(not(feature = "actix"), allow(dead_code))]
+    pub(crate) fn import_sets(&self, text: &str) -> Result<usize, ConfigError> {
+        #[derive(Deserialize)]
+        struct Sets {
+            #[serde(default)]
+            set: Vec<ConfigSet>,
+        }
+        let sets: Sets = toml::from_str(text).map_err(|e| ConfigError::Value {
+            path: "(runtime sets)".to_owned(),
+            message: e.to_string(),
+        })?;
+        let count = sets.set.len();
+        for set in sets.set {
+            let stamp = Some((set.clock, set.origin));
+            match set.value {
+                Some(value) => self.apply_set(&set.path, value, stamp)?,
+                None => drop(self.apply_unset(&set.path, stamp)?),
+            }
+        }
+        Ok(count)
+    }
+
     /// Sends a runtime change to the service's other processes (through the
     /// bus's transport), which apply it to their own runtime layer.
     fn broadcast(&self, path: &str, value: Option<Value>, (clock, origin): (u64, u32)) {

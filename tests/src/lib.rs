@@ -316,3 +316,284 @@ pub mod ipc_support {
         total
     }
 }
+
+/// The example service as a real process, and a minimal HTTP/1.1 client.
+pub mod http_support {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, ExitStatus, Stdio};
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::{Duration, Instant};
+
+    /// How long a test waits for something the service should do at once.
+    pub const PATIENCE: Duration = Duration::from_secs(30);
+
+    /// One HTTP response.
+    #[derive(Debug, Clone)]
+    pub struct Response {
+        /// The status code.
+        pub status: u16,
+        /// Headers, names lower-cased, in order.
+        pub headers: Vec<(String, String)>,
+        /// The body as text.
+        pub body: String,
+    }
+
+    impl Response {
+        /// The first value of header `name` (any case).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            let name = name.to_ascii_lowercase();
+            self.headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// Writes a request (`Connection: close`) on a new connection.
+    pub fn send_request(
+        address: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> TcpStream {
+        let mut stream = TcpStream::connect(address).expect("connect to the service");
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some(body) = body {
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        request.push_str("\r\n");
+        request.push_str(body.unwrap_or(""));
+        stream.write_all(request.as_bytes()).unwrap();
+        stream
+    }
+
+    /// Reads a whole response (the server closes the connection).
+    pub fn read_response(stream: TcpStream) -> Response {
+        let mut reader = BufReader::new(stream);
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line).expect("status line");
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').expect("header line");
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        let mut body = Vec::new();
+        reader.read_to_end(&mut body).unwrap();
+        Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    /// One request, its response.
+    pub fn request(
+        address: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Response {
+        read_response(send_request(address, method, path, headers, body))
+    }
+
+    /// `GET path`.
+    pub fn get(address: SocketAddr, path: &str) -> Response {
+        request(address, "GET", path, &[], None)
+    }
+
+    /// `POST path` with a JSON body.
+    pub fn post_json(address: SocketAddr, path: &str, body: &str) -> Response {
+        request(
+            address,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            Some(body),
+        )
+    }
+
+    /// The example service running in a scratch directory with its own
+    /// `config.toml`, stderr (its log) captured line by line.
+    pub struct Service {
+        child: Child,
+        /// The scratch directory (config file, log files).
+        pub dir: tempfile::TempDir,
+        /// Where it listens.
+        pub address: SocketAddr,
+        log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    }
+
+    impl Service {
+        /// Starts `program` (the example: `env!("CARGO_BIN_EXE_example-service")`)
+        /// with `config` (TOML; `server.bind` is set to a free port unless
+        /// given) and waits until it listens.
+        pub fn start(program: &str, config: &str) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let config = if config.contains("bind") {
+                config.to_owned()
+            } else if config.contains("[server]") {
+                config.replacen("[server]", "[server]\nbind = \"127.0.0.1:0\"", 1)
+            } else {
+                format!("{config}\n[server]\nbind = \"127.0.0.1:0\"\n")
+            };
+            std::fs::write(dir.path().join("config.toml"), config).unwrap();
+            let mut child = Command::new(program)
+                .current_dir(dir.path())
+                .env("SERVE_COMMON_CONFIG", dir.path().join("config.toml"))
+                .env("NO_COLOR", "1")
+                .env_remove("SERVCOM_IPC_ADDR")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn the example service");
+            let stderr = child.stderr.take().unwrap();
+            let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if std::env::var_os("SERVICE_LOG").is_some() {
+                        eprintln!("service: {line}");
+                    }
+                    sink.0.lock().unwrap().push(line);
+                    sink.1.notify_all();
+                }
+            });
+            let mut service = Self {
+                child,
+                dir,
+                address: "127.0.0.1:1".parse().unwrap(),
+                log,
+            };
+            let line = service.wait_log("listening on http://");
+            let address = line
+                .split("listening on http://")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no address in {line:?}"));
+            service.address = address;
+            service
+        }
+
+        /// The config file.
+        pub fn config_path(&self) -> PathBuf {
+            self.dir.path().join("config.toml")
+        }
+
+        /// The scratch directory.
+        pub fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        /// The service's (supervisor's) pid.
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        /// Waits for a log line containing `needle`; returns it.
+        pub fn wait_log(&self, needle: &str) -> String {
+            self.wait_log_after(0, needle)
+        }
+
+        /// Waits for a log line containing `needle` among lines from index
+        /// `from` on; returns it.
+        pub fn wait_log_after(&self, from: usize, needle: &str) -> String {
+            let deadline = Instant::now() + PATIENCE;
+            let (lines, changed) = &*self.log;
+            let mut lines = lines.lock().unwrap();
+            loop {
+                if let Some(line) = lines.iter().skip(from).find(|l| l.contains(needle)) {
+                    return line.clone();
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    panic!(
+                        "no log line with {needle:?}; the log:\n{}",
+                        lines.join("\n")
+                    );
+                }
+                lines = changed.wait_timeout(lines, left).unwrap().0;
+            }
+        }
+
+        /// Every log line so far.
+        pub fn log(&self) -> Vec<String> {
+            self.log.0.lock().unwrap().clone()
+        }
+
+        /// Sends `signal` to the service.
+        pub fn signal(&self, signal: nix::sys::signal::Signal) {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).unwrap();
+        }
+
+        /// Waits for the service to exit; after [`PATIENCE`] a watchdog
+        /// kills it (so the status shows SIGKILL and the test fails).
+        pub fn wait_exit(&mut self) -> ExitStatus {
+            let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+            let (exited, watch) = std::sync::mpsc::channel::<()>();
+            std::thread::spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    watch.recv_timeout(PATIENCE)
+                {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+            });
+            let status = self.child.wait().unwrap();
+            drop(exited);
+            status
+        }
+    }
+
+    impl Drop for Service {
+        fn drop(&mut self) {
+            if let Ok(None) = self.child.try_wait() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+
+    /// The pids of the processes whose parent is `parent`.
+    pub fn children_of(parent: u32) -> Vec<u32> {
+        let mut children = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if fields.first() != Some(&"Z")
+                && fields.get(1).and_then(|p| p.parse().ok()) == Some(parent)
+            {
+                children.push(pid);
+            }
+        }
+        children
+    }
+}

@@ -159,7 +159,9 @@ fn unmatched_routes_are_logged_at_debug() {
     let logs = logs();
     actix_web::rt::System::new().block_on(async {
         let app = app!();
-        let request = http_test::TestRequest::get().uri("/nowhere/at/all").to_request();
+        let request = http_test::TestRequest::get()
+            .uri("/nowhere/at/all")
+            .to_request();
         let response = http_test::call_service(&app, request).await;
         assert_eq!(response.status().as_u16(), 404);
     });

@@ -34,16 +34,12 @@ struct Greeter {
 
 #[cached]
 impl Greeter {
-    /// The template split around `{name}`: computed once per template.
+    /// The template split at each `{name}`: computed once per template.
     #[cached]
     #[dependency(template)]
-    fn parts(&self) -> Arc<(String, String)> {
+    fn parts(&self) -> Arc<Vec<String>> {
         COMPILED.fetch_add(1, Ordering::Relaxed);
-        let (before, after) = self
-            .template
-            .split_once("{name}")
-            .unwrap_or((self.template.as_str(), ""));
-        Arc::new((before.to_owned(), after.to_owned()))
+        Arc::new(self.template.split("{name}").map(str::to_owned).collect())
     }
 }
 
@@ -88,7 +84,7 @@ async fn hello(name: web::Path<String>) -> Result<web::Json<Greeting>, ApiError>
         .map_err(|_| ApiError::internal("the greeter is poisoned"))?;
     let parts = greeter.parts();
     Ok(web::Json(Greeting {
-        message: format!("{}{}{}", parts.0, name, parts.1),
+        message: parts.join(name.as_str()),
         template_version: COMPILED.load(Ordering::Relaxed),
     }))
 }
@@ -118,6 +114,17 @@ fn routes(app: &mut actix::ServiceConfig<'_>) {
 
 #[serve_common::main(config = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // /manage/health answers 503 while this check fails.
+    serve_common::default::management::add_health_check("greeting", || {
+        let greeter = GREETER
+            .read()
+            .map_err(|_| "the greeter is poisoned".to_owned())?;
+        if greeter.template.contains("{name}") {
+            Ok(())
+        } else {
+            Err("greeting.template has no {name} placeholder".to_owned())
+        }
+    });
     let service = actix::service(routes).description("The example service of serve-common");
     if std::env::args().any(|a| a == "--demo") {
         return demo(service).await;

@@ -195,6 +195,10 @@ impl EventBus {
                         receiver_stats.malformed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%error, "a message in the events group is not an event; dropped");
                     }
+                    Err(IpcError::Closed) if crate::ipc::shutting_down() => {
+                        tracing::debug!("IPC connection closed at shutdown");
+                        return;
+                    }
                     Err(IpcError::Closed) => {
                         tracing::warn!("IPC connection closed; no more events from other processes");
                         return;

@@ -500,6 +500,7 @@ pub async fn join_group_async<T>(group: &str) -> Result<AsyncGroupSocket<T>, Ipc
 /// Stops the server. Only the process that started it should call this
 /// (on its way out); it waits for a server it started to exit.
 pub fn shutdown() -> Result<(), IpcError> {
+    SHUTTING_DOWN.store(true, std::sync::atomic::Ordering::Relaxed);
     connect(&Greeting::Shutdown)?;
     let started = STATE.lock().as_mut().and_then(|s| s.started.take());
     if let Some(mut started) = started {
@@ -507,6 +508,15 @@ pub fn shutdown() -> Result<(), IpcError> {
         tracing::info!(server_pid = started.pid, "IPC server stopped");
     }
     Ok(())
+}
+
+/// Set once this process asked the server to stop: connections closing
+/// afterwards are expected.
+static SHUTTING_DOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process asked the server to stop.
+pub(crate) fn shutting_down() -> bool {
+    SHUTTING_DOWN.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 struct Connection {

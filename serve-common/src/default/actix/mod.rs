@@ -222,7 +222,9 @@ where
                 .uri(RENDER_PATH)
                 .to_request();
             let body = actix_web::test::call_and_read_body(&app, request).await;
-            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)
+            let mut spec = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            add_error_schemas(&mut spec);
+            spec
         };
         // The render's own request is no news: keep it out of the logs.
         render
@@ -298,6 +300,32 @@ where
         server.await?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// apistos lists an error type's schemas only for the status codes an
+/// operation names; [`ApiError`]'s responses refer to [`ErrorBody`]
+/// everywhere, so the document always carries it.
+fn add_error_schemas(spec: &mut serde_json::Value) {
+    let Some(root) = spec.as_object_mut() else {
+        return;
+    };
+    let schemas = root
+        .entry("components")
+        .or_insert_with(|| serde_json::json!({}))
+        .as_object_mut()
+        .map(|c| c.entry("schemas").or_insert_with(|| serde_json::json!({})));
+    let Some(serde_json::Value::Object(schemas)) = schemas else {
+        return;
+    };
+    let extra = [
+        <ErrorBody as ApiComponent>::schema(),
+        <crate::default::management::Health as ApiComponent>::schema(),
+    ];
+    for (name, schema) in extra.into_iter().flatten() {
+        if let Ok(schema) = serde_json::to_value(schema) {
+            schemas.entry(name).or_insert(schema);
+        }
     }
 }
 

@@ -23,6 +23,9 @@ pub(crate) const WORKER_ENV: &str = "SERVE_COMMON_WORKER";
 /// Set in a worker's environment: the supervisor's pid.
 const SUPERVISOR_ENV: &str = "SERVE_COMMON_SUPERVISOR";
 
+/// Set in a worker's environment: the supervisor's runtime config sets.
+const SETS_ENV: &str = "SERVE_COMMON_CONFIG_SETS";
+
 /// A worker that dies sooner than this after its start is restarted only
 /// after this long, so a worker that cannot start does not spin.
 const RESTART_BACKOFF: Duration = Duration::from_secs(1);
@@ -58,6 +61,15 @@ pub(super) fn inherited_listener() -> io::Result<Option<TcpListener>> {
         return Err(io::Error::other(
             "the supervisor exited before this worker started",
         ));
+    }
+    // Runtime sets made before this worker started (a level POST, say).
+    if let Ok(sets) = std::env::var(SETS_ENV) {
+        match crate::config::config().import_sets(&sets) {
+            Ok(count) => tracing::debug!("applied {count} runtime config sets from the supervisor"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot apply the supervisor's runtime config sets")
+            }
+        }
     }
     let listener = listenfd::ListenFd::from_env()
         .take_tcp_listener(0)?
@@ -99,6 +111,7 @@ impl Spawner {
             .env("LISTEN_FDS", "1")
             .env("LISTEN_FDS_FIRST_FD", self.fd.to_string())
             .env_remove("LISTEN_PID")
+            .env(SETS_ENV, crate::config::config().export_sets())
             .spawn()?;
         let pid = child.id().unwrap_or_default();
         let exits = self.exits.clone();
