@@ -292,9 +292,11 @@ async fn settle() {
     let _ = web::block(|| event::bus().flush(Duration::from_secs(2))).await;
 }
 
-/// The level logging uses in this process.
+/// The level logging uses in this process (once the config changes
+/// already notified here have been applied).
 #[api_operation(tag = "management", summary = "The logging level in use")]
 async fn get_level() -> web::Json<LevelBody> {
+    settle().await;
     web::Json(LevelBody {
         level: logging::level(),
     })
@@ -316,6 +318,7 @@ async fn post_level(body: web::Json<LevelBody>) -> Result<web::Json<LevelBody>, 
 /// The per-target levels in use.
 #[api_operation(tag = "management", summary = "The per-target logging levels")]
 async fn get_targets() -> web::Json<TargetsBody> {
+    settle().await;
     web::Json(TargetsBody {
         targets: logging::targets(),
     })

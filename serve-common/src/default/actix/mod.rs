@@ -289,11 +289,12 @@ where
         if let Some(workers) = settings.workers {
             server = server.workers(workers.max(1));
         }
+        let mut stop = workers::StopSignals::new()?;
         let server = server.listen(listener)?.run();
         tracing::info!("listening on http://{address} (pid {})", std::process::id());
         let handle = server.handle();
         actix_web::rt::spawn(async move {
-            let signal = workers::stop_signal().await;
+            let signal = stop.recv().await;
             tracing::info!("{signal} received: finishing in-flight requests, then stopping");
             handle.stop(true).await;
         });

@@ -30,18 +30,27 @@ const SETS_ENV: &str = "SERVE_COMMON_CONFIG_SETS";
 /// after this long, so a worker that cannot start does not spin.
 const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Resolves with the name of the first SIGTERM or SIGINT.
-pub(super) async fn stop_signal() -> &'static str {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot watch SIGTERM/SIGINT: stop the service with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT, caught from creation on (so create it before
+/// saying the service is up).
+pub(super) struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub(super) fn new() -> io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves with the name of the next SIGTERM or SIGINT.
+    pub(super) async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }
 
@@ -146,8 +155,7 @@ pub(super) async fn supervise(listener: TcpListener, settings: &Settings) -> io:
         fd: listener.as_raw_fd(),
         exits,
     };
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut stop = StopSignals::new()?;
 
     let mut workers = Vec::with_capacity(settings.processes);
     for index in 0..settings.processes {
@@ -176,8 +184,7 @@ pub(super) async fn supervise(listener: TcpListener, settings: &Settings) -> io:
     let received = loop {
         let next_restart = workers.iter().filter_map(|w| w.restart_at).min();
         tokio::select! {
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "SIGINT",
+            received = stop.recv() => break received,
             Some(exit) = exited.recv() => {
                 let worker = &mut workers[exit.index];
                 worker.pid = None;
@@ -221,7 +228,10 @@ pub(super) async fn supervise(listener: TcpListener, settings: &Settings) -> io:
             Some(exit) = exited.recv() => {
                 workers[exit.index].pid = None;
                 if let Ok(status) = exit.status {
-                    if !status.success() {
+                    use std::os::unix::process::ExitStatusExt;
+                    // Killed by our own SIGTERM before it could install its
+                    // handler (it had just started): not worth a warning.
+                    if !status.success() && status.signal() != Some(libc_sigterm()) {
                         tracing::warn!("worker {} (pid {}) stopped with {status}", exit.index, exit.pid);
                     }
                 }
@@ -235,6 +245,10 @@ pub(super) async fn supervise(listener: TcpListener, settings: &Settings) -> io:
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn libc_sigterm() -> i32 {
+    Signal::SIGTERM as i32
 }
 
 async fn sleep_until(at: Option<Instant>) {

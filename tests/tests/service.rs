@@ -1,0 +1,214 @@
+//! The example service as a whole: worker processes sharing a level
+//! change, a killed worker replaced, a config edit taking effect without a
+//! restart, and a graceful SIGTERM with a request in flight.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use serve_common_tests::http_support::{
+    Service, children_of, get, post_json, read_response, send_request,
+};
+use serve_common_tests::process_gone;
+
+fn start(config: &str) -> Service {
+    Service::start(env!("CARGO_BIN_EXE_example-service"), config)
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// The worker pids the supervisor reported at start-up.
+fn worker_pids(service: &Service, count: usize) -> BTreeSet<u32> {
+    let line = service.wait_log("worker processes [");
+    let list = line
+        .split('[')
+        .next_back()
+        .unwrap()
+        .split(']')
+        .next()
+        .unwrap();
+    let pids: BTreeSet<u32> = list.split(',').map(|p| p.trim().parse().unwrap()).collect();
+    assert_eq!(pids.len(), count, "{line}");
+    for pid in &pids {
+        service.wait_log(&format!(
+            "listening on http://{} (pid {pid})",
+            service.address
+        ));
+    }
+    pids
+}
+
+/// Asks `/manage/health` until every pid of `pids` has answered with
+/// `level` (the kernel spreads connections over the workers; polling is
+/// the only way to reach a given one). Returns the levels seen per pid.
+fn poll_until_all_answer(
+    service: &Service,
+    pids: &BTreeSet<u32>,
+    level: &str,
+) -> BTreeMap<u32, String> {
+    let mut latest = BTreeMap::new();
+    for _ in 0..2_000 {
+        let health = json(&get(service.address, "/manage/health").body);
+        let pid = health["pid"].as_u64().unwrap() as u32;
+        assert!(
+            pids.contains(&pid),
+            "answered by {pid}, not a worker of {pids:?}"
+        );
+        latest.insert(pid, health["level"].as_str().unwrap().to_owned());
+        if latest.len() == pids.len() && latest.values().all(|l| l == level) {
+            return latest;
+        }
+    }
+    panic!("not every worker answered with {level}: {latest:?}");
+}
+
+#[test]
+fn a_level_change_answered_by_one_worker_reaches_every_worker() {
+    let service = start("[server]\nprocesses = 2\nworkers = 1\n");
+    let pids = worker_pids(&service, 2);
+    poll_until_all_answer(&service, &pids, "INFO");
+
+    let changed = post_json(
+        service.address,
+        "/manage/logging/level",
+        r#"{"level": "WARNING"}"#,
+    );
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    poll_until_all_answer(&service, &pids, "WARNING");
+    // The supervisor follows too (it is in the IPC group).
+    let supervisor = format!("[{}] config changed path=logging.level", service.pid());
+    service.wait_log(&supervisor);
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_inherits_the_runtime_level() {
+    let service = start("[server]\nprocesses = 2\nworkers = 1\n");
+    let pids = worker_pids(&service, 2);
+    let changed = post_json(
+        service.address,
+        "/manage/logging/level",
+        r#"{"level": "debug"}"#,
+    );
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    poll_until_all_answer(&service, &pids, "DEBUG");
+
+    let victim = *pids.first().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    let restarted = service.wait_log("started (pid ");
+    let new_pid: u32 = restarted
+        .split("started (pid ")
+        .nth(1)
+        .and_then(|rest| rest.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {restarted:?}"));
+    assert!(
+        service
+            .log()
+            .iter()
+            .any(|l| l.contains(&format!("(pid {victim}) exited")))
+    );
+
+    let mut now: BTreeSet<u32> = pids.clone();
+    now.remove(&victim);
+    now.insert(new_pid);
+    // The new worker serves, at the level set before it existed.
+    poll_until_all_answer(&service, &now, "DEBUG");
+    assert!(process_gone(victim));
+}
+
+#[test]
+fn editing_the_config_file_changes_the_level_without_a_restart() {
+    let service = start("[logging]\nlevel = \"INFO\"\n");
+    assert_eq!(
+        json(&get(service.address, "/manage/logging/level").body)["level"],
+        "INFO"
+    );
+    let before = service.log().len();
+    std::fs::write(
+        service.config_path(),
+        "[logging]\nlevel = \"ERROR\"\n[server]\nbind = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    service.wait_log_after(before, "config changed path=logging.level");
+    let level = get(service.address, "/manage/logging/level");
+    assert_eq!(json(&level.body)["level"], "ERROR");
+    assert_eq!(
+        json(&get(service.address, "/manage/health").body)["pid"],
+        service.pid()
+    );
+
+    // A bad edit keeps the old config (and says so).
+    std::fs::write(service.config_path(), "[logging\nlevel = ").unwrap();
+    service.wait_log_after(before, "config reload failed");
+    assert_eq!(
+        json(&get(service.address, "/manage/logging/level").body)["level"],
+        "ERROR"
+    );
+}
+
+/// SIGTERM while a request is half sent: the request still completes, then
+/// every process of the service (supervisor, workers, IPC server) exits, 0.
+#[test]
+fn sigterm_lets_the_request_in_flight_finish_then_everything_exits_zero() {
+    let mut service = start("[server]\nprocesses = 2\nworkers = 1\n");
+    let workers = worker_pids(&service, 2);
+    let family: Vec<u32> = children_of(service.pid());
+    assert_eq!(
+        family.len(),
+        3,
+        "two workers and the IPC server: {family:?}"
+    );
+
+    // Headers now, the body later: the request is in a worker's hands.
+    let body = r#"{"level": "ERROR"}"#;
+    let mut stream = send_request(
+        service.address,
+        "POST",
+        "/manage/logging/level",
+        &[
+            ("Content-Type", "application/json"),
+            ("Content-Length", &body.len().to_string()),
+            ("X-Request-Id", "in-flight"),
+        ],
+        None,
+    );
+    service.wait_log("[in-flight] hit /manage/logging/level");
+
+    service.signal(Signal::SIGTERM);
+    for pid in &workers {
+        service.wait_log(&format!("[{pid}] SIGTERM received"));
+    }
+    stream.write_all(body.as_bytes()).unwrap();
+    let response = read_response(stream);
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(json(&response.body)["level"], "ERROR");
+
+    let status = service.wait_exit();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status:?}; log:\n{}",
+        service.log().join("\n")
+    );
+    for pid in family {
+        assert!(process_gone(pid), "process {pid} of the service is left");
+    }
+    let log = service.log().join("\n");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn a_single_process_service_stops_on_sigint_with_exit_zero() {
+    let mut service = start("");
+    assert_eq!(get(service.address, "/manage/version").status, 200);
+    let family = children_of(service.pid());
+    service.signal(Signal::SIGINT);
+    let status = service.wait_exit();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    service.wait_log("SIGINT received");
+    for pid in family {
+        assert!(process_gone(pid), "process {pid} is left");
+    }
+}
