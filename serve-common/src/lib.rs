@@ -6,9 +6,13 @@
 //!
 //! | module | what it gives you |
 //! |---|---|
-//! | [`cached`] | cached properties: [`#[derive(Cached)]`](derive@Cached), [`#[cached]`](macro@cached) |
+//! | [`cached`](mod@cached) | cached properties: [`#[derive(Cached)]`](derive@Cached), [`#[cached]`](macro@cached) |
 //! | [`event`] | an event bus: [`notify`](event::notify), [`register`](event::register), [`#[on_event]`](macro@on_event), waits and acknowledgements |
 //! | [`config`] | layered, typed, hot-reloaded configuration from `config.toml` |
+//! | [`default::actix`] | the web service: one call builds the app (request ids, timer, JSON errors, OpenAPI), [`serve`](default::actix::serve) runs it, with worker processes |
+//! | [`default::management`] | `/`, `/manage/spec`, `/manage/version`, `/manage/health`, `/manage/logging/*`, `/manage/docs/` |
+//! | [`request_id`] | the `X-Request-Id` middleware and the task-local id in every log line |
+//! | [`main`] | `#[serve_common::main]`: the start-up and teardown around `async fn main` |
 //! | [`default::logging`] | the subscriber: the original's line format, files rotated by size, levels from config |
 //! | [`log_util`] | [`#[time_and_log]`](macro@time_and_log) and its guard form |
 //! | [`ipc`] | a group server process: messages, and events and config, across the service's processes |
@@ -120,10 +124,13 @@ pub use serve_common_macros::time_and_log;
 ///
 /// In order: if this process was started as the IPC server, it serves and
 /// never reaches the body ([`ipc::run_server_if_requested`]); the config is
-/// loaded (`config.toml`, `SERVE_COMMON_CONFIG`, or `config = "path"`) and
-/// watched; logging goes to stderr (unless config `logging.stderr =
-/// false`) and to the file of config `logging.file`, if any, with levels
-/// from config; the event bus starts; IPC is set up (a server is started
+/// loaded (`SERVE_COMMON_CONFIG`, else `config = "path"` (a literal, or
+/// `concat!`/`env!`), else `config.toml`) and watched; logging goes to
+/// stderr (unless config `logging.stderr = false`) and to the file of
+/// config `logging.file`, if any (under `logging.logs_dir`, rotated at
+/// `logging.max_bytes`, keeping `logging.keep` files, JSON lines if
+/// `logging.json`), with levels from config; the application's
+/// `CARGO_PKG_VERSION` becomes `/manage/version`'s default; the event bus starts; IPC is set up (a server is started
 /// when no `SERVCOM_IPC_ADDR` is inherited) and carries events; the body
 /// runs on the actix runtime. Afterwards the IPC server this process
 /// started is shut down and the logs are flushed. A config or IPC failure

@@ -84,7 +84,11 @@ where
             outputs = outputs.stderr();
         }
         if let Some(file) = config.get_opt::<String>("logging.file").ok().flatten() {
-            outputs = outputs.file(file);
+            let mut output = logging::FileOutput::new(file);
+            output.max_bytes = config.get_or("logging.max_bytes", output.max_bytes);
+            output.keep = config.get_or("logging.keep", output.keep);
+            output.json = config.get_or("logging.json", output.json);
+            outputs = outputs.file_output(output);
         }
         if let Err(error) = outputs.install() {
             fail("cannot set up logging", error);

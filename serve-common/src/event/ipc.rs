@@ -137,7 +137,7 @@ impl IpcEvents {
 
 impl EventBus {
     /// Carries this bus's events to and from the service's other processes
-    /// (see the [module docs](self)). IPC must be set up ([`ipc::start`] or
+    /// (see the [event module docs](crate::event)). IPC must be set up ([`ipc::start`] or
     /// [`ipc::setup`]).
     /// A bus has one link: a second call is [`IpcError::AlreadyEnabled`]
     /// (two would deliver every event twice).
