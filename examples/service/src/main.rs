@@ -107,9 +107,9 @@ async fn template() -> Result<web::Json<Template>, ApiError> {
     }))
 }
 
-fn routes(app: &mut actix::ServiceConfig<'_>) {
+fn routes(app: actix::App) -> actix::App {
     app.service(actix::resource("/hello/{name}").route(actix::get().to(hello)))
-        .service(actix::resource("/greeting").route(actix::get().to(template)));
+        .service(actix::resource("/greeting").route(actix::get().to(template)))
 }
 
 #[serve_common::main(config = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))]
@@ -137,7 +137,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// a config edit on disk reaching the cached greeting.
 async fn demo<F>(service: actix::Service<F>) -> Result<(), Box<dyn std::error::Error>>
 where
-    F: Fn(&mut actix::ServiceConfig<'_>) + Clone + Send + 'static,
+    F: Fn(actix::App) -> actix::App + Clone + Send + 'static,
 {
     use actix::actix_web_crate::test;
 

@@ -21,10 +21,8 @@
 //!
 //! #[serve_common::main]
 //! async fn main() -> std::io::Result<()> {
-//!     actix::serve(|app| {
-//!         app.service(actix::resource("/hello/{name}").route(actix::get().to(hello)));
-//!     })
-//!     .await
+//!     actix::serve(|app| app.service(actix::resource("/hello/{name}").route(actix::get().to(hello))))
+//!         .await
 //! }
 //! ```
 //!
@@ -51,6 +49,7 @@
 //! Everything `main` does before `serve` runs in every worker too.
 
 pub(crate) mod errors;
+mod routes;
 mod workers;
 
 use std::io;
@@ -67,6 +66,7 @@ use apistos::tag::Tag;
 use tracing::instrument::WithSubscriber;
 
 pub use errors::{ApiError, ErrorBody};
+pub use routes::{App, Documented, RoutesDone};
 
 pub use crate::log_util::RequestTimer;
 pub use crate::request_id::RequestIdMiddleware;
@@ -113,10 +113,12 @@ pub struct Service<F> {
     description: Option<String>,
 }
 
-/// Starts describing a service whose routes `configure` adds.
-pub fn service<F>(configure: F) -> Service<F>
+/// Starts describing a service whose routes `configure` adds to the
+/// [`App`] it is given.
+pub fn service<F, R>(configure: F) -> Service<F>
 where
-    F: Fn(&mut ServiceConfig<'_>) + Clone + Send + 'static,
+    F: Fn(App) -> R + Clone + Send + 'static,
+    R: RoutesDone + 'static,
 {
     Service {
         configure,
@@ -127,16 +129,18 @@ where
 
 /// Serves `configure`'s routes with everything [the module](self) lists,
 /// until SIGTERM or SIGINT. See [`Service::run`].
-pub async fn serve<F>(configure: F) -> io::Result<()>
+pub async fn serve<F, R>(configure: F) -> io::Result<()>
 where
-    F: Fn(&mut ServiceConfig<'_>) + Clone + Send + 'static,
+    F: Fn(App) -> R + Clone + Send + 'static,
+    R: RoutesDone + 'static,
 {
     service(configure).run().await
 }
 
-impl<F> Service<F>
+impl<F, R> Service<F>
 where
-    F: Fn(&mut ServiceConfig<'_>) + Clone + Send + 'static,
+    F: Fn(App) -> R + Clone + Send + 'static,
+    R: RoutesDone + 'static,
 {
     /// The OpenAPI document's title (default: config `server.title`, else
     /// the application's crate name).
@@ -190,7 +194,11 @@ where
             .document(self.spec())
             .app_data(web::Data::from(state))
             .configure(errors::extractor_configs)
-            .configure(move |config| configure(config))
+            .configure(move |config| {
+                let app = App::default();
+                let _ = configure(app.clone());
+                app.apply(config);
+            })
             .configure(crate::default::management::routes)
             .default_service(web::to(errors::not_found))
             .wrap(errors::JsonErrors { allow })
