@@ -11,19 +11,18 @@ cd "$(dirname "$0")/.."
 
 run() { echo "+ $*" >&2; "$@"; }
 
-if ! command -v wrk >/dev/null 2>&1; then
+if ! command -v wrk >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
     run $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive run $SUDO apt-get install -y -qq wrk >/dev/null
+    DEBIAN_FRONTEND=noninteractive run $SUDO apt-get install -y -qq wrk curl >/dev/null
 fi
 
 run cargo build -q --release -p example-service
 run cargo build -q --release -p serve-common-tests --bin bare_actix
-TARGET="${CARGO_TARGET_DIR:-target}"
+TARGET=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)
 SERVICE="$TARGET/release/example-service"
 BARE="$TARGET/release/bare_actix"
 
-ROOT=$(pwd)
 SCRATCH=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -89,8 +88,8 @@ service_run() {
             echo "max_bytes = 100000000000"
         fi
     } > "$dir/config.toml"
-    echo "+ (cd $dir && SERVE_COMMON_CONFIG=$dir/config.toml $ROOT/$SERVICE)" >&2
-    (cd "$dir" && SERVE_COMMON_CONFIG="$dir/config.toml" exec "$ROOT/$SERVICE" >"$dir/stderr.log" 2>&1) &
+    echo "+ (cd $dir && SERVE_COMMON_CONFIG=$dir/config.toml $SERVICE)" >&2
+    (cd "$dir" && SERVE_COMMON_CONFIG="$dir/config.toml" exec "$SERVICE" >"$dir/stderr.log" 2>&1) &
     PIDS=($!)
     wait_up
     local rps
@@ -124,7 +123,7 @@ WARN_RPS=$(median < "$SCRATCH/warn")
 INFO_RPS=$(median < "$SCRATCH/info")
 LOST=$(sort -g "$SCRATCH/lost" | tail -1)
 echo "runs (req/s): bare $(paste -sd' ' "$SCRATCH/bare"); warn $(paste -sd' ' "$SCRATCH/warn"); info+file $(paste -sd' ' "$SCRATCH/info"); lines lost $(paste -sd' ' "$SCRATCH/lost")" >&2
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0) printf "%.3f", a / b; else printf "nan" }'; }
 echo "http_warn_rps: $WARN_RPS baseline: $BARE_RPS ratio: $(ratio "$WARN_RPS" "$BARE_RPS")"
 echo "http_info_file_rps: $INFO_RPS baseline: $BARE_RPS ratio: $(ratio "$INFO_RPS" "$BARE_RPS")"
 echo "http_info_file_lines_lost: $LOST baseline: - ratio: -"

@@ -92,6 +92,11 @@ pub struct ReloadFailure {
 /// [`ConfigBuilder::follow_remote_sets`]); handlers rarely need it.
 pub const SET_EVENT: &str = "config_set";
 
+/// The event a process that joins late notifies (no payload): every other
+/// process answers by re-sending its runtime sets as [`SET_EVENT`]s, with
+/// their original stamps, so the newcomer agrees with the rest.
+pub const SYNC_EVENT: &str = "config_sync";
+
 /// The payload of [`SET_EVENT`]: the value written to the runtime layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConfigSet {
@@ -404,12 +409,16 @@ impl ConfigBuilder {
 }
 
 fn apply_remote(weak: &Weak<Inner>, event: &event::Event) {
-    if event.name() != SET_EVENT {
+    if event.name() != SET_EVENT && event.name() != SYNC_EVENT {
         return;
     }
     let Some(inner) = weak.upgrade() else {
         return;
     };
+    if event.name() == SYNC_EVENT {
+        Config { inner }.resend_sets();
+        return;
+    }
     let set = match event.payload::<ConfigSet>() {
         Ok(set) => set.into_owned(),
         Err(error) => {
@@ -589,17 +598,7 @@ impl Config {
         struct Sets {
             set: Vec<ConfigSet>,
         }
-        let layers = self.inner.layers.lock();
-        let mut set: Vec<ConfigSet> = layers
-            .stamps
-            .iter()
-            .map(|(path, &(clock, origin))| ConfigSet {
-                path: path.clone(),
-                value: lookup(&layers.runtime, path).cloned(),
-                clock,
-                origin,
-            })
-            .collect();
+        let mut set = self.stamped_sets();
         set.sort_by_key(|s| (s.clock, s.origin));
         toml::to_string(&Sets { set }).unwrap_or_default()
     }
@@ -617,15 +616,53 @@ impl Config {
             path: "(runtime sets)".to_owned(),
             message: e.to_string(),
         })?;
-        let count = sets.set.len();
+        let mut applied = 0;
         for set in sets.set {
             let stamp = Some((set.clock, set.origin));
-            match set.value {
-                Some(value) => self.apply_set(&set.path, value, stamp)?,
-                None => drop(self.apply_unset(&set.path, stamp)?),
+            let result = match set.value {
+                Some(value) => self.apply_set(&set.path, value, stamp),
+                None => self.apply_unset(&set.path, stamp).map(drop),
+            };
+            match result {
+                Ok(()) => applied += 1,
+                Err(error) => tracing::warn!(%error, "ignoring a handed-down config set"),
             }
         }
-        Ok(count)
+        Ok(applied)
+    }
+
+    /// Asks the service's other processes for their runtime sets (see
+    /// [`SYNC_EVENT`]); the answers arrive like any remote set.
+    pub fn request_sync(&self) {
+        if let Some(bus) = &self.inner.bus {
+            bus.notify(SYNC_EVENT, ());
+        }
+    }
+
+    /// Every runtime set and unset this process knows, with its stamp.
+    fn stamped_sets(&self) -> Vec<ConfigSet> {
+        let layers = self.inner.layers.lock();
+        layers
+            .stamps
+            .iter()
+            .map(|(path, &(clock, origin))| ConfigSet {
+                path: path.clone(),
+                value: lookup(&layers.runtime, path).cloned(),
+                clock,
+                origin,
+            })
+            .collect()
+    }
+
+    /// Re-sends every runtime set and unset this process knows, stamps
+    /// unchanged (receivers that have them ignore them).
+    fn resend_sets(&self) {
+        let sets = self.stamped_sets();
+        if let Some(bus) = &self.inner.bus {
+            for set in sets {
+                bus.notify(SET_EVENT, set);
+            }
+        }
     }
 
     /// Sends a runtime change to the service's other processes (through the

@@ -11,8 +11,8 @@ use crate::{event, ipc};
 #[doc(hidden)]
 #[derive(Clone, Debug)]
 pub struct MainOptions {
-    /// `config = "path"`: the config file (default: `SERVE_COMMON_CONFIG`
-    /// or `config.toml`).
+    /// `config = "path"`: the config file when `SERVE_COMMON_CONFIG` is not
+    /// set (default: `config.toml`).
     pub config: Option<&'static str>,
     /// `ipc = false` turns IPC off.
     pub ipc: bool,
@@ -64,6 +64,9 @@ where
 {
     // Started as the IPC server: serve, never return.
     ipc::run_server_if_requested();
+    // Started as a worker process: take the socket while single-threaded.
+    #[cfg(feature = "actix")]
+    crate::default::actix::adopt_inherited_socket();
 
     let _ = APP_NAME.set(options.package);
     #[cfg(feature = "actix")]
@@ -105,6 +108,8 @@ where
         if let Err(error) = event::enable_ipc() {
             fail("cannot carry events over IPC", error);
         }
+        // Runtime sets made before this process joined (a level POST, say).
+        config::config().request_sync();
     }
     let _ = bus;
 

@@ -444,7 +444,7 @@ pub mod http_support {
     }
 
     impl Service {
-        /// Starts `program` (the example: `env!("CARGO_BIN_EXE_example-service")`)
+        /// Starts `program` (the example: `env!("CARGO_BIN_EXE_example_service")`)
         /// with `config` (TOML; `server.bind` is set to a free port unless
         /// given) and waits until it listens.
         pub fn start(program: &str, config: &str) -> Self {

@@ -6,7 +6,7 @@ use serde_json::Value;
 use serve_common_tests::http_support::{Service, get, post_json, request};
 
 fn start(config: &str) -> Service {
-    Service::start(env!("CARGO_BIN_EXE_example-service"), config)
+    Service::start(env!("CARGO_BIN_EXE_example_service"), config)
 }
 
 fn json(body: &str) -> Value {
@@ -376,7 +376,8 @@ fn the_docs_page_renders_in_headless_chromium() {
                 .is_ok_and(|o| o.status.success())
         })
         .expect("chromium is installed (.ci/run installs Debian's `chromium`)");
-    let output = std::process::Command::new(chromium)
+    let mut command = std::process::Command::new(chromium);
+    command
         .args([
             "--headless",
             "--no-sandbox",
@@ -392,8 +393,21 @@ fn the_docs_page_renders_in_headless_chromium() {
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("http://{}/manage/docs/", service.address))
-        .output()
-        .expect("run chromium");
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = command.spawn().expect("run chromium");
+    // A watchdog: a hung browser fails the test instead of hanging it.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            watch.recv_timeout(std::time::Duration::from_secs(120))
+        {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    });
+    let output = child.wait_with_output().expect("wait for chromium");
+    drop(done);
     let dom = String::from_utf8_lossy(&output.stdout);
     assert!(
         dom.contains("opblock-tag") && dom.contains("management"),

@@ -13,7 +13,7 @@ use serve_common_tests::http_support::{
 use serve_common_tests::process_gone;
 
 fn start(config: &str) -> Service {
-    Service::start(env!("CARGO_BIN_EXE_example-service"), config)
+    Service::start(env!("CARGO_BIN_EXE_example_service"), config)
 }
 
 fn json(body: &str) -> Value {

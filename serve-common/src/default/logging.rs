@@ -269,15 +269,13 @@ pub fn set_level(name: &str) -> Result<(), LoggingError> {
     Ok(())
 }
 
-/// Validates `name`, then sets config `logging.targets."<target>"`.
+/// Validates `name`, then sets config `logging.targets."<target>"` (one
+/// path per target, so concurrent changes of different targets from
+/// different processes both land).
 pub fn set_target_level(target: &str, name: &str) -> Result<(), LoggingError> {
     check_target(target)?;
     let (canonical, _) = parse_level(name)?;
-    let mut targets = config::config()
-        .get_opt::<toml::Table>("logging.targets")?
-        .unwrap_or_default();
-    targets.insert(target.to_owned(), toml::Value::String(canonical));
-    config::config().set("logging.targets", targets)?;
+    config::config().set(&format!("logging.targets.{target}"), canonical)?;
     Ok(())
 }
 

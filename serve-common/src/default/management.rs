@@ -15,7 +15,8 @@
 //!
 //! A bad body (invalid JSON, a missing field, a wrong type, an unknown
 //! level) is a 400 with an [`ErrorBody`](crate::default::actix::ErrorBody)
-//! and changes nothing.
+//! and changes nothing (a body over the size limit is a 413, also with a
+//! JSON body).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -4,11 +4,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
-use std::sync::Arc;
 
-use actix_web::body::{BoxBody, EitherBody, MessageBody};
+use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use apistos::paths::Response;
@@ -65,10 +64,15 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
-    /// 500 Internal Server Error: the service's fault, logged at ERROR.
-    pub fn internal(message: impl Into<String>) -> Self {
-        let message = message.into();
-        tracing::error!("{message}");
+    /// 500 Internal Server Error: the service's fault. `detail` is logged
+    /// at ERROR (with the request id); the client is told only that the
+    /// request failed and its request id, not the internals.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!("{detail}");
+        let message = match crate::request_id::get() {
+            Some(id) => format!("internal error (request id {})", id.as_str()),
+            None => "internal error".to_owned(),
+        };
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 
@@ -186,65 +190,12 @@ pub(crate) async fn not_found(request: HttpRequest) -> HttpResponse {
     )
 }
 
-/// Which methods each documented path answers, from the OpenAPI document:
-/// the `Allow` header of a 405.
-#[derive(Debug, Default)]
-pub(crate) struct AllowTable {
-    routes: Vec<(regex::Regex, String)>,
-}
-
-impl AllowTable {
-    pub(crate) fn from_spec(spec: &serde_json::Value) -> Self {
-        let mut routes = Vec::new();
-        let Some(paths) = spec.get("paths").and_then(|p| p.as_object()) else {
-            return Self::default();
-        };
-        for (path, item) in paths {
-            let Some(item) = item.as_object() else {
-                continue;
-            };
-            let methods: Vec<String> = [
-                "get", "put", "post", "delete", "options", "head", "patch", "trace",
-            ]
-            .into_iter()
-            .filter(|m| item.contains_key(*m))
-            .map(str::to_ascii_uppercase)
-            .collect();
-            if methods.is_empty() {
-                continue;
-            }
-            let mut pattern = String::from("^");
-            for (i, part) in path.split('{').enumerate() {
-                let literal = if i == 0 {
-                    part
-                } else {
-                    pattern.push_str("[^/]+");
-                    part.split_once('}').map_or("", |(_, rest)| rest)
-                };
-                pattern.push_str(&regex::escape(literal));
-            }
-            pattern.push('$');
-            if let Ok(regex) = regex::Regex::new(&pattern) {
-                routes.push((regex, methods.join(", ")));
-            }
-        }
-        Self { routes }
-    }
-
-    fn allowed(&self, path: &str) -> Option<&str> {
-        self.routes
-            .iter()
-            .find(|(regex, _)| regex.is_match(path))
-            .map(|(_, methods)| methods.as_str())
-    }
-}
-
-/// Replaces the empty 404 and 405 bodies actix produces with JSON, adding
-/// `Allow` to a 405.
-#[derive(Clone, Debug)]
-pub(crate) struct JsonErrors {
-    pub(crate) allow: Arc<AllowTable>,
-}
+/// Gives every error response that is not JSON already an [`ErrorBody`]:
+/// actix's empty 404s and 405s (whose `Allow` header stays), extractor and
+/// other framework errors (413, 415, ...) whose body was text. Headers are
+/// kept; only the body and its content type change.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct JsonErrors;
 
 impl<S, B> Transform<S, ServiceRequest> for JsonErrors
 where
@@ -258,20 +209,24 @@ where
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(JsonErrorsService {
-            service,
-            allow: self.allow.clone(),
-        }))
+        ready(Ok(JsonErrorsService { service }))
     }
 }
 
 pub(crate) struct JsonErrorsService<S> {
     service: S,
-    allow: Arc<AllowTable>,
 }
 
 type BoxedResponse<B> =
     Pin<Box<dyn Future<Output = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>>>>;
+
+fn is_json(response: &HttpResponse<impl MessageBody>) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"))
+}
 
 impl<S, B> Service<ServiceRequest> for JsonErrorsService<S>
 where
@@ -286,38 +241,46 @@ where
 
     fn call(&self, request: ServiceRequest) -> Self::Future {
         let future = self.service.call(request);
-        let allow = self.allow.clone();
         Box::pin(async move {
             let response = future.await?;
             let status = response.status();
-            let empty = matches!(
-                response.response().body().size(),
-                actix_web::body::BodySize::None | actix_web::body::BodySize::Sized(0)
-            );
-            if !(status.is_client_error() || status.is_server_error()) || !empty {
+            if !(status.is_client_error() || status.is_server_error())
+                || is_json(response.response())
+            {
                 return Ok(response.map_into_left_body());
             }
-            let (request, _) = response.into_parts();
-            let message = match status {
-                StatusCode::METHOD_NOT_ALLOWED => format!(
-                    "method {} not allowed on {}",
-                    request.method(),
-                    request.path()
-                ),
-                StatusCode::NOT_FOUND => {
-                    format!("no route for {} {}", request.method(), request.path())
-                }
-                other => other
-                    .canonical_reason()
-                    .unwrap_or("request failed")
-                    .to_owned(),
-            };
-            let mut replaced = json_error(status, message);
-            if status == StatusCode::METHOD_NOT_ALLOWED {
-                if let Some(methods) = allow.allowed(request.path()) {
-                    if let Ok(value) = HeaderValue::from_str(methods) {
-                        replaced.headers_mut().insert(header::ALLOW, value);
+            let empty = matches!(
+                response.response().body().size(),
+                BodySize::None | BodySize::Sized(0)
+            );
+            let message = match response.response().error() {
+                // A framework or handler error whose body is text: its message.
+                Some(error) => error.to_string(),
+                // A body the handler chose: keep it.
+                None if !empty => return Ok(response.map_into_left_body()),
+                None => {
+                    let request = response.request();
+                    match status {
+                        StatusCode::METHOD_NOT_ALLOWED => format!(
+                            "method {} not allowed on {}",
+                            request.method(),
+                            request.path()
+                        ),
+                        StatusCode::NOT_FOUND if request.match_pattern().is_none() => {
+                            format!("no route for {} {}", request.method(), request.path())
+                        }
+                        other => other
+                            .canonical_reason()
+                            .unwrap_or("request failed")
+                            .to_owned(),
                     }
+                }
+            };
+            let (request, original) = response.into_parts();
+            let mut replaced = json_error(status, message);
+            for (name, value) in original.headers() {
+                if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                    replaced.headers_mut().append(name.clone(), value.clone());
                 }
             }
             Ok(ServiceResponse::new(request, replaced).map_into_right_body())

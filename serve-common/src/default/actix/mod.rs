@@ -34,17 +34,21 @@
 //! | `server.workers` | one per CPU | worker threads per process |
 //! | `server.processes` | `1` | worker processes (see below) |
 //! | `server.shutdown_timeout` | `30` | seconds in-flight requests get after SIGTERM/SIGINT |
+//! | `server.backlog` | `2048` | the listen backlog |
 //! | `server.title` | the crate name | the OpenAPI document's title |
 //!
 //! SIGTERM and SIGINT stop the service gracefully: the listener closes,
 //! in-flight requests finish (up to `server.shutdown_timeout`), then
-//! `serve` returns and `#[serve_common::main]` flushes the logs.
+//! `serve` returns and `#[serve_common::main]` flushes the logs. A second
+//! signal stops at once.
 //!
 //! With `server.processes = N > 1`, the process that calls `serve` becomes a
 //! supervisor, the gunicorn way: it binds the socket once and starts N
 //! copies of its own executable (same arguments) that inherit it and
-//! serve; it restarts a worker that exits, forwards SIGTERM/SIGINT, and
-//! returns once every worker has stopped. Workers share events and config
+//! serve; it restarts a worker that exits (backing off, and giving up
+//! with an error after 5 failed starts in a row), forwards SIGTERM/SIGINT
+//! as SIGTERM, and returns once every worker has stopped (an error if it
+//! had to kill them after the shutdown timeout). Workers share events and config
 //! changes through IPC (so a level change answered by one reaches all).
 //! Everything `main` does before `serve` runs in every worker too.
 
@@ -67,6 +71,7 @@ use tracing::instrument::WithSubscriber;
 
 pub use errors::{ApiError, ErrorBody};
 pub use routes::{App, Documented, RoutesDone};
+pub(crate) use workers::adopt_inherited_socket;
 
 pub use crate::log_util::RequestTimer;
 pub use crate::request_id::RequestIdMiddleware;
@@ -91,14 +96,12 @@ const RENDER_PATH: &str = "/.serve-common/openapi.json";
 #[derive(Debug)]
 pub(crate) struct ServiceState {
     pub(crate) spec_json: Bytes,
-    allow: Arc<errors::AllowTable>,
 }
 
 impl ServiceState {
     fn new(spec: &serde_json::Value) -> Self {
         Self {
             spec_json: Bytes::from(serde_json::to_vec(spec).unwrap_or_default()),
-            allow: Arc::new(errors::AllowTable::from_spec(spec)),
         }
     }
 }
@@ -189,7 +192,6 @@ where
         >,
     > {
         let configure = self.configure.clone();
-        let allow = state.allow.clone();
         let app = actix_web::App::new()
             .document(self.spec())
             .app_data(web::Data::from(state))
@@ -201,7 +203,7 @@ where
             })
             .configure(crate::default::management::routes)
             .default_service(web::to(errors::not_found))
-            .wrap(errors::JsonErrors { allow })
+            .wrap(errors::JsonErrors)
             .wrap(RequestTimer)
             .wrap(RequestIdMiddleware);
         let app = if render {
@@ -266,12 +268,13 @@ where
             bind: config.get_or("server.bind", "127.0.0.1:8000".to_owned()),
             workers: config.get_opt("server.workers").ok().flatten(),
             processes: config.get_or("server.processes", 1_usize),
+            backlog: config.get_or("server.backlog", 2048_i32),
             shutdown_timeout: Duration::from_secs(config.get_or("server.shutdown_timeout", 30_u64)),
         };
         if let Some(listener) = workers::inherited_listener()? {
             return self.serve_on(listener, &settings).await;
         }
-        let listener = std::net::TcpListener::bind(&settings.bind).map_err(|error| {
+        let listener = workers::bind(&settings.bind, settings.backlog).map_err(|error| {
             io::Error::new(
                 error.kind(),
                 format!("cannot listen on {}: {error}", settings.bind),
@@ -304,7 +307,14 @@ where
         actix_web::rt::spawn(async move {
             let signal = stop.recv().await;
             tracing::info!("{signal} received: finishing in-flight requests, then stopping");
-            handle.stop(true).await;
+            let graceful = actix_web::rt::spawn(handle.clone().stop(true));
+            tokio::select! {
+                _ = graceful => {}
+                signal = stop.recv() => {
+                    tracing::warn!("{signal} received again: stopping at once");
+                    handle.stop(false).await;
+                }
+            }
         });
         server.await?;
         tracing::info!("stopped");
@@ -344,5 +354,6 @@ struct Settings {
     bind: String,
     workers: Option<usize>,
     processes: usize,
+    backlog: i32,
     shutdown_timeout: Duration,
 }

@@ -36,8 +36,10 @@ type Step = Box<dyn FnOnce(&mut ServiceConfig<'_>)>;
 /// Routes built with this module's [`resource`](super::resource),
 /// [`scope`](super::scope) and [`get`](super::get)/[`post`](super::post)/...
 /// (apistos') land in the OpenAPI document; their handlers need
-/// `#[api_operation]` (that is what documents them). The app is built once per
-/// worker thread, so the closure runs once per thread.
+/// `#[api_operation]` (that is what documents them). The app is built once
+/// per worker thread (and once more to render the OpenAPI document), so
+/// the closure runs several times: create shared state outside it and
+/// move a clone in.
 #[derive(Clone, Default)]
 pub struct App {
     steps: Rc<RefCell<Vec<Step>>>,
@@ -71,8 +73,9 @@ impl App {
         })
     }
 
-    /// Adds application data (`web::Data<T>` for shared state) for your
-    /// routes' handlers.
+    /// Adds application data for your routes' handlers. For state shared
+    /// by every thread, create the `web::Data` outside the closure and pass
+    /// a clone here; one created inside is per thread.
     pub fn app_data<U: 'static>(&self, data: U) -> Self {
         self.push(move |config| {
             config.app_data(data);

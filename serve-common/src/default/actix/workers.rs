@@ -4,14 +4,15 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::net::TcpListener;
+use std::net::{TcpListener, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use parking_lot::Mutex;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -19,16 +20,21 @@ use tokio::time::Instant;
 use super::Settings;
 
 /// Set in a worker's environment: its index.
-pub(crate) const WORKER_ENV: &str = "SERVE_COMMON_WORKER";
+const WORKER_ENV: &str = "SERVE_COMMON_WORKER";
 /// Set in a worker's environment: the supervisor's pid.
 const SUPERVISOR_ENV: &str = "SERVE_COMMON_SUPERVISOR";
-
 /// Set in a worker's environment: the supervisor's runtime config sets.
 const SETS_ENV: &str = "SERVE_COMMON_CONFIG_SETS";
+/// The `LISTEN_FDS` convention's variables (listenfd reads and removes the
+/// first two).
+const LISTEN_ENV: [&str; 3] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDS_FIRST_FD"];
 
-/// A worker that dies sooner than this after its start is restarted only
-/// after this long, so a worker that cannot start does not spin.
-const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+/// A worker that dies sooner than this after its start counts as a failed
+/// start: restarts back off (1 s, 2 s, 4 s... up to 30 s), and after
+/// [`MAX_FAILED_STARTS`] in a row the supervisor gives up.
+const QUICK_DEATH: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_FAILED_STARTS: u32 = 5;
 
 /// SIGTERM and SIGINT, caught from creation on (so create it before
 /// saying the service is up).
@@ -54,12 +60,35 @@ impl StopSignals {
     }
 }
 
-/// In a worker: the listening socket the supervisor handed down.
-/// Elsewhere: `None`.
-pub(super) fn inherited_listener() -> io::Result<Option<TcpListener>> {
+/// What a worker process was handed by its supervisor.
+struct Inherited {
+    listener: TcpListener,
+    sets: Option<String>,
+}
+
+static INHERITED: Mutex<Option<io::Result<Inherited>>> = Mutex::new(None);
+
+/// In a worker process: takes the listening socket and the rest of the
+/// supervisor's hand-over out of the environment, and clears it (so a
+/// child of the worker is not mistaken for one). `#[serve_common::main]`
+/// calls this first thing, while the process has a single thread;
+/// [`serve`](super::serve) calls it too, for programs without the macro.
+/// Elsewhere, does nothing.
+pub(crate) fn adopt_inherited_socket() {
     if std::env::var_os(WORKER_ENV).is_none() {
-        return Ok(None);
+        return;
     }
+    let adopted = adopt();
+    for name in [WORKER_ENV, SUPERVISOR_ENV, SETS_ENV]
+        .into_iter()
+        .chain(LISTEN_ENV)
+    {
+        std::env::remove_var(name);
+    }
+    *INHERITED.lock() = Some(adopted);
+}
+
+fn adopt() -> io::Result<Inherited> {
     // Die with the supervisor, even if it is killed with SIGKILL; if it is
     // gone already, do not start.
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(io::Error::from)?;
@@ -71,8 +100,24 @@ pub(super) fn inherited_listener() -> io::Result<Option<TcpListener>> {
             "the supervisor exited before this worker started",
         ));
     }
-    // Runtime sets made before this worker started (a level POST, say).
-    if let Ok(sets) = std::env::var(SETS_ENV) {
+    let sets = std::env::var(SETS_ENV).ok();
+    let listener = listenfd::ListenFd::from_env()
+        .take_tcp_listener(0)?
+        .ok_or_else(|| {
+            io::Error::other("a worker process was started without a listening socket")
+        })?;
+    Ok(Inherited { listener, sets })
+}
+
+/// In a worker: the listening socket the supervisor handed down (the
+/// supervisor's runtime config sets applied). Elsewhere: `None`.
+pub(super) fn inherited_listener() -> io::Result<Option<TcpListener>> {
+    adopt_inherited_socket();
+    let Some(inherited) = INHERITED.lock().take() else {
+        return Ok(None);
+    };
+    let inherited = inherited?;
+    if let Some(sets) = inherited.sets {
         match crate::config::config().import_sets(&sets) {
             Ok(count) => tracing::debug!("applied {count} runtime config sets from the supervisor"),
             Err(error) => {
@@ -80,12 +125,28 @@ pub(super) fn inherited_listener() -> io::Result<Option<TcpListener>> {
             }
         }
     }
-    let listener = listenfd::ListenFd::from_env()
-        .take_tcp_listener(0)?
-        .ok_or_else(|| {
-            io::Error::other("a worker process was started without a listening socket")
-        })?;
-    Ok(Some(listener))
+    Ok(Some(inherited.listener))
+}
+
+/// Binds `address` (the first of its resolutions that works) with
+/// `SO_REUSEADDR` and a listen backlog of `backlog`.
+pub(super) fn bind(address: &str, backlog: i32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to listen on");
+    for resolved in address.to_socket_addrs()? {
+        let attempt = (|| {
+            let socket = Socket::new(Domain::for_address(resolved), Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&resolved.into())?;
+            socket.listen(backlog)?;
+            Ok::<_, io::Error>(TcpListener::from(socket))
+        })();
+        match attempt {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last = error,
+        }
+    }
+    Err(last)
 }
 
 /// What the supervisor knows of one worker.
@@ -93,6 +154,7 @@ struct Worker {
     pid: Option<u32>,
     started: Instant,
     restart_at: Option<Instant>,
+    failed_starts: u32,
 }
 
 struct Exit {
@@ -101,28 +163,40 @@ struct Exit {
     status: io::Result<ExitStatus>,
 }
 
-struct Spawner {
-    exe: PathBuf,
+struct Spawner<'a> {
+    listener: &'a TcpListener,
+    argv0: OsString,
     args: Vec<OsString>,
-    fd: i32,
     exits: mpsc::UnboundedSender<Exit>,
 }
 
-impl Spawner {
+impl Spawner<'_> {
     /// Starts worker `index`. Runs on the thread that called `serve` (the
     /// main thread under `#[serve_common::main]`), which lives as long as
     /// the supervisor: a worker's parent-death signal follows that thread.
     fn spawn(&self, index: usize) -> io::Result<u32> {
-        let mut child = tokio::process::Command::new(&self.exe)
+        use std::os::unix::process::CommandExt as _;
+        // The socket is inheritable only while the worker starts, so other
+        // children of this process do not hold the port.
+        fcntl(self.listener, FcntlArg::F_SETFD(FdFlag::empty())).map_err(io::Error::from)?;
+        // /proc/self/exe: still this program after a deploy replaced the file.
+        let mut command = std::process::Command::new("/proc/self/exe");
+        command
+            .arg0(&self.argv0)
             .args(&self.args)
             .env(WORKER_ENV, index.to_string())
             .env(SUPERVISOR_ENV, std::process::id().to_string())
-            .env("LISTEN_FDS", "1")
-            .env("LISTEN_FDS_FIRST_FD", self.fd.to_string())
-            .env_remove("LISTEN_PID")
-            .env(SETS_ENV, crate::config::config().export_sets())
-            .spawn()?;
-        let pid = child.id().unwrap_or_default();
+            .env(LISTEN_ENV[0], "1")
+            .env_remove(LISTEN_ENV[1])
+            .env(LISTEN_ENV[2], self.listener.as_raw_fd().to_string())
+            .env(SETS_ENV, crate::config::config().export_sets());
+        let spawned = tokio::process::Command::from(command).spawn();
+        let restored = fcntl(self.listener, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+        let mut child = spawned?;
+        restored.map_err(io::Error::from)?;
+        let Some(pid) = child.id() else {
+            return Err(io::Error::other("the worker exited at once"));
+        };
         let exits = self.exits.clone();
         actix_web::rt::spawn(async move {
             let status = child.wait().await;
@@ -135,35 +209,36 @@ impl Spawner {
 fn signal_workers(workers: &[Worker], signal: Signal) {
     for pid in workers.iter().filter_map(|w| w.pid) {
         if let Ok(pid) = i32::try_from(pid) {
-            let _ = kill(Pid::from_raw(pid), signal);
+            if pid > 0 {
+                let _ = kill(Pid::from_raw(pid), signal);
+            }
         }
     }
 }
 
 /// Supervises `settings.processes` workers serving `listener` until
-/// SIGTERM or SIGINT, then stops them and waits for them.
+/// SIGTERM or SIGINT, then stops them and waits for them. An error when a
+/// worker cannot be kept running or the workers did not stop in time.
 pub(super) async fn supervise(listener: TcpListener, settings: &Settings) -> io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-
-    // The workers inherit the socket: clear close-on-exec on it.
-    fcntl(&listener, FcntlArg::F_SETFD(FdFlag::empty())).map_err(io::Error::from)?;
     let address = listener.local_addr()?;
     let (exits, mut exited) = mpsc::unbounded_channel();
+    let mut args = std::env::args_os();
     let spawner = Spawner {
-        exe: std::env::current_exe()?,
-        args: std::env::args_os().skip(1).collect(),
-        fd: listener.as_raw_fd(),
+        listener: &listener,
+        argv0: args.next().unwrap_or_else(|| "serve-common-worker".into()),
+        args: args.collect(),
         exits,
     };
     let mut stop = StopSignals::new()?;
 
-    let mut workers = Vec::with_capacity(settings.processes);
+    let mut workers: Vec<Worker> = Vec::with_capacity(settings.processes);
     for index in 0..settings.processes {
         match spawner.spawn(index) {
             Ok(pid) => workers.push(Worker {
                 pid: Some(pid),
                 started: Instant::now(),
                 restart_at: None,
+                failed_starts: 0,
             }),
             Err(error) => {
                 signal_workers(&workers, Signal::SIGKILL);
@@ -181,19 +256,39 @@ pub(super) async fn supervise(listener: TcpListener, settings: &Settings) -> io:
         std::process::id()
     );
 
-    let received = loop {
+    let outcome: Result<&'static str, io::Error> = loop {
         let next_restart = workers.iter().filter_map(|w| w.restart_at).min();
         tokio::select! {
-            received = stop.recv() => break received,
+            received = stop.recv() => break Ok(received),
             Some(exit) = exited.recv() => {
                 let worker = &mut workers[exit.index];
                 worker.pid = None;
-                match &exit.status {
-                    Ok(status) => tracing::warn!("worker {} (pid {}) exited ({status}); starting another", exit.index, exit.pid),
-                    Err(error) => tracing::warn!("worker {} (pid {}) lost ({error}); starting another", exit.index, exit.pid),
+                let status = match &exit.status {
+                    Ok(status) => status.to_string(),
+                    Err(error) => error.to_string(),
+                };
+                if worker.started.elapsed() < QUICK_DEATH {
+                    worker.failed_starts += 1;
+                } else {
+                    worker.failed_starts = 0;
                 }
-                let soon = worker.started.elapsed() < RESTART_BACKOFF;
-                worker.restart_at = Some(if soon { Instant::now() + RESTART_BACKOFF } else { Instant::now() });
+                if worker.failed_starts >= MAX_FAILED_STARTS {
+                    break Err(io::Error::other(format!(
+                        "worker {} exited right after starting {} times in a row (last: {status}); giving up",
+                        exit.index, worker.failed_starts
+                    )));
+                }
+                let delay = match worker.failed_starts {
+                    0 => Duration::ZERO,
+                    n => (QUICK_DEATH * 2u32.pow(n - 1)).min(MAX_BACKOFF),
+                };
+                tracing::warn!(
+                    "worker {} (pid {}) exited ({status}); starting another{}",
+                    exit.index,
+                    exit.pid,
+                    if delay.is_zero() { String::new() } else { format!(" in {delay:?}") }
+                );
+                worker.restart_at = Some(Instant::now() + delay);
             }
             () = sleep_until(next_restart) => {
                 let now = Instant::now();
@@ -208,7 +303,7 @@ pub(super) async fn supervise(listener: TcpListener, settings: &Settings) -> io:
                             }
                             Err(error) => {
                                 tracing::error!("cannot start worker {index}: {error}; retrying");
-                                worker.restart_at = Some(now + RESTART_BACKOFF);
+                                worker.restart_at = Some(now + QUICK_DEATH);
                             }
                         }
                     }
@@ -217,38 +312,47 @@ pub(super) async fn supervise(listener: TcpListener, settings: &Settings) -> io:
         }
     };
 
-    // Stop: workers got SIGINT from the terminal too, perhaps; SIGTERM
-    // asks each for a graceful stop either way.
-    tracing::info!("{received} received: stopping the worker processes");
+    // Stop: SIGTERM asks each worker for a graceful stop (they may have
+    // had the terminal's SIGINT too); a second signal here makes it
+    // immediate; after the shutdown timeout, SIGKILL.
+    match &outcome {
+        Ok(received) => tracing::info!("{received} received: stopping the worker processes"),
+        Err(error) => tracing::error!("{error}: stopping the worker processes"),
+    }
+    drop(spawner);
     drop(listener);
     signal_workers(&workers, Signal::SIGTERM);
     let deadline = Instant::now() + settings.shutdown_timeout + Duration::from_secs(5);
+    let mut killed = false;
     while workers.iter().any(|w| w.pid.is_some()) {
         tokio::select! {
             Some(exit) = exited.recv() => {
                 workers[exit.index].pid = None;
-                if let Ok(status) = exit.status {
-                    use std::os::unix::process::ExitStatusExt;
-                    // Killed by our own SIGTERM before it could install its
-                    // handler (it had just started): not worth a warning.
-                    if !status.success() && status.signal() != Some(libc_sigterm()) {
-                        tracing::warn!("worker {} (pid {}) stopped with {status}", exit.index, exit.pid);
-                    }
+                match exit.status {
+                    Ok(status) => tracing::info!("worker {} (pid {}) stopped: {status}", exit.index, exit.pid),
+                    Err(error) => tracing::warn!("worker {} (pid {}) lost: {error}", exit.index, exit.pid),
                 }
+            }
+            received = stop.recv() => {
+                tracing::warn!("{received} received again: stopping the workers at once");
+                signal_workers(&workers, Signal::SIGTERM);
             }
             () = tokio::time::sleep_until(deadline) => {
                 tracing::error!("worker processes still running after the shutdown timeout: killing them");
                 signal_workers(&workers, Signal::SIGKILL);
+                killed = true;
                 break;
             }
         }
     }
     tracing::info!("stopped");
+    outcome?;
+    if killed {
+        return Err(io::Error::other(
+            "worker processes did not stop within the shutdown timeout and were killed",
+        ));
+    }
     Ok(())
-}
-
-fn libc_sigterm() -> i32 {
-    Signal::SIGTERM as i32
 }
 
 async fn sleep_until(at: Option<Instant>) {
