@@ -54,6 +54,37 @@ impl Drop for FlushOnDrop {
     }
 }
 
+/// Starts the NATS link if the config asks for one; whether it did.
+fn link_nats() -> bool {
+    let config = config::config();
+    #[cfg(feature = "nats")]
+    {
+        match event::nats::NatsOptions::from_config(config) {
+            Ok(None) => false,
+            Ok(Some(options)) => match event::enable_nats(options) {
+                Ok(_link) => {
+                    #[cfg(feature = "actix")]
+                    crate::default::management::add_health_check("nats", || {
+                        event::nats::link().map_or(Ok(()), |link| link.health())
+                    });
+                    true
+                }
+                Err(error) => fail("cannot carry events over NATS", error),
+            },
+            Err(error) => fail("bad [events.nats] config", error),
+        }
+    }
+    #[cfg(not(feature = "nats"))]
+    {
+        if config.contains("events.nats.url") {
+            tracing::warn!(
+                "events.nats.url is set, but serve-common was built without its `nats` feature: events go over IPC"
+            );
+        }
+        false
+    }
+}
+
 /// Start-up, the body on the actix runtime, then shut-down; see the
 /// `main` macro's docs.
 #[doc(hidden)]
@@ -98,20 +129,26 @@ where
         }
     }
     let _flush = FlushOnDrop;
-    let bus = event::initialize();
+    let _ = event::initialize();
+    // Events cross processes over NATS when `events.nats.url` is set (every
+    // process connects itself), else over IPC: one link, never both.
+    let over_nats = link_nats();
     let mut started_ipc = false;
     if options.ipc {
         started_ipc = std::env::var_os(ipc::ADDR_ENV).is_none();
         if let Err(error) = ipc::setup(None) {
             fail("cannot set up IPC", error);
         }
-        if let Err(error) = event::enable_ipc() {
-            fail("cannot carry events over IPC", error);
+        if !over_nats {
+            if let Err(error) = event::enable_ipc() {
+                fail("cannot carry events over IPC", error);
+            }
         }
+    }
+    if over_nats || options.ipc {
         // Runtime sets made before this process joined (a level POST, say).
         config::config().request_sync();
     }
-    let _ = bus;
 
     #[cfg(feature = "actix")]
     let result = actix_web::rt::System::new().block_on(body());
@@ -122,6 +159,10 @@ where
         .unwrap_or_else(|e| fail("cannot start the runtime", e))
         .block_on(body());
 
+    #[cfg(feature = "nats")]
+    if let Some(link) = event::nats::link() {
+        link.close();
+    }
     if started_ipc {
         if let Err(error) = ipc::shutdown() {
             tracing::warn!(%error, "IPC server did not shut down cleanly");

@@ -42,6 +42,8 @@
 //!   not supported (its thread does not survive a fork).
 
 mod ipc;
+#[cfg(feature = "nats")]
+pub mod nats;
 mod pattern;
 mod payload;
 mod registry;
@@ -62,6 +64,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use self::ipc::{enable_ipc, IpcEvents, EVENTS_GROUP, INCOMING_BACKLOG, OUTGOING_CAPACITY};
+#[cfg(feature = "nats")]
+pub use self::nats::{enable_nats, NatsEvents, NatsOptions};
 pub use self::pattern::{EventPattern, PatternError};
 use self::payload::PayloadRepr;
 pub use self::payload::{Payload, PayloadError};
@@ -182,6 +186,24 @@ pub struct Completion {
 pub trait EventTransport: Send + Sync + 'static {
     /// Sends `event` on; use [`Event::encode_payload`] for the payload.
     fn publish(&self, event: &Event);
+
+    /// Whether an event named `event` whose payload encodes to
+    /// `encoded_len` bytes can be carried ([`EventBus::try_notify`] asks).
+    fn check(&self, event: &str, encoded_len: usize) -> Result<(), String> {
+        let _ = (event, encoded_len);
+        Ok(())
+    }
+}
+
+/// An event [`EventBus::try_notify`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// The payload does not encode.
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    /// The transport cannot carry it (too large, for one).
+    #[error("{0}")]
+    Transport(String),
 }
 
 enum Item {
@@ -202,6 +224,8 @@ pub(crate) struct Core {
     registry: Mutex<Registry>,
     transport: RwLock<Option<Arc<dyn EventTransport>>>,
     inbound_hooks: RwLock<Vec<InboundHook>>,
+    /// Called when registrations change (a transport's subscriptions).
+    interest_hook: RwLock<Option<Arc<dyn Fn() + Send + Sync>>>,
     dispatcher: OnceCell<Thread>,
     failures: AtomicU64,
     dispatched: AtomicU64,
@@ -239,15 +263,26 @@ impl Core {
             EventPattern::Exact(_) => None,
             _ => Some(pattern.anchored_regex()?),
         };
+        let prefix: Arc<str> = pattern.literal_prefix().into();
         let mut registry = self.registry.lock();
         let id = registry.next_id();
         let entry = make(id);
         match (pattern, regex) {
             (EventPattern::Exact(name), _) => registry.insert_exact(name.into(), entry),
-            (_, Some(regex)) => registry.insert_pattern(regex, entry),
+            (_, Some(regex)) => registry.insert_pattern(regex, prefix, entry),
             (_, None) => unreachable!("non-exact patterns always have a regex"),
         }
+        drop(registry);
+        self.interest_changed();
         Ok(id)
+    }
+
+    /// Tells the transport (if it cares) that the registrations changed.
+    fn interest_changed(&self) {
+        let hook = self.interest_hook.read().clone();
+        if let Some(hook) = hook {
+            hook();
+        }
     }
 
     fn run(&self) {
@@ -419,6 +454,7 @@ impl EventBus {
             }),
             registry: Mutex::new(Registry::default()),
             transport: RwLock::new(None),
+            interest_hook: RwLock::new(None),
             inbound_hooks: RwLock::new(Vec::new()),
             dispatcher: OnceCell::new(),
             failures: AtomicU64::new(0),
@@ -439,6 +475,19 @@ impl EventBus {
     }
 
     /// Claims the bus's one IPC link; false if it has one already.
+    /// What the registrations can match, for a transport's subscriptions.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn interest(&self) -> registry::Interest {
+        self.core().registry.lock().interest()
+    }
+
+    /// Sets the hook called when registrations change.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn set_interest_hook(&self, hook: Option<Arc<dyn Fn() + Send + Sync>>) {
+        *self.core().interest_hook.write() = hook;
+    }
+
+    /// Claims the bus's one link to other processes (IPC or NATS).
     pub(crate) fn claim_ipc_link(&self) -> bool {
         !self.core().ipc_linked.swap(true, Ordering::AcqRel)
     }
@@ -487,6 +536,27 @@ impl EventBus {
         payload: T,
     ) {
         self.core().enqueue(Item::Event(Event::new(name, payload)));
+    }
+
+    /// Like [`notify`](Self::notify), but first checks that the event's
+    /// transport (IPC, NATS) can carry it, so a payload too large for the
+    /// NATS server is an error here rather than a log line later. Costs
+    /// one encoding of the payload when a transport is set.
+    pub fn try_notify<T: Serialize + Send + Sync + 'static>(
+        &self,
+        name: impl Into<Arc<str>>,
+        payload: T,
+    ) -> Result<(), NotifyError> {
+        let event = Event::new(name, payload);
+        let transport = self.core().transport.read().clone();
+        if let Some(transport) = transport {
+            let encoded = event.encode_payload()?;
+            transport
+                .check(event.name(), encoded.len())
+                .map_err(NotifyError::Transport)?;
+        }
+        self.core().enqueue(Item::Event(event));
+        Ok(())
     }
 
     /// Notifies an event that stays in this process.
@@ -751,9 +821,13 @@ impl Registration {
     /// Removes the handler. Returns whether it was still registered (a
     /// single-use handler that ran is gone already).
     pub fn unregister(self) -> bool {
-        self.core
-            .upgrade()
-            .is_some_and(|core| core.registry.lock().remove(self.id))
+        self.core.upgrade().is_some_and(|core| {
+            let removed = core.registry.lock().remove(self.id);
+            if removed {
+                core.interest_changed();
+            }
+            removed
+        })
     }
 
     /// Whether the handler is still registered.
@@ -802,6 +876,14 @@ pub fn on(pattern: impl Into<EventPattern>) -> HandlerBuilder<'static> {
 /// [`EventBus::notify`] on the global bus.
 pub fn notify<T: Serialize + Send + Sync + 'static>(name: impl Into<Arc<str>>, payload: T) {
     bus().notify(name, payload);
+}
+
+/// [`EventBus::try_notify`] on the global bus.
+pub fn try_notify<T: Serialize + Send + Sync + 'static>(
+    name: impl Into<Arc<str>>,
+    payload: T,
+) -> Result<(), NotifyError> {
+    bus().try_notify(name, payload)
 }
 
 /// [`EventBus::notify_local`] on the global bus.

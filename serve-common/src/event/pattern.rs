@@ -111,6 +111,31 @@ impl EventPattern {
         }
     }
 
+    /// A prefix every name this pattern matches starts with: the name of
+    /// an exact pattern, a glob's text up to its first wildcard, nothing
+    /// for a regex.
+    pub(crate) fn literal_prefix(&self) -> String {
+        match self {
+            Self::Exact(name) => name.clone(),
+            Self::Regex(_) => String::new(),
+            Self::Glob(glob) => {
+                let mut prefix = String::new();
+                let mut chars = glob.chars();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '*' | '?' | '[' | '{' => break,
+                        '\\' => match chars.next() {
+                            Some(escaped) => prefix.push(escaped),
+                            None => break,
+                        },
+                        other => prefix.push(other),
+                    }
+                }
+                prefix
+            }
+        }
+    }
+
     fn error(&self, e: impl fmt::Display) -> PatternError {
         PatternError {
             pattern: self.to_string(),

@@ -49,6 +49,18 @@ pub(crate) struct Registry {
     cache: HashMap<Box<str>, Arc<[u32]>>,
     /// For unregistering: the exact name, or `None` for a pattern.
     index: HashMap<u64, Option<Arc<str>>>,
+    /// Each pattern's literal prefix (every name it matches starts so):
+    /// what a transport subscribes to.
+    prefixes: HashMap<u64, Arc<str>>,
+}
+
+/// Which names this process's handlers can match: exact names, and
+/// literal prefixes of patterns (`""` for a pattern that may match any
+/// name). A transport subscribes to (at least) these.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Interest {
+    pub(crate) exact: Vec<Arc<str>>,
+    pub(crate) prefixes: Vec<Arc<str>>,
 }
 
 impl Registry {
@@ -62,8 +74,9 @@ impl Registry {
         self.exact.entry(name).or_default().push(Arc::new(entry));
     }
 
-    pub(crate) fn insert_pattern(&mut self, regex: String, entry: Entry) {
+    pub(crate) fn insert_pattern(&mut self, regex: String, prefix: Arc<str>, entry: Entry) {
         self.index.insert(entry.id, None);
+        self.prefixes.insert(entry.id, prefix);
         self.patterns.push((Arc::new(entry), regex));
         self.invalidate();
     }
@@ -81,11 +94,21 @@ impl Registry {
                 true
             }
             Some(None) => {
+                self.prefixes.remove(&id);
                 self.patterns.retain(|(e, _)| e.id != id);
                 self.invalidate();
                 true
             }
         }
+    }
+
+    pub(crate) fn interest(&self) -> Interest {
+        let mut prefixes: Vec<Arc<str>> = self.prefixes.values().cloned().collect();
+        prefixes.sort();
+        prefixes.dedup();
+        let mut exact: Vec<Arc<str>> = self.exact.keys().cloned().collect();
+        exact.sort();
+        Interest { exact, prefixes }
     }
 
     pub(crate) fn contains(&self, id: u64) -> bool {

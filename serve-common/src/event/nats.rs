@@ -1,0 +1,1129 @@
+//! Events across machines, over NATS (feature `nats`).
+//!
+//! [`EventBus::enable_nats`] connects the bus to a NATS server (or
+//! cluster). Every process of the service connects itself: an event
+//! notified in any process, on any host, runs each matching handler once
+//! in every process, because each process publishes what it notifies
+//! (not local-only events) and receives what the others publish (the
+//! connection asks the server not to echo its own messages back; the
+//! notifier's own handlers run locally). With NATS on, IPC does not carry
+//! events (`#[serve_common::main]` picks one): a process has one link.
+//!
+//! ## Subjects
+//!
+//! An event named `a.b.c` travels on the subject `<prefix>.a.b.c`, the
+//! prefix being [`NatsOptions::subject_prefix`] (config
+//! `events.nats.subject_prefix`, default `serve-common.<crate name>`): one
+//! prefix per service. Each `.`-separated part of the name is a subject
+//! token; in a token, characters other than ASCII letters, digits, `-`,
+//! `_` and `:` are escaped as `%XX` (their UTF-8 bytes; so `%` itself is
+//! `%25`, a space `%20`, `*` `%2A`, `>` `%3E`), and an empty part (as in
+//! `a..b`) is the token `%`. The message carries the name itself too.
+//!
+//! Subscriptions follow the registrations: an exact name subscribes to its
+//! subject; a glob subscribes to the tokens before its first wildcard
+//! (`job.*.done` -> `<prefix>.job.>`); a glob that starts with a wildcard
+//! and a regex fall back to `<prefix>.>`. The bus still matches each
+//! event against the handlers, so these are filters that can only let
+//! more through, never less.
+//!
+//! ## Faults
+//!
+//! - [`CONNECTED_EVENT`], [`DISCONNECTED_EVENT`] and [`ERROR_EVENT`]
+//!   (local-only, a string payload) tell handlers and waiters when the
+//!   link comes and goes, and what the server refused.
+//! - An unreachable server at start-up does not stop the service: the
+//!   link keeps trying (with a back-off up to
+//!   [`NatsOptions::max_reconnect_delay`]), events stay local meanwhile and
+//!   are buffered for the others; [`NatsEvents::connected`] says so (the
+//!   main macro adds a `nats` check to `/manage/health`).
+//! - Events notified while disconnected, and those sent but not yet
+//!   confirmed by the server (a flush), are buffered up to
+//!   [`NatsOptions::buffer`] events and (re)sent after the reconnection.
+//!   A server restart also disconnects the receivers, which may come back
+//!   after the sender resent: so each process also keeps its last
+//!   `buffer` confirmed events, and a process that reconnects asks the
+//!   others (on `_SERVE_COMMON.<prefix>.resend`) for what they sent after
+//!   the last event it got from each. Every event carries its sender and
+//!   a sequence number, so a receiver drops the copies. Beyond the bound,
+//!   events are dropped, counted ([`NatsEvents::dropped`]) and logged.
+//!   Memory: up to twice `buffer` events per process.
+//! - An event larger than the server's `max_payload` is not sent: it is
+//!   logged and counted ([`NatsEvents::oversize`]), and
+//!   [`EventBus::try_notify`] returns it as an error to the notifier.
+//! - Wrong credentials are logged as the server's refusal; the service runs
+//!   on, local-only, and the health check fails.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use super::registry::Interest;
+use super::{Event, EventBus, EventTransport};
+use crate::config::{Config, ConfigError};
+
+/// The local-only event notified when the link (re)connects, with its
+/// subscriptions in place; the payload is the server's name.
+pub const CONNECTED_EVENT: &str = "nats:connected";
+/// The local-only event notified when the link loses its server (the
+/// payload is the URL, without credentials).
+pub const DISCONNECTED_EVENT: &str = "nats:disconnected";
+/// The local-only event notified when the server reports an error, such
+/// as refused credentials (the payload is the message).
+pub const ERROR_EVENT: &str = "nats:error";
+
+/// Events waiting in the bus beyond which incoming ones are dropped.
+pub const INCOMING_BACKLOG: u64 = 1_000_000;
+/// The default of [`NatsOptions::buffer`].
+pub const DEFAULT_BUFFER: usize = 10_000;
+/// Events between the dispatcher and the link's thread, at most.
+const HANDOFF_CAPACITY: usize = 8_192;
+/// Events published before one flush (the server's confirmation).
+const BATCH: usize = 1_024;
+
+/// How to authenticate to the NATS server.
+#[derive(Clone, Default)]
+pub enum NatsAuth {
+    /// No credentials.
+    #[default]
+    None,
+    /// A token.
+    Token(String),
+    /// A user name and password.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// An NKey seed.
+    NKey(String),
+    /// A `.creds` file (JWT and NKey seed).
+    CredsFile(PathBuf),
+}
+
+impl fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the secrets themselves.
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Token(_) => f.write_str("Token(<redacted>)"),
+            Self::UserPassword { user, .. } => write!(f, "UserPassword({user}, <redacted>)"),
+            Self::NKey(_) => f.write_str("NKey(<redacted>)"),
+            Self::CredsFile(path) => write!(f, "CredsFile({})", path.display()),
+        }
+    }
+}
+
+/// TLS settings.
+#[derive(Clone, Debug, Default)]
+pub struct NatsTls {
+    /// Refuse a plain connection.
+    pub required: bool,
+    /// Extra root certificates (PEM).
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// Where and how to connect; see [`NatsOptions::from_config`].
+#[derive(Clone, Debug)]
+pub struct NatsOptions {
+    /// The server URL(s), comma-separated: `nats://host:4222,nats://other:4222`.
+    pub url: String,
+    /// The subjects' prefix: one per service (see the module docs).
+    pub subject_prefix: String,
+    /// Credentials.
+    pub auth: NatsAuth,
+    /// TLS.
+    pub tls: NatsTls,
+    /// Events kept while disconnected or unconfirmed, at most.
+    pub buffer: usize,
+    /// The longest wait between two reconnection attempts.
+    pub max_reconnect_delay: Duration,
+    /// The connection's name, as the server shows it.
+    pub name: Option<String>,
+}
+
+impl NatsOptions {
+    /// Options for `url` with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            subject_prefix: format!("serve-common.{}", escape_token(&default_service_name())),
+            auth: NatsAuth::None,
+            tls: NatsTls::default(),
+            buffer: DEFAULT_BUFFER,
+            max_reconnect_delay: Duration::from_secs(2),
+            name: None,
+        }
+    }
+
+    /// Reads the `[events.nats]` config section; `None` when `url` is not
+    /// set (NATS off). Keys: `url`, `subject_prefix`, `token`, `user` and
+    /// `password`, `nkey` (a seed), `creds` (a file), `tls` (bool: require
+    /// TLS), `ca`, `client_cert` and `client_key` (files), `buffer`
+    /// (events), `max_reconnect_delay_ms`, `name`.
+    pub fn from_config(config: &Config) -> Result<Option<Self>, ConfigError> {
+        let Some(url) = config.get_opt::<String>("events.nats.url")? else {
+            return Ok(None);
+        };
+        let mut options = Self::new(url);
+        if let Some(prefix) = config.get_opt::<String>("events.nats.subject_prefix")? {
+            options.subject_prefix = prefix;
+        }
+        let text = |key: &str| config.get_opt::<String>(&format!("events.nats.{key}"));
+        options.auth = if let Some(token) = text("token")? {
+            NatsAuth::Token(token)
+        } else if let Some(user) = text("user")? {
+            NatsAuth::UserPassword {
+                user,
+                password: text("password")?.unwrap_or_default(),
+            }
+        } else if let Some(seed) = text("nkey")? {
+            NatsAuth::NKey(seed)
+        } else if let Some(creds) = text("creds")? {
+            NatsAuth::CredsFile(creds.into())
+        } else {
+            NatsAuth::None
+        };
+        options.tls.required = config.get_or("events.nats.tls", false);
+        options.tls.ca = text("ca")?.map(PathBuf::from);
+        if let (Some(cert), Some(key)) = (text("client_cert")?, text("client_key")?) {
+            options.tls.client_cert = Some((cert.into(), key.into()));
+        }
+        options.buffer = config.get_or("events.nats.buffer", DEFAULT_BUFFER);
+        options.max_reconnect_delay =
+            Duration::from_millis(config.get_or("events.nats.max_reconnect_delay_ms", 2_000_u64));
+        options.name = text("name")?;
+        Ok(Some(options))
+    }
+
+    /// The URL(s) without user information, for logs.
+    pub fn redacted_url(&self) -> String {
+        self.url
+            .split(',')
+            .map(|url| match (url.find("://"), url.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    format!("{}<redacted>@{}", &url[..scheme + 3], &url[at + 1..])
+                }
+                (None, Some(at)) => format!("<redacted>@{}", &url[at + 1..]),
+                _ => url.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn default_service_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "service".to_owned())
+}
+
+/// What went wrong enabling NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    /// The bus has a link already (IPC or NATS).
+    #[error("this event bus already has a link to other processes (IPC or NATS)")]
+    AlreadyEnabled,
+    /// The options are not usable (a bad URL, an unreadable creds file...).
+    #[error("bad NATS options: {0}")]
+    Options(String),
+    /// A thread could not be started.
+    #[error("cannot start the NATS link: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An event larger than the server accepts (see [`EventBus::try_notify`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("event {event:?} is {size} bytes encoded; the NATS server accepts at most {max} bytes")]
+pub struct OversizeEvent {
+    /// The event's name.
+    pub event: String,
+    /// Its encoded size.
+    pub size: usize,
+    /// The server's limit.
+    pub max: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    origin: u64,
+    seq: u64,
+    name: String,
+    #[serde(with = "serde_bytes")]
+    payload: Vec<u8>,
+}
+
+/// What a process asks for when it (re)connects: for each sender it has
+/// heard from, the last sequence number it got. Senders replay what
+/// they still have after that.
+#[derive(Serialize, Deserialize)]
+struct Resend {
+    from: HashMap<u64, u64>,
+}
+
+/// Bytes a [`Wire`] adds around the name and the payload (CBOR map keys,
+/// lengths, two u64s), generously.
+const WIRE_OVERHEAD: usize = 64;
+
+#[derive(Default)]
+struct Stats {
+    sent: AtomicU64,
+    received: AtomicU64,
+    dropped: AtomicU64,
+    oversize: AtomicU64,
+    duplicates: AtomicU64,
+    malformed: AtomicU64,
+    dropped_incoming: AtomicU64,
+}
+
+struct Shared {
+    connected: AtomicBool,
+    /// The server's `max_payload` once known (0 before).
+    max_payload: AtomicUsize,
+    buffered: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+    stats: Stats,
+}
+
+/// Counts a drop and logs the first one, then every power of two.
+fn count_drop(counter: &AtomicU64, what: &str, event: &str) {
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    if n.is_power_of_two() {
+        tracing::warn!(dropped = n, %event, "NATS {what}: events dropped so far");
+    }
+}
+
+struct Outgoing {
+    name: String,
+    payload: Vec<u8>,
+}
+
+struct NatsTransport {
+    handoff: mpsc::Sender<Outgoing>,
+    shared: Arc<Shared>,
+}
+
+impl NatsTransport {
+    fn check_size(&self, name: &str, payload: usize) -> Result<(), OversizeEvent> {
+        let max = self.shared.max_payload.load(Ordering::Relaxed);
+        let size = name.len() + payload + WIRE_OVERHEAD;
+        if max > 0 && size > max {
+            return Err(OversizeEvent {
+                event: name.to_owned(),
+                size,
+                max,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl EventTransport for NatsTransport {
+    fn publish(&self, event: &Event) {
+        let payload = match event.encode_payload() {
+            Ok(payload) => payload.to_vec(),
+            Err(error) => {
+                tracing::error!(%error, "event not sent over NATS");
+                return;
+            }
+        };
+        if let Err(error) = self.check_size(event.name(), payload.len()) {
+            self.shared.stats.oversize.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, "event not sent over NATS");
+            return;
+        }
+        let outgoing = Outgoing {
+            name: event.name().to_owned(),
+            payload,
+        };
+        match self.handoff.try_send(outgoing) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(outgoing)) => {
+                count_drop(&self.shared.stats.dropped, "buffer full", &outgoing.name)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!(event = event.name(), "NATS link closed; event stays local");
+            }
+        }
+    }
+
+    fn check(&self, event: &str, encoded_len: usize) -> Result<(), String> {
+        self.check_size(event, encoded_len)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A bus's NATS link, from [`EventBus::enable_nats`]: its state and counters.
+pub struct NatsEvents {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl fmt::Debug for NatsEvents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsEvents")
+            .field("connected", &self.connected())
+            .field("sent", &self.sent())
+            .field("received", &self.received())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsEvents {
+    /// Whether the link is connected to a server now.
+    pub fn connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Relaxed)
+    }
+
+    /// The last error the server or the client reported, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.shared.last_error.lock().clone()
+    }
+
+    /// Events the server confirmed.
+    pub fn sent(&self) -> u64 {
+        self.shared.stats.sent.load(Ordering::Relaxed)
+    }
+
+    /// Events received from other processes (duplicates not counted).
+    pub fn received(&self) -> u64 {
+        self.shared.stats.received.load(Ordering::Relaxed)
+    }
+
+    /// Events waiting to be sent or confirmed.
+    pub fn buffered(&self) -> usize {
+        self.shared.buffered.load(Ordering::Relaxed)
+    }
+
+    /// Events not sent because the buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.shared.stats.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Events not sent because they exceed the server's `max_payload`.
+    pub fn oversize(&self) -> u64 {
+        self.shared.stats.oversize.load(Ordering::Relaxed)
+    }
+
+    /// Copies of events received twice (a resend after a reconnection).
+    pub fn duplicates(&self) -> u64 {
+        self.shared.stats.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Messages on the service's subjects that were not events.
+    pub fn malformed(&self) -> u64 {
+        self.shared.stats.malformed.load(Ordering::Relaxed)
+    }
+
+    /// Events received but dropped because the bus was too far behind.
+    pub fn dropped_incoming(&self) -> u64 {
+        self.shared.stats.dropped_incoming.load(Ordering::Relaxed)
+    }
+
+    /// Sends what is buffered (for up to two seconds, if connected) and
+    /// disconnects: events stay local from now on.
+    pub fn close(&self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// A health check for `/manage/health`: `Err` while disconnected.
+    pub fn health(&self) -> Result<(), String> {
+        if self.connected() {
+            return Ok(());
+        }
+        Err(match self.last_error() {
+            Some(error) => format!("not connected to NATS (last error: {error})"),
+            None => "not connected to NATS".to_owned(),
+        })
+    }
+}
+
+impl Drop for NatsEvents {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl EventBus {
+    /// Carries this bus's events to and from every process of the service
+    /// over NATS (see the [module docs](self)). Returns at once: the
+    /// connection is made (and remade) in the background.
+    pub fn enable_nats(&self, options: NatsOptions) -> Result<NatsEvents, NatsError> {
+        if !self.claim_ipc_link() {
+            return Err(NatsError::AlreadyEnabled);
+        }
+        let linked = self.link_nats(options);
+        if linked.is_err() {
+            self.release_ipc_link();
+        }
+        linked
+    }
+
+    fn link_nats(&self, options: NatsOptions) -> Result<NatsEvents, NatsError> {
+        if options.url.trim().is_empty() {
+            return Err(NatsError::Options("`url` is empty".into()));
+        }
+        if validate_prefix(&options.subject_prefix).is_err() {
+            return Err(NatsError::Options(format!(
+                "subject prefix {:?} is not a NATS subject (tokens of letters, digits, `-`, `_`, separated by `.`)",
+                options.subject_prefix
+            )));
+        }
+        let shared = Arc::new(Shared {
+            connected: AtomicBool::new(false),
+            max_payload: AtomicUsize::new(0),
+            buffered: AtomicUsize::new(0),
+            last_error: Mutex::new(None),
+            stats: Stats::default(),
+        });
+        let (handoff, outgoing) = mpsc::channel(HANDOFF_CAPACITY.min(options.buffer.max(1)));
+        let (stop, stopped) = watch::channel(false);
+        let (interest_tx, interest_rx) = watch::channel(());
+        let bus = self.clone();
+        let link_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("serve-common-nats".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot start the NATS link's runtime; events stay local");
+                        return;
+                    }
+                };
+                runtime.block_on(Link::run(
+                    options,
+                    bus,
+                    link_shared,
+                    outgoing,
+                    interest_rx,
+                    stopped,
+                ));
+            })?;
+        self.set_interest_hook(Some(Arc::new(move || {
+            let _ = interest_tx.send(());
+        })));
+        self.set_transport(Some(Arc::new(NatsTransport {
+            handoff,
+            shared: shared.clone(),
+        })));
+        Ok(NatsEvents {
+            shared,
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+}
+
+/// [`EventBus::enable_nats`] for the global bus, once: later calls return
+/// the same link.
+pub fn enable_nats(options: NatsOptions) -> Result<&'static NatsEvents, NatsError> {
+    LINK.get_or_try_init(|| super::bus().enable_nats(options))
+}
+
+static LINK: once_cell::sync::OnceCell<NatsEvents> = once_cell::sync::OnceCell::new();
+
+/// The global bus's NATS link, if [`enable_nats`] made one.
+pub fn link() -> Option<&'static NatsEvents> {
+    LINK.get()
+}
+
+/// A published event waiting for the server's confirmation.
+struct Pending {
+    seq: u64,
+    subject: String,
+    bytes: bytes::Bytes,
+}
+
+struct Link {
+    client: async_nats::Client,
+    bus: EventBus,
+    shared: Arc<Shared>,
+    prefix: String,
+    origin: u64,
+    next_seq: u64,
+    bound: usize,
+    /// Oldest first; the first `sent` were handed to the client.
+    pending: VecDeque<Pending>,
+    sent: usize,
+    subscriptions: HashMap<String, tokio::task::JoinHandle<()>>,
+    incoming: mpsc::UnboundedSender<async_nats::Message>,
+    /// Per sender: the highest sequence number delivered.
+    seen: HashMap<u64, u64>,
+    /// Confirmed events kept for replays (at most `bound`), oldest first.
+    sent_ring: VecDeque<Pending>,
+    /// Where replay requests go (outside the event subjects).
+    control: String,
+}
+
+impl Link {
+    async fn run(
+        options: NatsOptions,
+        bus: EventBus,
+        shared: Arc<Shared>,
+        mut outgoing: mpsc::Receiver<Outgoing>,
+        mut interest: watch::Receiver<()>,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let url = options.redacted_url();
+        let client = match connect(&options, events_tx).await {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(url = %url, %error, "cannot use NATS; events stay local");
+                *shared.last_error.lock() = Some(error);
+                return;
+            }
+        };
+        tracing::info!(url = %url, prefix = %options.subject_prefix, "NATS link started");
+        let (incoming_tx, mut incoming) = mpsc::unbounded_channel();
+        let mut link = Link {
+            client,
+            bus,
+            shared,
+            prefix: options.subject_prefix.clone(),
+            origin: rand_origin(),
+            next_seq: 1,
+            bound: options.buffer.max(1),
+            pending: VecDeque::new(),
+            sent: 0,
+            subscriptions: HashMap::new(),
+            incoming: incoming_tx,
+            seen: HashMap::new(),
+            sent_ring: VecDeque::new(),
+            control: format!("_SERVE_COMMON.{}.resend", options.subject_prefix),
+        };
+        link.resubscribe().await;
+        let mut control = match link.client.subscribe(link.control.clone()).await {
+            Ok(subscriber) => Some(subscriber),
+            Err(error) => {
+                tracing::error!(%error, "cannot subscribe to NATS replay requests");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = stopped.changed() => break,
+                Some(event) = events.recv() => link.on_client_event(event, &url).await,
+                Some(message) = incoming.recv() => link.receive(message),
+                Some(request) = next_message(&mut control) => link.replay(request).await,
+                Ok(()) = interest.changed() => link.resubscribe().await,
+                Some(first) = outgoing.recv() => {
+                    link.enqueue(first);
+                    while link.pending.len() < link.bound + BATCH {
+                        match outgoing.try_recv() {
+                            Ok(next) => link.enqueue(next),
+                            Err(_) => break,
+                        }
+                    }
+                    link.publish_pending().await;
+                }
+            }
+        }
+        // Closing: a last chance for what is buffered.
+        while let Ok(next) = outgoing.try_recv() {
+            link.enqueue(next);
+        }
+        if link.shared.connected.load(Ordering::Relaxed) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), link.publish_pending()).await;
+        }
+        if !link.pending.is_empty() {
+            tracing::warn!(
+                unsent = link.pending.len(),
+                "NATS link closed with events not confirmed by the server"
+            );
+        }
+        for (_, task) in link.subscriptions.drain() {
+            task.abort();
+        }
+        tracing::info!("NATS link closed");
+    }
+
+    fn enqueue(&mut self, outgoing: Outgoing) {
+        if self.pending.len() >= self.bound {
+            count_drop(&self.shared.stats.dropped, "buffer full", &outgoing.name);
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let subject = subject_for(&self.prefix, &outgoing.name);
+        let wire = Wire {
+            origin: self.origin,
+            seq,
+            name: outgoing.name,
+            payload: outgoing.payload,
+        };
+        let mut bytes = Vec::new();
+        if let Err(error) = ciborium::into_writer(&wire, &mut bytes) {
+            tracing::error!(event = %wire.name, %error, "cannot encode an event for NATS");
+            return;
+        }
+        self.pending.push_back(Pending {
+            seq,
+            subject,
+            bytes: bytes.into(),
+        });
+        self.shared
+            .buffered
+            .store(self.pending.len(), Ordering::Relaxed);
+    }
+
+    /// Hands what was not sent yet to the client, then waits for the
+    /// server's confirmation (a flush) and forgets what it covers.
+    async fn publish_pending(&mut self) {
+        if !self.shared.connected.load(Ordering::Relaxed) {
+            return;
+        }
+        while self.sent < self.pending.len() {
+            let upto = (self.sent + BATCH).min(self.pending.len());
+            for item in self.pending.range(self.sent..upto) {
+                if let Err(error) = self
+                    .client
+                    .publish(item.subject.clone(), item.bytes.clone())
+                    .await
+                {
+                    tracing::debug!(%error, seq = item.seq, "NATS publish failed; kept for a resend");
+                    return;
+                }
+            }
+            self.sent = upto;
+            match tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await {
+                Ok(Ok(())) => {
+                    let confirmed = self.sent;
+                    self.sent_ring.extend(self.pending.drain(..confirmed));
+                    let excess = self.sent_ring.len().saturating_sub(self.bound);
+                    self.sent_ring.drain(..excess);
+                    self.sent = 0;
+                    self.shared
+                        .stats
+                        .sent
+                        .fetch_add(confirmed as u64, Ordering::Relaxed);
+                    self.shared
+                        .buffered
+                        .store(self.pending.len(), Ordering::Relaxed);
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "NATS flush failed; events kept for a resend");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("NATS flush timed out; events kept for a resend");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn on_client_event(&mut self, event: async_nats::Event, url: &str) {
+        match event {
+            async_nats::Event::Connected => {
+                let info = self.client.server_info();
+                self.shared
+                    .max_payload
+                    .store(info.max_payload, Ordering::Relaxed);
+                self.shared.connected.store(true, Ordering::Relaxed);
+                *self.shared.last_error.lock() = None;
+                tracing::info!(url = %url, server = %info.server_name, "connected to NATS");
+                // Everything not confirmed goes again (receivers drop copies).
+                self.sent = 0;
+                self.publish_pending().await;
+                // Ask the others for what this process missed meanwhile.
+                if !self.seen.is_empty() {
+                    let request = Resend {
+                        from: self.seen.clone(),
+                    };
+                    let mut bytes = Vec::new();
+                    if ciborium::into_writer(&request, &mut bytes).is_ok() {
+                        let _ = self
+                            .client
+                            .publish(self.control.clone(), bytes.into())
+                            .await;
+                    }
+                }
+                // Once the server has our subscriptions, say so.
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
+                self.bus.notify_local(CONNECTED_EVENT, info.server_name);
+            }
+            async_nats::Event::Disconnected => {
+                self.shared.connected.store(false, Ordering::Relaxed);
+                tracing::warn!(url = %url, buffered = self.pending.len(), "disconnected from NATS; buffering events");
+                self.bus.notify_local(DISCONNECTED_EVENT, url.to_owned());
+            }
+            async_nats::Event::ServerError(error) => {
+                let text = match &error {
+                    async_nats::ServerError::AuthorizationViolation => {
+                        "the server refused the credentials (authorization violation)".to_owned()
+                    }
+                    other => other.to_string(),
+                };
+                self.report_error(url, text);
+            }
+            async_nats::Event::ClientError(error) => {
+                let text = error.to_string();
+                let text = if text.contains("authorization violation") {
+                    "the server refused the credentials (authorization violation)".to_owned()
+                } else {
+                    text
+                };
+                self.report_error(url, text);
+            }
+            async_nats::Event::SlowConsumer(sid) => {
+                tracing::warn!(
+                    sid,
+                    "NATS: this process reads events too slowly; the server dropped some"
+                );
+            }
+            other => tracing::info!(url = %url, "NATS: {other}"),
+        }
+    }
+
+    /// Logs an error and tells handlers ([`ERROR_EVENT`]), once per
+    /// distinct message in a row (a refused login repeats at every retry).
+    fn report_error(&mut self, url: &str, text: String) {
+        let mut last = self.shared.last_error.lock();
+        if last.as_deref() == Some(text.as_str()) {
+            tracing::debug!(url = %url, "NATS error again: {text}");
+            return;
+        }
+        *last = Some(text.clone());
+        drop(last);
+        tracing::error!(url = %url, "NATS: {text}");
+        self.bus.notify_local(ERROR_EVENT, text);
+    }
+
+    /// Another process (re)connected: sends it again what it may have
+    /// missed of ours (everyone else drops the copies).
+    async fn replay(&mut self, message: async_nats::Message) {
+        let Ok(request) = ciborium::from_reader::<Resend, _>(message.payload.as_ref()) else {
+            self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(subject = %message.subject, "a malformed NATS replay request; ignored");
+            return;
+        };
+        let Some(&after) = request.from.get(&self.origin) else {
+            return;
+        };
+        let missed: Vec<&Pending> = self.sent_ring.iter().filter(|p| p.seq > after).collect();
+        if missed.is_empty() {
+            return;
+        }
+        if missed[0].seq > after + 1 {
+            tracing::warn!(
+                lost = missed[0].seq - after - 1,
+                "a process reconnected after more events than the NATS buffer keeps"
+            );
+        }
+        tracing::info!(
+            events = missed.len(),
+            "replaying events for a process that reconnected"
+        );
+        for item in missed {
+            if self
+                .client
+                .publish(item.subject.clone(), item.bytes.clone())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
+    }
+
+    fn receive(&mut self, message: async_nats::Message) {
+        let wire: Wire = match ciborium::from_reader(message.payload.as_ref()) {
+            Ok(wire) => wire,
+            Err(error) => {
+                self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(subject = %message.subject, %error, "a message on the service's subjects is not an event; dropped");
+                return;
+            }
+        };
+        let last = self.seen.entry(wire.origin).or_insert(0);
+        if wire.seq <= *last {
+            self.shared.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *last = wire.seq;
+        self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
+        if self.bus.backlog() >= INCOMING_BACKLOG {
+            count_drop(
+                &self.shared.stats.dropped_incoming,
+                "incoming backlog full",
+                &wire.name,
+            );
+            return;
+        }
+        self.bus
+            .deliver(Event::from_remote(wire.name, wire.payload));
+    }
+
+    /// Makes the subscriptions match the registrations.
+    async fn resubscribe(&mut self) {
+        let mut interest = self.bus.interest();
+        // The config follows other processes' sets through a hook, not a
+        // registration: its events are always wanted.
+        for name in [crate::config::SET_EVENT, crate::config::SYNC_EVENT] {
+            interest.exact.push(name.into());
+        }
+        let wanted = subjects(&self.prefix, &interest);
+        let stale: Vec<String> = self
+            .subscriptions
+            .keys()
+            .filter(|s| !wanted.contains(*s))
+            .cloned()
+            .collect();
+        // New ones first: a gap would lose events, an overlap only makes
+        // copies the sequence numbers drop.
+        for subject in wanted {
+            if self.subscriptions.contains_key(&subject) {
+                continue;
+            }
+            match self.client.subscribe(subject.clone()).await {
+                Ok(mut subscriber) => {
+                    let forward = self.incoming.clone();
+                    let task = tokio::spawn(async move {
+                        while let Some(message) = subscriber.next().await {
+                            if forward.send(message).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    tracing::debug!(%subject, "NATS subscription added");
+                    self.subscriptions.insert(subject, task);
+                }
+                Err(error) => tracing::error!(%subject, %error, "cannot subscribe on NATS"),
+            }
+        }
+        for subject in stale {
+            if let Some(task) = self.subscriptions.remove(&subject) {
+                task.abort();
+                tracing::debug!(%subject, "NATS subscription removed");
+            }
+        }
+    }
+}
+
+async fn next_message(
+    subscriber: &mut Option<async_nats::Subscriber>,
+) -> Option<async_nats::Message> {
+    match subscriber {
+        Some(subscriber) => subscriber.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn connect(
+    options: &NatsOptions,
+    events: mpsc::UnboundedSender<async_nats::Event>,
+) -> Result<async_nats::Client, String> {
+    let mut connect = match &options.auth {
+        NatsAuth::None => async_nats::ConnectOptions::new(),
+        NatsAuth::Token(token) => async_nats::ConnectOptions::with_token(token.clone()),
+        NatsAuth::UserPassword { user, password } => {
+            async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        NatsAuth::NKey(seed) => async_nats::ConnectOptions::with_nkey(seed.clone()),
+        NatsAuth::CredsFile(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|e| format!("cannot read the creds file {}: {e}", path.display()))?,
+    };
+    if options.tls.required {
+        connect = connect.require_tls(true);
+    }
+    if let Some(ca) = &options.tls.ca {
+        connect = connect.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &options.tls.client_cert {
+        connect = connect.add_client_certificate(cert.clone(), key.clone());
+    }
+    if let Some(name) = &options.name {
+        connect = connect.name(name);
+    }
+    let max_delay = options.max_reconnect_delay;
+    connect
+        .no_echo()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(move |attempts| {
+            (Duration::from_millis(50) * (attempts.min(64) as u32)).min(max_delay)
+        })
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                let _ = events.send(event);
+            }
+        })
+        .connect(options.url.as_str())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn rand_origin() -> u64 {
+    // The pid and the clock: distinct across the service's processes and
+    // their restarts (a new origin restarts its sequence at 1).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    (u64::from(std::process::id()) << 40) ^ nanos
+}
+
+/// Whether `prefix` is a valid literal subject.
+fn validate_prefix(prefix: &str) -> Result<(), ()> {
+    let ok = !prefix.is_empty()
+        && prefix.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == ':')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// One `.`-separated part of an event name as a subject token.
+pub(crate) fn escape_token(token: &str) -> String {
+    if token.is_empty() {
+        return "%".to_owned();
+    }
+    let mut out = String::with_capacity(token.len());
+    for c in token.chars() {
+        if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == ':' {
+            out.push(c);
+        } else {
+            let mut buffer = [0; 4];
+            for byte in c.encode_utf8(&mut buffer).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    out
+}
+
+/// The subject an event named `name` travels on.
+pub(crate) fn subject_for(prefix: &str, name: &str) -> String {
+    let mut subject = String::with_capacity(prefix.len() + name.len() + 8);
+    subject.push_str(prefix);
+    for token in name.split('.') {
+        subject.push('.');
+        subject.push_str(&escape_token(token));
+    }
+    subject
+}
+
+/// The subscriptions that cover `interest`, with no overlap.
+pub(crate) fn subjects(prefix: &str, interest: &Interest) -> BTreeSet<String> {
+    let everything = format!("{prefix}.>");
+    // Literal prefixes as whole tokens: `job.` and `job.x` both give
+    // `job` (the part after the last `.` is incomplete).
+    let mut wildcards: BTreeSet<Vec<String>> = BTreeSet::new();
+    for literal in &interest.prefixes {
+        let mut tokens: Vec<&str> = literal.split('.').collect();
+        tokens.pop();
+        if tokens.is_empty() {
+            return BTreeSet::from([everything]);
+        }
+        wildcards.insert(tokens.into_iter().map(escape_token).collect());
+    }
+    // Drop a wildcard that a shorter one covers.
+    let all: Vec<Vec<String>> = wildcards.iter().cloned().collect();
+    wildcards.retain(|w| !all.iter().any(|o| o.len() < w.len() && w.starts_with(o)));
+    let mut out = BTreeSet::new();
+    for tokens in &wildcards {
+        out.insert(format!("{prefix}.{}.>", tokens.join(".")));
+    }
+    for name in &interest.exact {
+        let tokens: Vec<String> = name.split('.').map(escape_token).collect();
+        let covered = wildcards
+            .iter()
+            .any(|w| w.len() < tokens.len() && tokens.starts_with(w));
+        if !covered {
+            out.insert(format!("{prefix}.{}", tokens.join(".")));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interest(exact: &[&str], prefixes: &[&str]) -> Interest {
+        Interest {
+            exact: exact.iter().map(|s| (*s).into()).collect(),
+            prefixes: prefixes.iter().map(|s| (*s).into()).collect(),
+        }
+    }
+
+    #[test]
+    fn names_map_to_escaped_subjects() {
+        assert_eq!(subject_for("p", "cache.flush"), "p.cache.flush");
+        assert_eq!(
+            subject_for("p", "config:logging.level"),
+            "p.config:logging.level"
+        );
+        assert_eq!(subject_for("p", "a b.*.>"), "p.a%20b.%2A.%3E");
+        assert_eq!(subject_for("p", "a..b"), "p.a.%.b");
+        assert_eq!(subject_for("p", "."), "p.%.%");
+        assert_eq!(subject_for("p", "50%"), "p.50%25");
+        assert_eq!(subject_for("p", "é"), "p.%C3%A9");
+    }
+
+    #[test]
+    fn subscriptions_cover_the_registrations_without_overlap() {
+        let got = subjects(
+            "p",
+            &interest(&["a.b", "x", "job.7.done"], &["job.", "job.x", "q.r.s"]),
+        );
+        let want: BTreeSet<String> = ["p.a.b", "p.x", "p.job.>", "p.q.r.>"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(got, want);
+        // A pattern with no complete literal token: everything.
+        let got = subjects("p", &interest(&["a.b"], &["config:"]));
+        assert_eq!(got, BTreeSet::from(["p.>".to_owned()]));
+        assert_eq!(subjects("p", &interest(&[], &[])), BTreeSet::new());
+    }
+
+    #[test]
+    fn urls_lose_their_user_information_in_logs() {
+        let options = NatsOptions::new("nats://u:secret@h:4222,nats://h2:4222");
+        assert_eq!(
+            options.redacted_url(),
+            "nats://<redacted>@h:4222,nats://h2:4222"
+        );
+        let debug = format!(
+            "{:?}",
+            NatsAuth::UserPassword {
+                user: "u".into(),
+                password: "secret".into()
+            }
+        );
+        assert!(!debug.contains("secret"));
+    }
+}
