@@ -44,7 +44,9 @@
 //!   after the sender resent: so each process also keeps its last
 //!   `buffer` confirmed events, and a process that reconnects asks the
 //!   others (on `_SERVE_COMMON.<prefix>.resend`) for what they sent after
-//!   the last event it got from each. Every event carries its sender and
+//!   the last event it got from each (from a sender it never heard of:
+//!   since two seconds before it lost the connection). Replayed events
+//!   may arrive after later ones. Every event carries its sender and
 //!   a sequence number, so a receiver drops the copies. Beyond the bound,
 //!   events are dropped, counted ([`NatsEvents::dropped`]) and logged.
 //!   Memory: up to twice `buffer` events per process.
@@ -83,11 +85,9 @@ pub const ERROR_EVENT: &str = "nats:error";
 /// Events waiting in the bus beyond which incoming ones are dropped.
 pub const INCOMING_BACKLOG: u64 = 1_000_000;
 /// The default of [`NatsOptions::buffer`].
-pub const DEFAULT_BUFFER: usize = 10_000;
-/// Events between the dispatcher and the link's thread, at most.
-const HANDOFF_CAPACITY: usize = 8_192;
+pub const DEFAULT_BUFFER: usize = 65_536;
 /// Events published before one flush (the server's confirmation).
-const BATCH: usize = 1_024;
+const BATCH: usize = 8_192;
 
 /// How to authenticate to the NATS server.
 #[derive(Clone, Default)]
@@ -256,13 +256,47 @@ pub struct OversizeEvent {
     pub max: usize,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Wire {
+/// An event on the wire: `SCE1`, the sender (u64, little-endian), the
+/// sequence number (u64), the name's length (u32), the name, then the
+/// payload (CBOR, as [`Event::encode_payload`] made it).
+const MAGIC: &[u8; 4] = b"SCE1";
+const HEADER: usize = 4 + 8 + 8 + 4;
+
+fn encode_wire(origin: u64, seq: u64, name: &str, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER + name.len() + payload.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&origin.to_le_bytes());
+    bytes.extend_from_slice(&seq.to_le_bytes());
+    bytes.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(name.as_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+struct WireRef<'a> {
     origin: u64,
     seq: u64,
-    name: String,
-    #[serde(with = "serde_bytes")]
-    payload: Vec<u8>,
+    name: &'a str,
+    payload: &'a [u8],
+}
+
+fn decode_wire(bytes: &[u8]) -> Result<WireRef<'_>, &'static str> {
+    if bytes.len() < HEADER || &bytes[..4] != MAGIC {
+        return Err("not an event envelope");
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default());
+    let name_len = u32::from_le_bytes(bytes[20..24].try_into().unwrap_or_default()) as usize;
+    let rest = &bytes[HEADER..];
+    if rest.len() < name_len {
+        return Err("the name runs past the end");
+    }
+    let name = std::str::from_utf8(&rest[..name_len]).map_err(|_| "the name is not UTF-8")?;
+    Ok(WireRef {
+        origin: u64_at(4),
+        seq: u64_at(12),
+        name,
+        payload: &rest[name_len..],
+    })
 }
 
 /// What a process asks for when it (re)connects: for each sender it has
@@ -271,11 +305,24 @@ struct Wire {
 #[derive(Serialize, Deserialize)]
 struct Resend {
     from: HashMap<u64, u64>,
+    /// For senders not in `from` (never heard from): what they sent after
+    /// this time (ms since the epoch; the disconnection, less a margin).
+    #[serde(default)]
+    since_ms: Option<u64>,
+    /// Made in answer to another's request (see [`Link::request_replay`]).
+    #[serde(default)]
+    reply: bool,
 }
 
-/// Bytes a [`Wire`] adds around the name and the payload (CBOR map keys,
-/// lengths, two u64s), generously.
-const WIRE_OVERHEAD: usize = 64;
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// Bytes the envelope adds around the name and the payload.
+const WIRE_OVERHEAD: usize = HEADER;
 
 #[derive(Default)]
 struct Stats {
@@ -306,8 +353,8 @@ fn count_drop(counter: &AtomicU64, what: &str, event: &str) {
 }
 
 struct Outgoing {
-    name: String,
-    payload: Vec<u8>,
+    name: Arc<str>,
+    payload: Arc<[u8]>,
 }
 
 struct NatsTransport {
@@ -333,7 +380,7 @@ impl NatsTransport {
 impl EventTransport for NatsTransport {
     fn publish(&self, event: &Event) {
         let payload = match event.encode_payload() {
-            Ok(payload) => payload.to_vec(),
+            Ok(payload) => payload,
             Err(error) => {
                 tracing::error!(%error, "event not sent over NATS");
                 return;
@@ -345,7 +392,7 @@ impl EventTransport for NatsTransport {
             return;
         }
         let outgoing = Outgoing {
-            name: event.name().to_owned(),
+            name: event.name.clone(),
             payload,
         };
         match self.handoff.try_send(outgoing) {
@@ -492,7 +539,8 @@ impl EventBus {
             last_error: Mutex::new(None),
             stats: Stats::default(),
         });
-        let (handoff, outgoing) = mpsc::channel(HANDOFF_CAPACITY.min(options.buffer.max(1)));
+        // The hand-off holds a burst while the link's thread catches up.
+        let (handoff, outgoing) = mpsc::channel(options.buffer.max(1));
         let (stop, stopped) = watch::channel(false);
         let (interest_tx, interest_rx) = watch::channel(());
         let bus = self.clone();
@@ -550,7 +598,9 @@ pub fn link() -> Option<&'static NatsEvents> {
 /// A published event waiting for the server's confirmation.
 struct Pending {
     seq: u64,
-    subject: String,
+    /// When it was notified (ms since the epoch).
+    at_ms: u64,
+    subject: async_nats::Subject,
     bytes: bytes::Bytes,
 }
 
@@ -566,13 +616,15 @@ struct Link {
     pending: VecDeque<Pending>,
     sent: usize,
     subscriptions: HashMap<String, tokio::task::JoinHandle<()>>,
-    incoming: mpsc::UnboundedSender<async_nats::Message>,
-    /// Per sender: the highest sequence number delivered.
-    seen: HashMap<u64, u64>,
+    receiver: Arc<Receiver>,
     /// Confirmed events kept for replays (at most `bound`), oldest first.
     sent_ring: VecDeque<Pending>,
     /// Where replay requests go (outside the event subjects).
     control: String,
+    /// When the connection was lost (for the replay request).
+    disconnected_at: Option<u64>,
+    /// Subjects of the names seen lately (escaping is not free).
+    subject_cache: HashMap<Arc<str>, async_nats::Subject>,
 }
 
 impl Link {
@@ -595,7 +647,11 @@ impl Link {
             }
         };
         tracing::info!(url = %url, prefix = %options.subject_prefix, "NATS link started");
-        let (incoming_tx, mut incoming) = mpsc::unbounded_channel();
+        let receiver = Arc::new(Receiver {
+            bus: bus.clone(),
+            shared: shared.clone(),
+            seen: Mutex::new(HashMap::new()),
+        });
         let mut link = Link {
             client,
             bus,
@@ -607,10 +663,11 @@ impl Link {
             pending: VecDeque::new(),
             sent: 0,
             subscriptions: HashMap::new(),
-            incoming: incoming_tx,
-            seen: HashMap::new(),
+            receiver,
             sent_ring: VecDeque::new(),
             control: format!("_SERVE_COMMON.{}.resend", options.subject_prefix),
+            subject_cache: HashMap::new(),
+            disconnected_at: None,
         };
         link.resubscribe().await;
         let mut control = match link.client.subscribe(link.control.clone()).await {
@@ -625,7 +682,6 @@ impl Link {
                 biased;
                 _ = stopped.changed() => break,
                 Some(event) = events.recv() => link.on_client_event(event, &url).await,
-                Some(message) = incoming.recv() => link.receive(message),
                 Some(request) = next_message(&mut control) => link.replay(request).await,
                 Ok(()) = interest.changed() => link.resubscribe().await,
                 Some(first) = outgoing.recv() => {
@@ -666,20 +722,19 @@ impl Link {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let subject = subject_for(&self.prefix, &outgoing.name);
-        let wire = Wire {
-            origin: self.origin,
-            seq,
-            name: outgoing.name,
-            payload: outgoing.payload,
-        };
-        let mut bytes = Vec::new();
-        if let Err(error) = ciborium::into_writer(&wire, &mut bytes) {
-            tracing::error!(event = %wire.name, %error, "cannot encode an event for NATS");
-            return;
+        if self.subject_cache.len() >= 4_096 {
+            self.subject_cache.clear();
         }
+        let prefix = &self.prefix;
+        let subject = self
+            .subject_cache
+            .entry(outgoing.name.clone())
+            .or_insert_with(|| subject_for(prefix, &outgoing.name).into())
+            .clone();
+        let bytes = encode_wire(self.origin, seq, &outgoing.name, &outgoing.payload);
         self.pending.push_back(Pending {
             seq,
+            at_ms: now_ms(),
             subject,
             bytes: bytes.into(),
         });
@@ -748,24 +803,18 @@ impl Link {
                 self.sent = 0;
                 self.publish_pending().await;
                 // Ask the others for what this process missed meanwhile.
-                if !self.seen.is_empty() {
-                    let request = Resend {
-                        from: self.seen.clone(),
-                    };
-                    let mut bytes = Vec::new();
-                    if ciborium::into_writer(&request, &mut bytes).is_ok() {
-                        let _ = self
-                            .client
-                            .publish(self.control.clone(), bytes.into())
-                            .await;
-                    }
-                }
+                let since_ms = self
+                    .disconnected_at
+                    .take()
+                    .map(|at| at.saturating_sub(2_000));
+                self.request_replay(since_ms, false).await;
                 // Once the server has our subscriptions, say so.
                 let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
                 self.bus.notify_local(CONNECTED_EVENT, info.server_name);
             }
             async_nats::Event::Disconnected => {
                 self.shared.connected.store(false, Ordering::Relaxed);
+                self.disconnected_at.get_or_insert_with(now_ms);
                 tracing::warn!(url = %url, buffered = self.pending.len(), "disconnected from NATS; buffering events");
                 self.bus.notify_local(DISCONNECTED_EVENT, url.to_owned());
             }
@@ -811,6 +860,28 @@ impl Link {
         self.bus.notify_local(ERROR_EVENT, text);
     }
 
+    /// Asks the others to send again what this process missed. `reply`
+    /// marks a request made because another process asked (it does not
+    /// make them ask back, so requests do not echo forever).
+    async fn request_replay(&mut self, since_ms: Option<u64>, reply: bool) {
+        let from = self.receiver.replay_points();
+        if from.is_empty() && since_ms.is_none() {
+            return;
+        }
+        let request = Resend {
+            from,
+            since_ms,
+            reply,
+        };
+        let mut bytes = Vec::new();
+        if ciborium::into_writer(&request, &mut bytes).is_ok() {
+            let _ = self
+                .client
+                .publish(self.control.clone(), bytes.into())
+                .await;
+        }
+    }
+
     /// Another process (re)connected: sends it again what it may have
     /// missed of ours (everyone else drops the copies).
     async fn replay(&mut self, message: async_nats::Message) {
@@ -819,13 +890,24 @@ impl Link {
             tracing::warn!(subject = %message.subject, "a malformed NATS replay request; ignored");
             return;
         };
-        let Some(&after) = request.from.get(&self.origin) else {
-            return;
+        if !request.reply {
+            // The asker reconnected: what it sent while this process could
+            // not hear it (both lost the server) may be missing here too.
+            self.request_replay(None, true).await;
+        }
+        let missed: Vec<&Pending> = match (request.from.get(&self.origin), request.since_ms) {
+            (Some(&after), _) => self.sent_ring.iter().filter(|p| p.seq > after).collect(),
+            (None, Some(since)) => self.sent_ring.iter().filter(|p| p.at_ms >= since).collect(),
+            (None, None) => return,
         };
-        let missed: Vec<&Pending> = self.sent_ring.iter().filter(|p| p.seq > after).collect();
         if missed.is_empty() {
             return;
         }
+        let after = request
+            .from
+            .get(&self.origin)
+            .copied()
+            .unwrap_or(missed[0].seq - 1);
         if missed[0].seq > after + 1 {
             tracing::warn!(
                 lost = missed[0].seq - after - 1,
@@ -847,34 +929,6 @@ impl Link {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
-    }
-
-    fn receive(&mut self, message: async_nats::Message) {
-        let wire: Wire = match ciborium::from_reader(message.payload.as_ref()) {
-            Ok(wire) => wire,
-            Err(error) => {
-                self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(subject = %message.subject, %error, "a message on the service's subjects is not an event; dropped");
-                return;
-            }
-        };
-        let last = self.seen.entry(wire.origin).or_insert(0);
-        if wire.seq <= *last {
-            self.shared.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        *last = wire.seq;
-        self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
-        if self.bus.backlog() >= INCOMING_BACKLOG {
-            count_drop(
-                &self.shared.stats.dropped_incoming,
-                "incoming backlog full",
-                &wire.name,
-            );
-            return;
-        }
-        self.bus
-            .deliver(Event::from_remote(wire.name, wire.payload));
     }
 
     /// Makes the subscriptions match the registrations.
@@ -900,12 +954,10 @@ impl Link {
             }
             match self.client.subscribe(subject.clone()).await {
                 Ok(mut subscriber) => {
-                    let forward = self.incoming.clone();
+                    let receiver = self.receiver.clone();
                     let task = tokio::spawn(async move {
                         while let Some(message) = subscriber.next().await {
-                            if forward.send(message).is_err() {
-                                return;
-                            }
+                            receiver.receive(message);
                         }
                     });
                     tracing::debug!(%subject, "NATS subscription added");
@@ -920,6 +972,92 @@ impl Link {
                 tracing::debug!(%subject, "NATS subscription removed");
             }
         }
+    }
+}
+
+/// What the subscriptions' tasks share: they hand events to the bus
+/// themselves (no hop through the link's loop).
+struct Receiver {
+    bus: EventBus,
+    shared: Arc<Shared>,
+    /// Per sender: what was delivered.
+    seen: Mutex<HashMap<u64, Heard>>,
+}
+
+/// What a process got from one sender: everything up to `last` but the
+/// `missing` numbers (events it did not subscribe to, or lost), which a
+/// replay may still fill in.
+#[derive(Default)]
+struct Heard {
+    last: u64,
+    missing: BTreeSet<u64>,
+}
+
+/// Gaps remembered per sender, at most.
+const MISSING_LIMIT: usize = 16_384;
+
+impl Heard {
+    /// Whether `seq` is new (and records it).
+    fn accept(&mut self, seq: u64) -> bool {
+        if seq > self.last {
+            let from = (self.last + 1).max(seq.saturating_sub(MISSING_LIMIT as u64));
+            self.missing.extend(from..seq);
+            while self.missing.len() > MISSING_LIMIT {
+                self.missing.pop_first();
+            }
+            self.last = seq;
+            true
+        } else {
+            self.missing.remove(&seq)
+        }
+    }
+
+    /// Where a replay should start: after the oldest gap, else after the last.
+    fn replay_after(&self) -> u64 {
+        self.missing.first().map_or(self.last, |first| first - 1)
+    }
+}
+
+impl Receiver {
+    /// Per sender, where a replay should start.
+    fn replay_points(&self) -> HashMap<u64, u64> {
+        self.seen
+            .lock()
+            .iter()
+            .map(|(origin, heard)| (*origin, heard.replay_after()))
+            .collect()
+    }
+
+    fn receive(&self, message: async_nats::Message) {
+        let wire = match decode_wire(&message.payload) {
+            Ok(wire) => wire,
+            Err(error) => {
+                self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(subject = %message.subject, %error, "a message on the service's subjects is not an event; dropped");
+                return;
+            }
+        };
+        let new = self
+            .seen
+            .lock()
+            .entry(wire.origin)
+            .or_default()
+            .accept(wire.seq);
+        if !new {
+            self.shared.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
+        if self.bus.backlog() >= INCOMING_BACKLOG {
+            count_drop(
+                &self.shared.stats.dropped_incoming,
+                "incoming backlog full",
+                wire.name,
+            );
+            return;
+        }
+        self.bus
+            .deliver(Event::from_remote(wire.name, wire.payload));
     }
 }
 
@@ -961,6 +1099,9 @@ async fn connect(
     }
     let max_delay = options.max_reconnect_delay;
     connect
+        // A burst waits in the subscription's queue rather than being
+        // dropped by the client as a slow consumer.
+        .subscription_capacity(options.buffer.max(65_536))
         .no_echo()
         .retry_on_initial_connect()
         .max_reconnects(None)
