@@ -388,8 +388,13 @@ pub(crate) fn spin_until(mut done: impl FnMut() -> bool, limit: Duration) -> boo
             return true;
         }
         std::hint::spin_loop();
-        if i % 64 == 0 && start.elapsed() >= limit {
-            break;
+        if i % 64 == 0 {
+            if start.elapsed() >= limit {
+                break;
+            }
+            // Let a runnable thread have the core (on a machine with few
+            // cores, likely the one that will bring the work).
+            std::thread::yield_now();
         }
     }
     done()
