@@ -1003,8 +1003,26 @@ fn redact(path: &str, value: &Value) -> Value {
                 .map(|(k, v)| (k.clone(), redact(&format!("{path}.{k}"), v)))
                 .collect(),
         ),
+        // Credentials inside a URL (`nats://user:pass@host`).
+        Value::String(text) if text.contains("://") && text.contains('@') => {
+            Value::String(redact_url_userinfo(text))
+        }
         other => other.clone(),
     }
+}
+
+/// `scheme://user:pass@host` -> `scheme://<redacted>@host`, for each
+/// comma-separated URL.
+pub(crate) fn redact_url_userinfo(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}{REDACTED}@{}", &url[..scheme + 3], &url[at + 1..])
+            }
+            _ => url.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn shown(path: &str, value: Option<&Value>) -> String {

@@ -7,7 +7,7 @@
 //! | module | what it gives you |
 //! |---|---|
 //! | [`cached`](mod@cached) | cached properties: [`#[derive(Cached)]`](derive@Cached), [`#[cached]`](macro@cached) |
-//! | [`event`] | an event bus: [`notify`](event::notify), [`register`](event::register), [`#[on_event]`](macro@on_event), waits and acknowledgements |
+//! | [`event`] | an event bus: [`notify`](event::notify), [`register`](event::register), [`#[on_event]`](macro@on_event), waits and acknowledgements; across processes over IPC, across machines over NATS (feature `nats`) |
 //! | [`config`] | layered, typed, hot-reloaded configuration from `config.toml` |
 //! | [`default::actix`] | the web service: one call builds the app (request ids, timer, JSON errors, OpenAPI), [`serve`](default::actix::serve) runs it, with worker processes |
 //! | [`default::management`] | `/`, `/manage/spec`, `/manage/version`, `/manage/health`, `/manage/logging/*`, `/manage/docs/` |

@@ -173,6 +173,28 @@ impl Proc {
         }
     }
 
+    /// Waits (at most 60 s) for a line equal to `line`, or finds it among
+    /// the lines seen before (for lines that may come in any order).
+    pub fn expect_line(&mut self, line: &str) {
+        if self.seen.iter().any(|l| l == line) {
+            return;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(got) => {
+                    let found = got == line;
+                    self.seen.push(got);
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => panic!("no line {line:?}; saw {:?}", self.seen),
+            }
+        }
+    }
+
     /// Every line read so far.
     pub fn seen(&self) -> &[String] {
         &self.seen

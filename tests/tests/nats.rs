@@ -148,7 +148,7 @@ impl Host {
     /// Waits for `got <pid> <event> <text>`.
     fn expect_got(&mut self, event: &str, text: &str) {
         let line = format!("got {} {event} {text}", self.pid);
-        self.proc.expect(&line);
+        self.proc.expect_line(&line);
     }
 
     /// How many times this process printed `got ... <event> <text>` so far.
@@ -301,6 +301,11 @@ fn a_server_restart_loses_nothing_within_the_buffer_and_counts_what_exceeds_it()
     receiver.expect_got("app.before", "19");
 
     server.kill();
+    // Both senders know the server is gone before they notify.
+    for host in [&mut sender, &mut small] {
+        let line = format!("nats {} nats:disconnected {}", host.pid, server.url());
+        host.proc.expect_line(&line);
+    }
     for n in 0..50 {
         sender.send(&format!("notify app.during {n}"));
         small.send(&format!("notify app.small {n}"));
@@ -318,18 +323,15 @@ fn a_server_restart_loses_nothing_within_the_buffer_and_counts_what_exceeds_it()
     // All of them, though not necessarily in order: what one process
     // replays for another fills in behind later events.
     for n in 0..50 {
-        let line = format!("got {} app.during {n}", receiver.pid);
-        receiver.proc.expect_seen(&line);
+        receiver.expect_got("app.during", &n.to_string());
     }
     // The small buffer kept the first 5: the rest were dropped, counted
     // and logged.
     for n in 0..5 {
-        let line = format!("got {} app.small {n}", receiver.pid);
-        receiver.proc.expect_seen(&line);
+        receiver.expect_got("app.small", &n.to_string());
     }
     small.send("notify app.small-done x");
-    let line = format!("got {} app.small-done x", receiver.pid);
-    receiver.proc.expect_seen(&line);
+    receiver.expect_got("app.small-done", "x");
     let received_small = (0..50)
         .filter(|n| receiver.count_got("app.small", &n.to_string()) == 1)
         .count();

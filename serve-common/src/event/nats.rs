@@ -88,6 +88,9 @@ pub const INCOMING_BACKLOG: u64 = 1_000_000;
 pub const DEFAULT_BUFFER: usize = 65_536;
 /// Events published before one flush (the server's confirmation).
 const BATCH: usize = 8_192;
+/// The longest a publish, flush or subscribe may wait (the client stops
+/// taking commands while it reconnects).
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How to authenticate to the NATS server.
 #[derive(Clone, Default)]
@@ -134,8 +137,9 @@ pub struct NatsTls {
     pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
-/// Where and how to connect; see [`NatsOptions::from_config`].
-#[derive(Clone, Debug)]
+/// Where and how to connect; see [`NatsOptions::from_config`]. Its
+/// `Debug` shows no secret (nor the URL's user information).
+#[derive(Clone)]
 pub struct NatsOptions {
     /// The server URL(s), comma-separated: `nats://host:4222,nats://other:4222`.
     pub url: String,
@@ -153,12 +157,36 @@ pub struct NatsOptions {
     pub name: Option<String>,
 }
 
+impl fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsOptions")
+            .field("url", &self.redacted_url())
+            .field("subject_prefix", &self.subject_prefix)
+            .field("auth", &self.auth)
+            .field("tls", &self.tls)
+            .field("buffer", &self.buffer)
+            .field("max_reconnect_delay", &self.max_reconnect_delay)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
 impl NatsOptions {
     /// Options for `url` with the defaults.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            subject_prefix: format!("serve-common.{}", escape_token(&default_service_name())),
+            subject_prefix: format!(
+                "serve-common.{}",
+                default_service_name()
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    })
+                    .collect::<String>()
+            ),
             auth: NatsAuth::None,
             tls: NatsTls::default(),
             buffer: DEFAULT_BUFFER,
@@ -209,17 +237,7 @@ impl NatsOptions {
 
     /// The URL(s) without user information, for logs.
     pub fn redacted_url(&self) -> String {
-        self.url
-            .split(',')
-            .map(|url| match (url.find("://"), url.rfind('@')) {
-                (Some(scheme), Some(at)) if at > scheme => {
-                    format!("{}<redacted>@{}", &url[..scheme + 3], &url[at + 1..])
-                }
-                (None, Some(at)) => format!("<redacted>@{}", &url[at + 1..]),
-                _ => url.to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join(",")
+        crate::config::redact_url_userinfo(&self.url)
     }
 }
 
@@ -246,7 +264,9 @@ pub enum NatsError {
 
 /// An event larger than the server accepts (see [`EventBus::try_notify`]).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("event {event:?} is {size} bytes encoded; the NATS server accepts at most {max} bytes")]
+#[error(
+    "event {event:?} is {size} bytes encoded (or its subject is); NATS accepts at most {max} bytes"
+)]
 pub struct OversizeEvent {
     /// The event's name.
     pub event: String,
@@ -299,18 +319,18 @@ fn decode_wire(bytes: &[u8]) -> Result<WireRef<'_>, &'static str> {
     })
 }
 
-/// What a process asks for when it (re)connects: for each sender it has
-/// heard from, the last sequence number it got. Senders replay what
-/// they still have after that.
+/// What a process asks for after it lost the server: for each sender it
+/// had heard from, the last sequence number it had then; for the others,
+/// what they notified in the last `age_ms`. Senders replay what they
+/// still have of that, on the asker's subjects only, to its inbox only.
 #[derive(Serialize, Deserialize)]
 struct Resend {
-    from: HashMap<u64, u64>,
-    /// For senders not in `from` (never heard from): what they sent after
-    /// this time (ms since the epoch; the disconnection, less a margin).
-    #[serde(default)]
-    since_ms: Option<u64>,
+    asker: u64,
+    inbox: String,
+    after: HashMap<u64, u64>,
+    age_ms: u64,
+    subjects: Vec<String>,
     /// Made in answer to another's request (see [`Link::request_replay`]).
-    #[serde(default)]
     reply: bool,
 }
 
@@ -337,6 +357,8 @@ struct Stats {
 
 struct Shared {
     connected: AtomicBool,
+    /// The client, once made: its state is the truth about the connection.
+    client: once_cell::sync::OnceCell<async_nats::Client>,
     /// The server's `max_payload` once known (0 before).
     max_payload: AtomicUsize,
     buffered: AtomicUsize,
@@ -360,10 +382,23 @@ struct Outgoing {
 struct NatsTransport {
     handoff: mpsc::Sender<Outgoing>,
     shared: Arc<Shared>,
+    prefix: String,
 }
+
+/// The longest subject sent (the server's control lines are limited).
+const MAX_SUBJECT: usize = 1_024;
 
 impl NatsTransport {
     fn check_size(&self, name: &str, payload: usize) -> Result<(), OversizeEvent> {
+        let subject = self.prefix.len() + 1 + name.len();
+        // Escaping can triple a name: measure only when it might matter.
+        if subject * 3 > MAX_SUBJECT && subject_for(&self.prefix, name).len() > MAX_SUBJECT {
+            return Err(OversizeEvent {
+                event: name.chars().take(64).collect(),
+                size: subject_for(&self.prefix, name).len(),
+                max: MAX_SUBJECT,
+            });
+        }
         let max = self.shared.max_payload.load(Ordering::Relaxed);
         let size = name.len() + payload + WIRE_OVERHEAD;
         if max > 0 && size > max {
@@ -432,7 +467,10 @@ impl fmt::Debug for NatsEvents {
 impl NatsEvents {
     /// Whether the link is connected to a server now.
     pub fn connected(&self) -> bool {
-        self.shared.connected.load(Ordering::Relaxed)
+        match self.shared.client.get() {
+            Some(client) => client.connection_state() == async_nats::connection::State::Connected,
+            None => false,
+        }
     }
 
     /// The last error the server or the client reported, if any.
@@ -485,7 +523,16 @@ impl NatsEvents {
     pub fn close(&self) {
         let _ = self.stop.send(true);
         if let Some(thread) = self.thread.lock().take() {
-            let _ = thread.join();
+            // Bounded: the link sends for up to two seconds, then goes.
+            let deadline = std::time::Instant::now() + Duration::from_secs(4);
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                tracing::warn!("the NATS link did not stop in time; leaving it");
+            }
         }
     }
 
@@ -534,6 +581,7 @@ impl EventBus {
         }
         let shared = Arc::new(Shared {
             connected: AtomicBool::new(false),
+            client: once_cell::sync::OnceCell::new(),
             max_payload: AtomicUsize::new(0),
             buffered: AtomicUsize::new(0),
             last_error: Mutex::new(None),
@@ -542,7 +590,13 @@ impl EventBus {
         // The hand-off holds a burst while the link's thread catches up.
         let (handoff, outgoing) = mpsc::channel(options.buffer.max(1));
         let (stop, stopped) = watch::channel(false);
+        let prefix = options.subject_prefix.clone();
         let (interest_tx, interest_rx) = watch::channel(());
+        // Before the link starts, so no registration slips between its
+        // first subscriptions and the hook.
+        self.set_interest_hook(Some(Arc::new(move || {
+            let _ = interest_tx.send(());
+        })));
         let bus = self.clone();
         let link_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -567,12 +621,10 @@ impl EventBus {
                     stopped,
                 ));
             })?;
-        self.set_interest_hook(Some(Arc::new(move || {
-            let _ = interest_tx.send(());
-        })));
         self.set_transport(Some(Arc::new(NatsTransport {
             handoff,
             shared: shared.clone(),
+            prefix,
         })));
         Ok(NatsEvents {
             shared,
@@ -615,14 +667,21 @@ struct Link {
     /// Oldest first; the first `sent` were handed to the client.
     pending: VecDeque<Pending>,
     sent: usize,
-    subscriptions: HashMap<String, tokio::task::JoinHandle<()>>,
+    subscriptions: HashMap<String, tokio::sync::oneshot::Sender<()>>,
     receiver: Arc<Receiver>,
     /// Confirmed events kept for replays (at most `bound`), oldest first.
     sent_ring: VecDeque<Pending>,
     /// Where replay requests go (outside the event subjects).
     control: String,
-    /// When the connection was lost (for the replay request).
-    disconnected_at: Option<u64>,
+    /// At the last disconnection: when (ms since the epoch), and the last
+    /// sequence number heard from each sender. Kept a minute after the
+    /// reconnection, for answering others' requests with ours.
+    lost: Option<(u64, HashMap<u64, u64>)>,
+    reconnected: Option<std::time::Instant>,
+    /// Where replays for this process arrive.
+    inbox: String,
+    /// The subscriptions in place.
+    current_subjects: BTreeSet<String>,
     /// Subjects of the names seen lately (escaping is not free).
     subject_cache: HashMap<Arc<str>, async_nats::Subject>,
 }
@@ -646,18 +705,20 @@ impl Link {
                 return;
             }
         };
+        let _ = shared.client.set(client.clone());
         tracing::info!(url = %url, prefix = %options.subject_prefix, "NATS link started");
         let receiver = Arc::new(Receiver {
             bus: bus.clone(),
             shared: shared.clone(),
             seen: Mutex::new(HashMap::new()),
         });
+        let origin = rand_origin();
         let mut link = Link {
             client,
             bus,
             shared,
             prefix: options.subject_prefix.clone(),
-            origin: rand_origin(),
+            origin,
             next_seq: 1,
             bound: options.buffer.max(1),
             pending: VecDeque::new(),
@@ -667,9 +728,15 @@ impl Link {
             sent_ring: VecDeque::new(),
             control: format!("_SERVE_COMMON.{}.resend", options.subject_prefix),
             subject_cache: HashMap::new(),
-            disconnected_at: None,
+            lost: None,
+            reconnected: None,
+            inbox: format!("_SERVE_COMMON.{}.replay.{origin:x}", options.subject_prefix),
+            current_subjects: BTreeSet::new(),
         };
         link.resubscribe().await;
+        let inbox = link.inbox.clone();
+        // Not one of the registrations' subjects: never made stale.
+        let inbox_stop = link.subscribe_task(inbox).await;
         let mut control = match link.client.subscribe(link.control.clone()).await {
             Ok(subscriber) => Some(subscriber),
             Err(error) => {
@@ -709,8 +776,11 @@ impl Link {
                 "NATS link closed with events not confirmed by the server"
             );
         }
-        for (_, task) in link.subscriptions.drain() {
-            task.abort();
+        for (_, stop) in link.subscriptions.drain() {
+            let _ = stop.send(());
+        }
+        if let Some(stop) = inbox_stop {
+            let _ = stop.send(());
         }
         tracing::info!("NATS link closed");
     }
@@ -743,36 +813,63 @@ impl Link {
             .store(self.pending.len(), Ordering::Relaxed);
     }
 
-    /// Hands what was not sent yet to the client, then waits for the
-    /// server's confirmation (a flush) and forgets what it covers.
+    /// Hands what was not sent yet to the client, then flushes (the bytes
+    /// reached the server's socket) and moves what it covers to the
+    /// replay ring. Never waits long: while the client reconnects it stops
+    /// taking commands, and this loop must keep serving `stop`.
     async fn publish_pending(&mut self) {
-        if !self.shared.connected.load(Ordering::Relaxed) {
+        if !self.is_connected() {
             return;
         }
         while self.sent < self.pending.len() {
             let upto = (self.sent + BATCH).min(self.pending.len());
-            for item in self.pending.range(self.sent..upto) {
-                if let Err(error) = self
-                    .client
-                    .publish(item.subject.clone(), item.bytes.clone())
-                    .await
-                {
-                    tracing::debug!(%error, seq = item.seq, "NATS publish failed; kept for a resend");
-                    return;
+            let mut index = self.sent;
+            while index < upto.min(self.pending.len()) {
+                let item = &self.pending[index];
+                let published = tokio::time::timeout(
+                    SEND_TIMEOUT,
+                    self.client
+                        .publish(item.subject.clone(), item.bytes.clone()),
+                )
+                .await;
+                match published {
+                    Ok(Ok(())) => index += 1,
+                    Ok(Err(error))
+                        if matches!(
+                            error.kind(),
+                            async_nats::client::PublishErrorKind::MaxPayloadExceeded
+                                | async_nats::client::PublishErrorKind::InvalidSubject
+                        ) =>
+                    {
+                        // Never sendable: drop it, or it would block the rest.
+                        self.shared.stats.oversize.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(seq = item.seq, %error, "event not sent over NATS");
+                        self.pending.remove(index);
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "NATS publish failed; kept for a resend");
+                        self.sent = index;
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("NATS publish timed out; kept for a resend");
+                        self.sent = index;
+                        return;
+                    }
                 }
             }
-            self.sent = upto;
-            match tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await {
+            self.sent = index;
+            match tokio::time::timeout(SEND_TIMEOUT, self.client.flush()).await {
                 Ok(Ok(())) => {
-                    let confirmed = self.sent;
-                    self.sent_ring.extend(self.pending.drain(..confirmed));
+                    let flushed = self.sent;
+                    self.sent_ring.extend(self.pending.drain(..flushed));
                     let excess = self.sent_ring.len().saturating_sub(self.bound);
                     self.sent_ring.drain(..excess);
                     self.sent = 0;
                     self.shared
                         .stats
                         .sent
-                        .fetch_add(confirmed as u64, Ordering::Relaxed);
+                        .fetch_add(flushed as u64, Ordering::Relaxed);
                     self.shared
                         .buffered
                         .store(self.pending.len(), Ordering::Relaxed);
@@ -789,6 +886,10 @@ impl Link {
         }
     }
 
+    fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     async fn on_client_event(&mut self, event: async_nats::Event, url: &str) {
         match event {
             async_nats::Event::Connected => {
@@ -803,18 +904,20 @@ impl Link {
                 self.sent = 0;
                 self.publish_pending().await;
                 // Ask the others for what this process missed meanwhile.
-                let since_ms = self
-                    .disconnected_at
-                    .take()
-                    .map(|at| at.saturating_sub(2_000));
-                self.request_replay(since_ms, false).await;
+                if self.lost.is_some() {
+                    self.reconnected = Some(std::time::Instant::now());
+                    self.request_replay(false).await;
+                }
                 // Once the server has our subscriptions, say so.
                 let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
                 self.bus.notify_local(CONNECTED_EVENT, info.server_name);
             }
             async_nats::Event::Disconnected => {
                 self.shared.connected.store(false, Ordering::Relaxed);
-                self.disconnected_at.get_or_insert_with(now_ms);
+                if self.lost.is_none() {
+                    self.lost = Some((now_ms(), self.receiver.lasts()));
+                }
+                self.reconnected = None;
                 tracing::warn!(url = %url, buffered = self.pending.len(), "disconnected from NATS; buffering events");
                 self.bus.notify_local(DISCONNECTED_EVENT, url.to_owned());
             }
@@ -860,78 +963,98 @@ impl Link {
         self.bus.notify_local(ERROR_EVENT, text);
     }
 
-    /// Asks the others to send again what this process missed. `reply`
-    /// marks a request made because another process asked (it does not
-    /// make them ask back, so requests do not echo forever).
-    async fn request_replay(&mut self, since_ms: Option<u64>, reply: bool) {
-        let from = self.receiver.replay_points();
-        if from.is_empty() && since_ms.is_none() {
+    /// Asks the others to send again what this process missed while it
+    /// had lost the server. `reply` marks a request made because another
+    /// process asked (it does not make them ask back: no echo).
+    async fn request_replay(&mut self, reply: bool) {
+        let Some((lost_at, after)) = &self.lost else {
             return;
-        }
+        };
         let request = Resend {
-            from,
-            since_ms,
+            asker: self.origin,
+            inbox: self.inbox.clone(),
+            after: after.clone(),
+            // Two seconds before the loss, against the clocks' drift.
+            age_ms: now_ms().saturating_sub(*lost_at) + 2_000,
+            subjects: self.current_subjects.iter().cloned().collect(),
             reply,
         };
         let mut bytes = Vec::new();
         if ciborium::into_writer(&request, &mut bytes).is_ok() {
-            let _ = self
-                .client
-                .publish(self.control.clone(), bytes.into())
-                .await;
+            let _ = tokio::time::timeout(
+                SEND_TIMEOUT,
+                self.client.publish(self.control.clone(), bytes.into()),
+            )
+            .await;
         }
     }
 
-    /// Another process (re)connected: sends it again what it may have
-    /// missed of ours (everyone else drops the copies).
+    /// Another process reconnected: sends it, and it only, what of ours it
+    /// may have missed on its subjects.
     async fn replay(&mut self, message: async_nats::Message) {
         let Ok(request) = ciborium::from_reader::<Resend, _>(message.payload.as_ref()) else {
             self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(subject = %message.subject, "a malformed NATS replay request; ignored");
             return;
         };
-        if !request.reply {
-            // The asker reconnected: what it sent while this process could
-            // not hear it (both lost the server) may be missing here too.
-            self.request_replay(None, true).await;
-        }
-        let missed: Vec<&Pending> = match (request.from.get(&self.origin), request.since_ms) {
-            (Some(&after), _) => self.sent_ring.iter().filter(|p| p.seq > after).collect(),
-            (None, Some(since)) => self.sent_ring.iter().filter(|p| p.at_ms >= since).collect(),
-            (None, None) => return,
-        };
-        if missed.is_empty() {
+        if request.asker == self.origin || !request.inbox.starts_with("_SERVE_COMMON.") {
             return;
         }
-        let after = request
-            .from
-            .get(&self.origin)
-            .copied()
-            .unwrap_or(missed[0].seq - 1);
-        if missed[0].seq > after + 1 {
-            tracing::warn!(
-                lost = missed[0].seq - after - 1,
-                "a process reconnected after more events than the NATS buffer keeps"
-            );
+        // Forget our own loss a minute after we are back.
+        if self
+            .reconnected
+            .is_some_and(|at| at.elapsed() > Duration::from_secs(60))
+        {
+            self.lost = None;
+            self.reconnected = None;
+        }
+        if !request.reply && self.lost.is_some() {
+            // We lost the server too: what the asker sent meanwhile may be
+            // missing here (our own request may have reached it too soon).
+            self.request_replay(true).await;
+        }
+        let since = now_ms().saturating_sub(request.age_ms);
+        let after = request.after.get(&self.origin).copied();
+        let wanted = |item: &&Pending| {
+            let recent = match after {
+                Some(after) => item.seq > after,
+                None => item.at_ms >= since,
+            };
+            recent
+                && request
+                    .subjects
+                    .iter()
+                    .any(|s| subject_matches(s, &item.subject))
+        };
+        let missed: Vec<bytes::Bytes> = self
+            .sent_ring
+            .iter()
+            .filter(wanted)
+            .map(|item| item.bytes.clone())
+            .collect();
+        if missed.is_empty() {
+            return;
         }
         tracing::info!(
             events = missed.len(),
             "replaying events for a process that reconnected"
         );
-        for item in missed {
-            if self
-                .client
-                .publish(item.subject.clone(), item.bytes.clone())
-                .await
-                .is_err()
-            {
+        for bytes in missed {
+            let published = tokio::time::timeout(
+                SEND_TIMEOUT,
+                self.client.publish(request.inbox.clone(), bytes),
+            )
+            .await;
+            if !matches!(published, Ok(Ok(()))) {
                 return;
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
+        let _ = tokio::time::timeout(SEND_TIMEOUT, self.client.flush()).await;
     }
 
-    /// Makes the subscriptions match the registrations.
+    /// Makes the subscriptions match the registrations: new ones first,
+    /// confirmed, then the stale ones unsubscribed and drained (an overlap
+    /// only makes copies, which the sequence numbers drop).
     async fn resubscribe(&mut self) {
         let mut interest = self.bus.interest();
         // The config follows other processes' sets through a hook, not a
@@ -941,37 +1064,81 @@ impl Link {
         }
         let wanted = subjects(&self.prefix, &interest);
         let stale: Vec<String> = self
-            .subscriptions
-            .keys()
+            .current_subjects
+            .iter()
             .filter(|s| !wanted.contains(*s))
             .cloned()
             .collect();
-        // New ones first: a gap would lose events, an overlap only makes
-        // copies the sequence numbers drop.
-        for subject in wanted {
-            if self.subscriptions.contains_key(&subject) {
-                continue;
-            }
-            match self.client.subscribe(subject.clone()).await {
-                Ok(mut subscriber) => {
-                    let receiver = self.receiver.clone();
-                    let task = tokio::spawn(async move {
-                        while let Some(message) = subscriber.next().await {
-                            receiver.receive(message);
-                        }
-                    });
-                    tracing::debug!(%subject, "NATS subscription added");
-                    self.subscriptions.insert(subject, task);
+        let mut added = false;
+        for subject in &wanted {
+            if !self.current_subjects.contains(subject) {
+                if let Some(stop) = self.subscribe_task(subject.clone()).await {
+                    self.subscriptions.insert(subject.clone(), stop);
+                    self.current_subjects.insert(subject.clone());
+                    added = true;
                 }
-                Err(error) => tracing::error!(%subject, %error, "cannot subscribe on NATS"),
             }
+        }
+        if added {
+            let _ = tokio::time::timeout(SEND_TIMEOUT, self.client.flush()).await;
         }
         for subject in stale {
-            if let Some(task) = self.subscriptions.remove(&subject) {
-                task.abort();
+            if let Some(stop) = self.subscriptions.remove(&subject) {
+                let _ = stop.send(());
                 tracing::debug!(%subject, "NATS subscription removed");
             }
+            self.current_subjects.remove(&subject);
         }
+    }
+
+    /// Subscribes to `subject`; a task hands its messages to the receiver
+    /// until told to stop (through the returned sender), then unsubscribes
+    /// and drains what is left.
+    async fn subscribe_task(
+        &mut self,
+        subject: String,
+    ) -> Option<tokio::sync::oneshot::Sender<()>> {
+        let subscribed =
+            tokio::time::timeout(SEND_TIMEOUT, self.client.subscribe(subject.clone())).await;
+        let mut subscriber = match subscribed {
+            Ok(Ok(subscriber)) => subscriber,
+            Ok(Err(error)) => {
+                tracing::error!(%subject, %error, "cannot subscribe on NATS");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(%subject, "NATS subscribe timed out; retried at the next change");
+                return None;
+            }
+        };
+        let receiver = self.receiver.clone();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    message = subscriber.next() => match message {
+                        Some(message) => receiver.receive(message),
+                        None => return,
+                    },
+                    _ = &mut stopped => break,
+                }
+            }
+            let _ = subscriber.unsubscribe().await;
+            while let Some(message) = subscriber.next().await {
+                receiver.receive(message);
+            }
+        });
+        tracing::debug!(%subject, "NATS subscription added");
+        Some(stop)
+    }
+}
+
+/// Whether a subscription `pattern` (a literal subject, or tokens then
+/// `>`) covers `subject`.
+fn subject_matches(pattern: &str, subject: &str) -> bool {
+    match pattern.strip_suffix(">") {
+        Some(stem) => subject.len() > stem.len() && subject.starts_with(stem),
+        None => pattern == subject,
     }
 }
 
@@ -984,47 +1151,38 @@ struct Receiver {
     seen: Mutex<HashMap<u64, Heard>>,
 }
 
-/// What a process got from one sender: everything up to `last` but the
-/// `missing` numbers (events it did not subscribe to, or lost), which a
-/// replay may still fill in.
+/// What a process got from one sender: the highest sequence number, and
+/// the numbers received among the last [`WINDOW`] (a replay may fill in
+/// behind later events; anything older counts as a copy).
 #[derive(Default)]
 struct Heard {
     last: u64,
-    missing: BTreeSet<u64>,
+    recent: BTreeSet<u64>,
 }
 
-/// Gaps remembered per sender, at most.
-const MISSING_LIMIT: usize = 16_384;
+const WINDOW: u64 = 4_096;
 
 impl Heard {
     /// Whether `seq` is new (and records it).
     fn accept(&mut self, seq: u64) -> bool {
-        if seq > self.last {
-            let from = (self.last + 1).max(seq.saturating_sub(MISSING_LIMIT as u64));
-            self.missing.extend(from..seq);
-            while self.missing.len() > MISSING_LIMIT {
-                self.missing.pop_first();
-            }
-            self.last = seq;
-            true
-        } else {
-            self.missing.remove(&seq)
+        if seq + WINDOW <= self.last || !self.recent.insert(seq) {
+            return false;
         }
-    }
-
-    /// Where a replay should start: after the oldest gap, else after the last.
-    fn replay_after(&self) -> u64 {
-        self.missing.first().map_or(self.last, |first| first - 1)
+        self.last = self.last.max(seq);
+        while self.recent.len() as u64 > WINDOW {
+            self.recent.pop_first();
+        }
+        true
     }
 }
 
 impl Receiver {
-    /// Per sender, where a replay should start.
-    fn replay_points(&self) -> HashMap<u64, u64> {
+    /// Per sender, the last sequence number heard.
+    fn lasts(&self) -> HashMap<u64, u64> {
         self.seen
             .lock()
             .iter()
-            .map(|(origin, heard)| (*origin, heard.replay_after()))
+            .map(|(origin, heard)| (*origin, heard.last))
             .collect()
     }
 
@@ -1070,11 +1228,40 @@ async fn next_message(
     }
 }
 
+/// Splits `user:pass@` (or `token@`) out of the URLs: the client would log
+/// the URLs whole. Returns the bare URLs and the credentials found.
+fn split_userinfo(urls: &str) -> (String, Option<NatsAuth>) {
+    let mut auth = None;
+    let bare: Vec<String> = urls
+        .split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let info = &url[scheme + 3..at];
+                auth.get_or_insert_with(|| match info.split_once(':') {
+                    Some((user, password)) => NatsAuth::UserPassword {
+                        user: user.to_owned(),
+                        password: password.to_owned(),
+                    },
+                    None => NatsAuth::Token(info.to_owned()),
+                });
+                format!("{}{}", &url[..scheme + 3], &url[at + 1..])
+            }
+            _ => url.trim().to_owned(),
+        })
+        .collect();
+    (bare.join(","), auth)
+}
+
 async fn connect(
     options: &NatsOptions,
     events: mpsc::UnboundedSender<async_nats::Event>,
 ) -> Result<async_nats::Client, String> {
-    let mut connect = match &options.auth {
+    let (url, url_auth) = split_userinfo(&options.url);
+    let auth = match (&options.auth, url_auth) {
+        (NatsAuth::None, Some(from_url)) => from_url,
+        (auth, _) => auth.clone(),
+    };
+    let mut connect = match &auth {
         NatsAuth::None => async_nats::ConnectOptions::new(),
         NatsAuth::Token(token) => async_nats::ConnectOptions::with_token(token.clone()),
         NatsAuth::UserPassword { user, password } => {
@@ -1115,7 +1302,7 @@ async fn connect(
                 let _ = events.send(event);
             }
         })
-        .connect(options.url.as_str())
+        .connect(url.as_str())
         .await
         .map_err(|e| e.to_string())
 }
@@ -1249,6 +1436,41 @@ mod tests {
         let got = subjects("p", &interest(&["a.b"], &["config:"]));
         assert_eq!(got, BTreeSet::from(["p.>".to_owned()]));
         assert_eq!(subjects("p", &interest(&[], &[])), BTreeSet::new());
+    }
+
+    #[test]
+    fn copies_are_dropped_and_late_replays_fill_in() {
+        let mut heard = Heard::default();
+        assert!(heard.accept(1));
+        assert!(heard.accept(5));
+        assert!(!heard.accept(5), "a copy");
+        assert!(heard.accept(3), "a replay filling a gap");
+        assert!(!heard.accept(3));
+        assert!(heard.accept(5 + WINDOW));
+        assert!(!heard.accept(4), "older than the window counts as a copy");
+    }
+
+    #[test]
+    fn subscriptions_match_subjects_like_the_server() {
+        assert!(subject_matches("p.a.>", "p.a.b"));
+        assert!(subject_matches("p.a.>", "p.a.b.c"));
+        assert!(!subject_matches("p.a.>", "p.a"));
+        assert!(!subject_matches("p.a.>", "p.ab.c"));
+        assert!(subject_matches("p.a.b", "p.a.b"));
+        assert!(!subject_matches("p.a.b", "p.a.b.c"));
+    }
+
+    #[test]
+    fn credentials_in_urls_are_split_out() {
+        let (bare, auth) = split_userinfo("nats://u:pw@h:4222,nats://h2:4222");
+        assert_eq!(bare, "nats://h:4222,nats://h2:4222");
+        assert!(
+            matches!(auth, Some(NatsAuth::UserPassword { ref user, ref password }) if user == "u" && password == "pw")
+        );
+        let (_, auth) = split_userinfo("nats://tok@h");
+        assert!(matches!(auth, Some(NatsAuth::Token(ref t)) if t == "tok"));
+        let options = NatsOptions::new("nats://u:secret@h");
+        assert!(!format!("{options:?}").contains("secret"));
     }
 
     #[test]
