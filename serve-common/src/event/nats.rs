@@ -1152,26 +1152,54 @@ struct Receiver {
 }
 
 /// What a process got from one sender: the highest sequence number, and
-/// the numbers received among the last [`WINDOW`] (a replay may fill in
-/// behind later events; anything older counts as a copy).
-#[derive(Default)]
+/// which of the last [`WINDOW`] numbers arrived (a replay may fill in
+/// behind later events; anything older counts as a copy). A ring of bits.
 struct Heard {
     last: u64,
-    recent: BTreeSet<u64>,
+    bits: Box<[u64; (WINDOW / 64) as usize]>,
+}
+
+impl Default for Heard {
+    fn default() -> Self {
+        Self {
+            last: 0,
+            bits: Box::new([0; (WINDOW / 64) as usize]),
+        }
+    }
 }
 
 const WINDOW: u64 = 4_096;
 
 impl Heard {
+    fn bit(seq: u64) -> (usize, u64) {
+        let slot = seq % WINDOW;
+        ((slot / 64) as usize, 1 << (slot % 64))
+    }
+
     /// Whether `seq` is new (and records it).
     fn accept(&mut self, seq: u64) -> bool {
-        if seq + WINDOW <= self.last || !self.recent.insert(seq) {
+        if seq + WINDOW <= self.last {
             return false;
         }
-        self.last = self.last.max(seq);
-        while self.recent.len() as u64 > WINDOW {
-            self.recent.pop_first();
+        if seq > self.last {
+            // The numbers between become "not arrived".
+            if seq - self.last >= WINDOW {
+                self.bits.fill(0);
+            } else {
+                for skipped in self.last + 1..seq {
+                    let (word, mask) = Self::bit(skipped);
+                    self.bits[word] &= !mask;
+                }
+            }
+            self.last = seq;
+        } else {
+            let (word, mask) = Self::bit(seq);
+            if self.bits[word] & mask != 0 {
+                return false;
+            }
         }
+        let (word, mask) = Self::bit(seq);
+        self.bits[word] |= mask;
         true
     }
 }
@@ -1289,6 +1317,7 @@ async fn connect(
         // A burst waits in the subscription's queue rather than being
         // dropped by the client as a slow consumer.
         .subscription_capacity(options.buffer.max(65_536))
+        .client_capacity(BATCH * 2)
         .no_echo()
         .retry_on_initial_connect()
         .max_reconnects(None)
