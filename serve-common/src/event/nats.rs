@@ -38,18 +38,22 @@
 //!   are buffered for the others; [`NatsEvents::connected`] says so (the
 //!   main macro adds a `nats` check to `/manage/health`).
 //! - Events notified while disconnected, and those sent but not yet
-//!   confirmed by the server (a flush), are buffered up to
+//!   written to the connection (a flush), are buffered up to
 //!   [`NatsOptions::buffer`] events and (re)sent after the reconnection.
 //!   A server restart also disconnects the receivers, which may come back
 //!   after the sender resent: so each process also keeps its last
-//!   `buffer` confirmed events, and a process that reconnects asks the
+//!   `buffer` written events, and a process that reconnects asks the
 //!   others (on `_SERVE_COMMON.<prefix>.resend`) for what they sent after
 //!   the last event it got from each (from a sender it never heard of:
 //!   since two seconds before it lost the connection). Replayed events
 //!   may arrive after later ones. Every event carries its sender and
 //!   a sequence number, so a receiver drops the copies. Beyond the bound,
 //!   events are dropped, counted ([`NatsEvents::dropped`]) and logged.
-//!   Memory: up to twice `buffer` events per process.
+//!   Memory: up to three times `buffer` events per process (the hand-off,
+//!   the unsent, the replay ring), plus about 600 bytes per sender heard.
+//! - Order: one sender's events on one subject arrive in order; across
+//!   subjects, and replays, they may not. Subscriptions grow as soon as a
+//!   registration needs them and shrink at the next registration change.
 //! - An event larger than the server's `max_payload` is not sent: it is
 //!   logged and counted ([`NatsEvents::oversize`]), and
 //!   [`EventBus::try_notify`] returns it as an error to the notifier.
@@ -72,8 +76,8 @@ use super::registry::Interest;
 use super::{Event, EventBus, EventTransport};
 use crate::config::{Config, ConfigError};
 
-/// The local-only event notified when the link (re)connects, with its
-/// subscriptions in place; the payload is the server's name.
+/// The local-only event notified when the link (re)connects, once the
+/// server has its subscriptions; the payload is the server's name.
 pub const CONNECTED_EVENT: &str = "nats:connected";
 /// The local-only event notified when the link loses its server (the
 /// payload is the URL, without credentials).
@@ -86,7 +90,7 @@ pub const ERROR_EVENT: &str = "nats:error";
 pub const INCOMING_BACKLOG: u64 = 1_000_000;
 /// The default of [`NatsOptions::buffer`].
 pub const DEFAULT_BUFFER: usize = 65_536;
-/// Events published before one flush (the server's confirmation).
+/// Events published before one flush.
 const BATCH: usize = 8_192;
 /// The longest a publish, flush or subscribe may wait (the client stops
 /// taking commands while it reconnects).
@@ -149,7 +153,8 @@ pub struct NatsOptions {
     pub auth: NatsAuth,
     /// TLS.
     pub tls: NatsTls,
-    /// Events kept while disconnected or unconfirmed, at most.
+    /// Events kept while disconnected or not yet written, at most (and
+    /// as many again for replays).
     pub buffer: usize,
     /// The longest wait between two reconnection attempts.
     pub max_reconnect_delay: Duration,
@@ -473,12 +478,18 @@ impl NatsEvents {
         }
     }
 
+    /// Whether the link is connected and the server has its
+    /// subscriptions (what [`CONNECTED_EVENT`] announces).
+    pub fn ready(&self) -> bool {
+        self.connected() && self.shared.connected.load(Ordering::Relaxed)
+    }
+
     /// The last error the server or the client reported, if any.
     pub fn last_error(&self) -> Option<String> {
         self.shared.last_error.lock().clone()
     }
 
-    /// Events the server confirmed.
+    /// Events written to the server's connection.
     pub fn sent(&self) -> u64 {
         self.shared.stats.sent.load(Ordering::Relaxed)
     }
@@ -488,7 +499,7 @@ impl NatsEvents {
         self.shared.stats.received.load(Ordering::Relaxed)
     }
 
-    /// Events waiting to be sent or confirmed.
+    /// Events waiting to be sent.
     pub fn buffered(&self) -> usize {
         self.shared.buffered.load(Ordering::Relaxed)
     }
@@ -647,7 +658,7 @@ pub fn link() -> Option<&'static NatsEvents> {
     LINK.get()
 }
 
-/// A published event waiting for the server's confirmation.
+/// An event waiting to be written, or kept for replays.
 struct Pending {
     seq: u64,
     /// When it was notified (ms since the epoch).
@@ -767,13 +778,13 @@ impl Link {
         while let Ok(next) = outgoing.try_recv() {
             link.enqueue(next);
         }
-        if link.shared.connected.load(Ordering::Relaxed) {
+        if link.is_connected() {
             let _ = tokio::time::timeout(Duration::from_secs(2), link.publish_pending()).await;
         }
         if !link.pending.is_empty() {
             tracing::warn!(
                 unsent = link.pending.len(),
-                "NATS link closed with events not confirmed by the server"
+                "NATS link closed with events not sent"
             );
         }
         for (_, stop) in link.subscriptions.drain() {
@@ -886,6 +897,23 @@ impl Link {
         }
     }
 
+    /// Returns once the server has processed everything this connection
+    /// sent before (a flush only writes): a request nobody answers comes
+    /// back "no responders" after the server went through the earlier
+    /// commands, subscriptions included.
+    async fn barrier(&self) {
+        if !self.is_connected() {
+            // Subscriptions are sent on (re)connection, before `Connected`.
+            return;
+        }
+        let subject = format!("_SERVE_COMMON.barrier.{:x}", self.origin);
+        let _ = tokio::time::timeout(
+            SEND_TIMEOUT * 5,
+            self.client.request(subject, bytes::Bytes::new()),
+        )
+        .await;
+    }
+
     fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
@@ -897,10 +925,9 @@ impl Link {
                 self.shared
                     .max_payload
                     .store(info.max_payload, Ordering::Relaxed);
-                self.shared.connected.store(true, Ordering::Relaxed);
                 *self.shared.last_error.lock() = None;
                 tracing::info!(url = %url, server = %info.server_name, "connected to NATS");
-                // Everything not confirmed goes again (receivers drop copies).
+                // Everything not written goes again (receivers drop copies).
                 self.sent = 0;
                 self.publish_pending().await;
                 // Ask the others for what this process missed meanwhile.
@@ -909,7 +936,8 @@ impl Link {
                     self.request_replay(false).await;
                 }
                 // Once the server has our subscriptions, say so.
-                let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
+                self.barrier().await;
+                self.shared.connected.store(true, Ordering::Relaxed);
                 self.bus.notify_local(CONNECTED_EVENT, info.server_name);
             }
             async_nats::Event::Disconnected => {
@@ -1053,7 +1081,7 @@ impl Link {
     }
 
     /// Makes the subscriptions match the registrations: new ones first,
-    /// confirmed, then the stale ones unsubscribed and drained (an overlap
+    /// in place on the server, then the stale ones unsubscribed and drained (an overlap
     /// only makes copies, which the sequence numbers drop).
     async fn resubscribe(&mut self) {
         let mut interest = self.bus.interest();
@@ -1080,7 +1108,7 @@ impl Link {
             }
         }
         if added {
-            let _ = tokio::time::timeout(SEND_TIMEOUT, self.client.flush()).await;
+            self.barrier().await;
         }
         for subject in stale {
             if let Some(stop) = self.subscriptions.remove(&subject) {
@@ -1337,13 +1365,18 @@ async fn connect(
 }
 
 fn rand_origin() -> u64 {
-    // The pid and the clock: distinct across the service's processes and
-    // their restarts (a new origin restarts its sequence at 1).
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or_default();
-    (u64::from(std::process::id()) << 40) ^ nanos
+    // std's randomly keyed hasher over the pid and the clock: distinct
+    // across processes, hosts and restarts (containers share pids).
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.finish().max(1)
 }
 
 /// Whether `prefix` is a valid literal subject.

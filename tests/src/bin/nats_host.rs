@@ -51,7 +51,7 @@ async fn main() {
     } else {
         let link = nats::link().expect("events.nats.url is set");
         let connected = event::wait_for(nats::CONNECTED_EVENT).unwrap();
-        if !link.connected() {
+        if !link.ready() {
             connected
                 .wait(std::time::Duration::from_secs(30))
                 .expect("connected to NATS");
