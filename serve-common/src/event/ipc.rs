@@ -50,12 +50,12 @@ struct Stats {
     malformed: AtomicU64,
 }
 
-/// Counts a drop and logs the first one, then every power of two.
 fn count_drop(counter: &AtomicU64, what: &str, event: &str) {
-    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-    if n.is_power_of_two() {
-        tracing::warn!(dropped = n, %event, "IPC event queue full: {what} events dropped so far");
-    }
+    super::count_drop(
+        counter,
+        &format_args!("IPC event queue full: {what}"),
+        event,
+    );
 }
 
 struct IpcTransport {

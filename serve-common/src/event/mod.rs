@@ -400,6 +400,15 @@ pub(crate) fn spin_until(mut done: impl FnMut() -> bool, limit: Duration) -> boo
     done()
 }
 
+/// A transport's drop: counts it and logs the first one, then every power
+/// of two (a flood of drops must not become a flood of lines).
+pub(crate) fn count_drop(counter: &AtomicU64, what: &dyn fmt::Display, event: &str) {
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    if n.is_power_of_two() {
+        tracing::warn!(dropped = n, %event, "{what}: events dropped so far");
+    }
+}
+
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()

@@ -371,12 +371,8 @@ struct Shared {
     stats: Stats,
 }
 
-/// Counts a drop and logs the first one, then every power of two.
 fn count_drop(counter: &AtomicU64, what: &str, event: &str) {
-    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-    if n.is_power_of_two() {
-        tracing::warn!(dropped = n, %event, "NATS {what}: events dropped so far");
-    }
+    super::count_drop(counter, &format_args!("NATS {what}"), event);
 }
 
 struct Outgoing {
