@@ -426,14 +426,9 @@ fn apply_remote(weak: &Weak<Inner>, event: &event::Event) {
             return;
         }
     };
-    let config = Config { inner };
-    let stamp = Some((set.clock, set.origin));
-    let result = match set.value {
-        Some(value) => config.apply_set(&set.path, value, stamp),
-        None => config.apply_unset(&set.path, stamp).map(drop),
-    };
-    match result {
-        Ok(()) => tracing::debug!(path = %set.path, "applied a config set from another process"),
+    let path = set.path.clone();
+    match (Config { inner }).apply_stamped(set) {
+        Ok(()) => tracing::debug!(%path, "applied a config set from another process"),
         Err(error) => tracing::warn!(%error, "ignoring a config set from another process"),
     }
 }
@@ -618,17 +613,21 @@ impl Config {
         })?;
         let mut applied = 0;
         for set in sets.set {
-            let stamp = Some((set.clock, set.origin));
-            let result = match set.value {
-                Some(value) => self.apply_set(&set.path, value, stamp),
-                None => self.apply_unset(&set.path, stamp).map(drop),
-            };
-            match result {
+            match self.apply_stamped(set) {
                 Ok(()) => applied += 1,
                 Err(error) => tracing::warn!(%error, "ignoring a handed-down config set"),
             }
         }
         Ok(applied)
+    }
+
+    /// Applies a set or unset made in another process, under its stamp.
+    fn apply_stamped(&self, set: ConfigSet) -> Result<(), ConfigError> {
+        let stamp = Some((set.clock, set.origin));
+        match set.value {
+            Some(value) => self.apply_set(&set.path, value, stamp),
+            None => self.apply_unset(&set.path, stamp).map(drop),
+        }
     }
 
     /// Asks the service's other processes for their runtime sets (see

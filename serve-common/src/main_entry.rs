@@ -28,7 +28,7 @@ static APP_NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 
 /// The application's crate name (from `#[serve_common::main]`), else the
 /// executable's name.
-#[cfg_attr(not(feature = "actix"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "actix", feature = "nats")), allow(dead_code))]
 pub(crate) fn app_name() -> String {
     if let Some(name) = APP_NAME.get() {
         return (*name).to_owned();

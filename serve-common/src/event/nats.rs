@@ -183,7 +183,7 @@ impl NatsOptions {
             url: url.into(),
             subject_prefix: format!(
                 "serve-common.{}",
-                default_service_name()
+                crate::main_entry::app_name()
                     .chars()
                     .map(|c| if c.is_ascii_alphanumeric() || c == '-' {
                         c
@@ -244,13 +244,6 @@ impl NatsOptions {
     pub fn redacted_url(&self) -> String {
         crate::config::redact_url_userinfo(&self.url)
     }
-}
-
-fn default_service_name() -> String {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "service".to_owned())
 }
 
 /// What went wrong enabling NATS.
@@ -452,7 +445,8 @@ impl EventTransport for NatsTransport {
 pub struct NatsEvents {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The link's thread, and what its end drops (a wake-up for `close`).
+    thread: Mutex<Option<(std::thread::JoinHandle<()>, std::sync::mpsc::Receiver<()>)>>,
 }
 
 impl fmt::Debug for NatsEvents {
@@ -529,16 +523,15 @@ impl NatsEvents {
     /// disconnects: events stay local from now on.
     pub fn close(&self) {
         let _ = self.stop.send(true);
-        if let Some(thread) = self.thread.lock().take() {
+        if let Some((thread, finished)) = self.thread.lock().take() {
             // Bounded: the link sends for up to two seconds, then goes.
-            let deadline = std::time::Instant::now() + Duration::from_secs(4);
-            while !thread.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if thread.is_finished() {
-                let _ = thread.join();
-            } else {
-                tracing::warn!("the NATS link did not stop in time; leaving it");
+            match finished.recv_timeout(Duration::from_secs(4)) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    tracing::warn!("the NATS link did not stop in time; leaving it");
+                }
+                _ => {
+                    let _ = thread.join();
+                }
             }
         }
     }
@@ -580,7 +573,7 @@ impl EventBus {
         if options.url.trim().is_empty() {
             return Err(NatsError::Options("`url` is empty".into()));
         }
-        if validate_prefix(&options.subject_prefix).is_err() {
+        if !valid_prefix(&options.subject_prefix) {
             return Err(NatsError::Options(format!(
                 "subject prefix {:?} is not a NATS subject (tokens of letters, digits, `-`, `_`, separated by `.`)",
                 options.subject_prefix
@@ -606,9 +599,11 @@ impl EventBus {
         })));
         let bus = self.clone();
         let link_shared = shared.clone();
+        let (finished_tx, finished) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("serve-common-nats".into())
             .spawn(move || {
+                let _finished = finished_tx;
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -636,7 +631,7 @@ impl EventBus {
         Ok(NatsEvents {
             shared,
             stop,
-            thread: Mutex::new(Some(thread)),
+            thread: Mutex::new(Some((thread, finished))),
         })
     }
 }
@@ -1376,19 +1371,14 @@ fn rand_origin() -> u64 {
 }
 
 /// Whether `prefix` is a valid literal subject.
-fn validate_prefix(prefix: &str) -> Result<(), ()> {
-    let ok = !prefix.is_empty()
+fn valid_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
         && prefix.split('.').all(|token| {
             !token.is_empty()
                 && token
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == ':')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(())
-    }
+        })
 }
 
 /// One `.`-separated part of an event name as a subject token.
@@ -1494,6 +1484,28 @@ mod tests {
         let got = subjects("p", &interest(&["a.b"], &["config:"]));
         assert_eq!(got, BTreeSet::from(["p.>".to_owned()]));
         assert_eq!(subjects("p", &interest(&[], &[])), BTreeSet::new());
+    }
+
+    #[test]
+    fn envelopes_round_trip_and_garbage_is_an_error_not_a_panic() {
+        let bytes = encode_wire(7, 9, "a.b", b"\x18\x2a");
+        let wire = decode_wire(&bytes).unwrap();
+        assert_eq!(
+            (wire.origin, wire.seq, wire.name, wire.payload),
+            (7, 9, "a.b", &b"\x18\x2a"[..])
+        );
+        assert!(decode_wire(b"").is_err());
+        assert!(
+            decode_wire(b"XXXX0123456789abcdef0123").is_err(),
+            "bad magic"
+        );
+        assert!(decode_wire(&bytes[..HEADER + 1]).is_err(), "name cut short");
+        let mut huge = bytes.clone();
+        huge[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_wire(&huge).is_err(), "name length past the end");
+        let mut bad_utf8 = encode_wire(1, 1, "ab", b"");
+        bad_utf8[HEADER] = 0xff;
+        assert!(decode_wire(&bad_utf8).is_err());
     }
 
     #[test]
