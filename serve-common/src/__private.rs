@@ -64,6 +64,8 @@ pub struct OnEventHandler {
     pub once: bool,
     /// Acknowledgement.
     pub ack: AckDef,
+    /// Runs in a supervisor process too.
+    pub supervisor: bool,
     /// `module::path::fn_name`, for logs.
     pub name: &'static str,
     /// `module_path!()`, for ordering.

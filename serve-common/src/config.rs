@@ -400,6 +400,17 @@ impl ConfigBuilder {
         if let (true, Some(bus)) = (self.follow_remote, &config.inner.bus) {
             let weak = Arc::downgrade(&config.inner);
             bus.add_inbound_hook(move |event| apply_remote(&weak, event));
+            // Back after an outage: ask for the runtime sets made meanwhile.
+            let weak = Arc::downgrade(&config.inner);
+            let _ = bus
+                .on(event::LINK_REJOINED_EVENT)
+                .in_supervisor()
+                .label("serve_common::config (sync after an IPC outage)")
+                .call(move |_: &event::Event| {
+                    if let Some(inner) = weak.upgrade() {
+                        Config { inner }.request_sync();
+                    }
+                });
         }
         if self.watch {
             config.watch()?;

@@ -72,8 +72,9 @@ pub use outcome::HandlerOutcome;
 ///     tracing::info!(%event, id = job.id, "job finished");
 /// }
 ///
-/// // Options: `once` (run for the first matching event only) and
-/// // `ack` / `ack = "name"` (notify `completed:<event>` or `name` after it ran).
+/// // Options: `once` (run for the first matching event only),
+/// // `ack` / `ack = "name"` (notify `completed:<event>` or `name` after it
+/// // ran) and `supervisor` (run in the supervisor process too).
 /// #[on_event("re:shutdown|stop", once, ack)]
 /// fn on_stop() -> Result<(), String> {
 ///     Ok(())
@@ -87,6 +88,11 @@ pub use outcome::HandlerOutcome;
 /// (the payload, `T: DeserializeOwned`). The function may return `()` or
 /// `Result<(), E>` with `E: Display`; an `Err` or a panic is logged with the
 /// event name and the bus goes on.
+///
+/// It runs in every process of the service that handles requests: with
+/// `server.processes = N`, once in each of the N workers and not in their
+/// supervisor, unless it says `supervisor`. See [which processes run
+/// handlers](event#which-processes-run-handlers).
 ///
 /// Handlers are collected with `inventory` and registered on the global bus
 /// ([`event::bus`]) when it is first used. A crate that only contains

@@ -98,6 +98,10 @@ where
     // Started as a worker process: take the socket while single-threaded.
     #[cfg(feature = "actix")]
     crate::default::actix::adopt_inherited_socket();
+    // Still single-threaded: export the address of the IPC server this
+    // process will start, for its children, before any thread may read
+    // the environment.
+    let starts_ipc_server = options.ipc && ipc::prepare();
 
     let _ = APP_NAME.set(options.package);
     #[cfg(feature = "actix")]
@@ -130,19 +134,28 @@ where
     }
     let _flush = FlushOnDrop;
     let _ = event::initialize();
+    // A supervisor of worker processes runs no application handler.
+    #[cfg(feature = "actix")]
+    if crate::default::actix::will_supervise() {
+        event::bus().become_supervisor();
+    }
     // Events cross processes over NATS when `events.nats.url` is set (every
     // process connects itself), else over IPC: one link, never both.
     let over_nats = link_nats();
-    let mut started_ipc = false;
     if options.ipc {
-        started_ipc = std::env::var_os(ipc::ADDR_ENV).is_none();
         if let Err(error) = ipc::setup(None) {
             fail("cannot set up IPC", error);
         }
         if !over_nats {
-            if let Err(error) = event::enable_ipc() {
+            let link_options = event::IpcOptions::from_config(config::config())
+                .unwrap_or_else(|error| fail("bad [events.ipc] config", error));
+            if let Err(error) = event::enable_ipc_with(link_options) {
                 fail("cannot carry events over IPC", error);
             }
+            #[cfg(feature = "actix")]
+            crate::default::management::add_health_check("ipc", || {
+                event::ipc_link().map_or(Ok(()), |link| link.health())
+            });
         }
     }
     if over_nats || options.ipc {
@@ -163,7 +176,10 @@ where
     if let Some(link) = event::nats::link() {
         link.close();
     }
-    if started_ipc {
+    if let Some(link) = event::ipc_link() {
+        link.close();
+    }
+    if starts_ipc_server {
         if let Err(error) = ipc::shutdown() {
             tracing::warn!(%error, "IPC server did not shut down cleanly");
         }

@@ -88,9 +88,12 @@ pub struct Proc {
     child: std::process::Child,
     stdin: Option<std::process::ChildStdin>,
     lines: std::sync::mpsc::Receiver<String>,
-    stderr: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<(std::thread::JoinHandle<()>, StderrLines)>,
     seen: Vec<String>,
 }
+
+/// A child's stderr lines so far, and a signal when one arrives.
+type StderrLines = Arc<(Mutex<Vec<String>>, std::sync::Condvar)>;
 
 impl Proc {
     /// Spawns `command` with piped stdin and stdout; stderr is captured
@@ -113,12 +116,18 @@ impl Proc {
                 }
             }
         });
-        let stderr = child.stderr.take().map(|mut stderr| {
-            std::thread::spawn(move || {
-                let mut text = String::new();
-                let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-                text
-            })
+        let stderr = child.stderr.take().map(|stderr| {
+            let lines: StderrLines = Arc::default();
+            let sink = lines.clone();
+            let reader = std::thread::spawn(move || {
+                for line in
+                    std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok)
+                {
+                    sink.0.lock().unwrap().push(line);
+                    sink.1.notify_all();
+                }
+            });
+            (reader, lines)
         });
         Self {
             stdin: child.stdin.take(),
@@ -200,15 +209,57 @@ impl Proc {
         &self.seen
     }
 
+    /// Waits (at most 60 s) for a line of the captured stderr that
+    /// contains every one of `needles`, among lines from index `from` on;
+    /// returns it and its index.
+    pub fn expect_stderr(&self, from: usize, needles: &[&str]) -> (usize, String) {
+        let (lines, changed) = &**self
+            .stderr
+            .as_ref()
+            .map(|(_, lines)| lines)
+            .expect("stderr captured");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut lines = lines.lock().unwrap();
+        loop {
+            if let Some((i, line)) = lines
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, l)| needles.iter().all(|n| l.contains(n)))
+            {
+                return (i, line.clone());
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "no stderr line with {needles:?}; stderr:\n{}",
+                    lines.join("\n")
+                );
+            }
+            lines = changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// The captured stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr
+            .as_ref()
+            .map(|(_, lines)| lines.0.lock().unwrap().join("\n"))
+            .unwrap_or_default()
+    }
+
     /// Waits for the child to exit and returns its captured stderr.
     pub fn finish(mut self) -> (std::process::ExitStatus, String) {
         self.stdin = None;
         let status = self.child.wait().expect("wait for helper");
-        let stderr = self
-            .stderr
-            .take()
-            .map(|h| h.join().unwrap())
-            .unwrap_or_default();
+        let stderr = match self.stderr.take() {
+            Some((reader, lines)) => {
+                reader.join().unwrap();
+                let lines = lines.0.lock().unwrap();
+                lines.join("\n") + "\n"
+            }
+            None => String::new(),
+        };
         (status, stderr)
     }
 

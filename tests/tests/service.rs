@@ -212,3 +212,103 @@ fn a_single_process_service_stops_on_sigint_with_exit_zero() {
         assert!(process_gone(pid), "process {pid} is left");
     }
 }
+
+/// The pid of the service's IPC server: the supervisor's child started
+/// with the server marker.
+fn ipc_server_of(supervisor: u32) -> u32 {
+    children_of(supervisor)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == b"SERVCOM_IPC_SERVER=1"))
+        })
+        .expect("the supervisor's IPC server")
+}
+
+/// The headline fault: `kill -9` of the IPC server of a 2-worker service
+/// used to split it for good (a level POSTed to one worker never reached
+/// the other, and the dead server stayed a zombie).
+#[test]
+fn a_killed_ipc_server_is_restarted_and_every_process_rejoins() {
+    let mut service = start("[server]\nprocesses = 2\nworkers = 1\n");
+    let pids = worker_pids(&service, 2);
+    let server = ipc_server_of(service.pid());
+    let before = service.log().len();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server as i32), Signal::SIGKILL).unwrap();
+    service.wait_log_after(before, &format!("IPC server (pid {server}) exited"));
+    service.wait_log_after(before, "IPC server restarted (pid ");
+    for pid in pids.iter().chain([&service.pid()]) {
+        service.wait_log_after(before, &format!("[{pid}] rejoined the IPC group"));
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{server}")).exists(),
+        "the dead server was reaped"
+    );
+    let changed = post_json(
+        service.address,
+        "/manage/logging/level",
+        r#"{"level": "WARNING"}"#,
+    );
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    poll_until_all_answer(&service, &pids, "WARNING");
+    let health = get(service.address, "/manage/health");
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(
+        json(&health.body)["checks"]["ipc"]["ok"],
+        true,
+        "{}",
+        health.body
+    );
+
+    let restarted = ipc_server_of(service.pid());
+    service.signal(Signal::SIGTERM);
+    let status = service.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", service.log().join("\n"));
+    assert!(process_gone(restarted), "the restarted server stopped too");
+}
+
+/// With worker processes, an event runs the application's handlers once
+/// per worker: the supervisor serves no requests and runs none of them.
+#[test]
+fn the_supervisor_runs_no_application_handler() {
+    let service = start("[server]\nprocesses = 2\nworkers = 1\n");
+    let workers = worker_pids(&service, 2);
+    let supervisor = service.pid();
+    let before = service.log().len();
+    std::fs::write(
+        service.config_path(),
+        "[server]\nbind = \"127.0.0.1:0\"\nprocesses = 2\nworkers = 1\n[greeting]\ntemplate = \"hey {name}\"\n",
+    )
+    .unwrap();
+    for pid in &workers {
+        service.wait_log_after(before, &format!("[{pid}] greeting config changed"));
+    }
+    // The supervisor reloaded the file too, and follows a level change (its
+    // own handlers run): once it logs that, the greeting event before it
+    // has been dispatched there.
+    service.wait_log_after(
+        before,
+        &format!("[{supervisor}] config changed path=greeting.template"),
+    );
+    let changed = post_json(
+        service.address,
+        "/manage/logging/level",
+        r#"{"level": "DEBUG"}"#,
+    );
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    service.wait_log_after(
+        before,
+        &format!("[{supervisor}] config changed path=logging.level"),
+    );
+    let log = service.log();
+    let runs = |pid: u32| {
+        log[before..]
+            .iter()
+            .filter(|l| l.contains(&format!("[{pid}] greeting config changed")))
+            .count()
+    };
+    for pid in &workers {
+        assert_eq!(runs(*pid), 1, "worker {pid}");
+    }
+    assert_eq!(runs(supervisor), 0, "{}", log[before..].join("\n"));
+}

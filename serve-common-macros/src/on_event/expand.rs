@@ -11,6 +11,7 @@ pub(crate) fn handler(args: &Args, func: &ItemFn, signature: &Signature) -> Toke
     let name_str = name.to_string();
     let pattern = &args.pattern;
     let once = args.once;
+    let supervisor = args.supervisor;
     let ack = match &args.ack {
         Ack::None => quote!(::serve_common::__private::AckDef::None),
         Ack::Completed => quote!(::serve_common::__private::AckDef::Completed),
@@ -55,6 +56,7 @@ pub(crate) fn handler(args: &Args, func: &ItemFn, signature: &Signature) -> Toke
                     pattern: #pattern,
                     once: #once,
                     ack: #ack,
+                    supervisor: #supervisor,
                     name: ::core::concat!(::core::module_path!(), "::", #name_str),
                     module: ::core::module_path!(),
                     line: ::core::line!(),

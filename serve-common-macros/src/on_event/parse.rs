@@ -5,6 +5,7 @@ use syn::{LitStr, Token};
 mod kw {
     syn::custom_keyword!(once);
     syn::custom_keyword!(ack);
+    syn::custom_keyword!(supervisor);
 }
 
 pub(crate) enum Ack {
@@ -17,6 +18,7 @@ pub(crate) struct Args {
     pub(crate) pattern: LitStr,
     pub(crate) once: bool,
     pub(crate) ack: Ack,
+    pub(crate) supervisor: bool,
 }
 
 impl Args {
@@ -46,8 +48,9 @@ impl Args {
             pattern,
             once: false,
             ack: Ack::None,
+            supervisor: false,
         };
-        let (mut seen_once, mut seen_ack) = (false, false);
+        let (mut seen_once, mut seen_ack, mut seen_supervisor) = (false, false, false);
         while !input.is_empty() {
             input.parse::<Token![,]>()?;
             if input.is_empty() {
@@ -78,6 +81,31 @@ impl Args {
                 } else {
                     Ack::Completed
                 };
+            } else if lookahead.peek(kw::supervisor) {
+                let token = input.parse::<kw::supervisor>()?;
+                if std::mem::replace(&mut seen_supervisor, true) {
+                    return Err(syn::Error::new(token.span, "duplicate option `supervisor`"));
+                }
+                if input.peek(Token![=]) || input.peek(syn::token::Paren) {
+                    let value: TokenStream = input.step(|cursor| {
+                        let mut rest = *cursor;
+                        let mut tokens = TokenStream::new();
+                        while let Some((tt, next)) = rest.token_tree() {
+                            if matches!(&tt, proc_macro2::TokenTree::Punct(p) if p.as_char() == ',')
+                            {
+                                break;
+                            }
+                            tokens.extend([tt]);
+                            rest = next;
+                        }
+                        Ok((tokens, rest))
+                    })?;
+                    return Err(syn::Error::new_spanned(
+                        value,
+                        "`supervisor` takes no value: write `supervisor` to run the handler in the supervisor process too, or leave it out",
+                    ));
+                }
+                args.supervisor = true;
             } else {
                 let mut error = lookahead.error();
                 if input.peek(syn::Ident) {
@@ -85,7 +113,7 @@ impl Args {
                     error = syn::Error::new(
                         ident.span(),
                         format!(
-                            "unknown option `{ident}`; expected `once`, `ack` or `ack = \"name\"`"
+                            "unknown option `{ident}`; expected `once`, `ack`, `ack = \"name\"` or `supervisor`"
                         ),
                     );
                 }

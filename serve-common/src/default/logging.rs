@@ -185,6 +185,7 @@ pub fn init() -> Result<(), LoggingError> {
         }
         event::bus()
             .on("config:logging.*")
+            .in_supervisor()
             .label("serve_common::default::logging")
             .call(|_: &event::Event| {
                 apply_config().map_err(|e| format!("{e}; keeping {}", level()))

@@ -40,6 +40,79 @@
 //!   in the order of their module path and line.
 //! - Creating processes by `fork` without `exec` after the bus started is
 //!   not supported (its thread does not survive a fork).
+//!
+//! # Across processes: the IPC link
+//!
+//! The link is a small state machine owned by one thread: connecting, up,
+//! down (reconnecting with a jittered back-off, up to
+//! [`IpcOptions::max_reconnect_delay`]), closed.
+//!
+//! - **Up**: an event goes straight to the socket from the dispatcher
+//!   thread when nothing is waiting before it (no thread hand-off); else it
+//!   joins the outgoing buffer, which the link thread sends in order.
+//! - **Down** (the IPC server died, or cut this process off for not
+//!   reading): events wait in the outgoing buffer, bounded by
+//!   [`IpcOptions::buffer_events`] and [`IpcOptions::buffer_bytes`]; what
+//!   exceeds the bound is dropped, counted ([`IpcEvents::dropped_outgoing`])
+//!   and logged at WARN. The link logs the loss at WARN, notifies
+//!   [`LINK_LOST_EVENT`] here, and reconnects; on rejoining it sends the
+//!   buffer once, logs what the outage cost, and notifies
+//!   [`LINK_REJOINED_EVENT`] here (the config answers it by asking the
+//!   others for the runtime sets it missed, so every process converges).
+//!   The process that started the IPC server restarts it (see
+//!   [`ipc::start_with`](crate::ipc::start_with)).
+//! - The [`health`](IpcEvents::health) check fails once the link has been
+//!   down longer than [`IpcOptions::health_grace`]; `#[serve_common::main]`
+//!   registers it as `ipc` in `/manage/health`.
+//!
+//! What is lost, and where it is counted:
+//!
+//! - Events other processes sent while this one was away are lost to it.
+//!   A restarted server replays what it forwarded in its first moments
+//!   ([`ServerOptions::rejoin_window`](crate::ipc::ServerOptions::rejoin_window))
+//!   to members that rejoin late, so the events buffered during an outage
+//!   reach every process that comes back in time. A member cut off for not reading learns, when it
+//!   rejoins, how many messages the server discarded for it
+//!   ([`IpcEvents::missed`]); it logs that once.
+//! - Events written to the socket just before the server died, which it
+//!   had not forwarded yet, are lost (nothing acknowledges them).
+//! - The receiver hands events to the bus, so a slow handler never stalls
+//!   the socket. When the bus already has [`IpcOptions::incoming_events`]
+//!   events or [`IpcOptions::incoming_bytes`] bytes from other processes
+//!   waiting, an incoming event is dropped ([`IpcEvents::dropped_incoming`],
+//!   logged). A message that is not an event is logged and skipped
+//!   ([`IpcEvents::malformed`]).
+//!
+//! Drops are logged the first time and then at every power of two. The
+//! main macro reads the link's options from the `[events.ipc]` config
+//! section ([`IpcOptions::from_config`]).
+//!
+//! # Which processes run handlers
+//!
+//! Registrations are per process: a handler runs in each process that
+//! registered it, for the events that process notifies and for the ones
+//! that reach it from the others (over IPC or NATS).
+//!
+//! With worker processes (`server.processes = N > 1`, see
+//! [`default::actix`](crate::default::actix)), every process runs `main`,
+//! so every process registers the same handlers, but one of them is the
+//! supervisor: it starts and watches the workers and serves no requests.
+//! The supervisor's global bus runs only:
+//!
+//! - serve-common's own handlers: it applies config changes (file edits,
+//!   runtime sets from the workers) and follows log levels like every
+//!   process;
+//! - handlers registered with [`HandlerBuilder::in_supervisor`], or
+//!   `#[on_event("...", supervisor)]`;
+//! - waits ([`wait_for`](EventBus::wait_for), [`notify_and_wait`](EventBus::notify_and_wait)).
+//!
+//! So an event runs an application handler once per worker: N times, not
+//! N + 1. A handler with a side effect that must happen once per service
+//! (an e-mail, a row written) is better triggered by one process on
+//! purpose than by an event every process handles.
+//!
+//! In a single-process service, and on buses made with [`EventBus::new`],
+//! every handler runs.
 
 mod ipc;
 #[cfg(feature = "nats")]
@@ -63,7 +136,10 @@ use parking_lot::{Mutex, MutexGuard, RwLock};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use self::ipc::{enable_ipc, IpcEvents, EVENTS_GROUP, INCOMING_BACKLOG, OUTGOING_CAPACITY};
+pub use self::ipc::{
+    enable_ipc, enable_ipc_with, ipc_link, IpcEvents, IpcLinkLost, IpcOptions, IpcRejoined,
+    EVENTS_GROUP, INCOMING_BACKLOG, LINK_LOST_EVENT, LINK_REJOINED_EVENT, OUTGOING_CAPACITY,
+};
 #[cfg(feature = "nats")]
 pub use self::nats::{enable_nats, NatsEvents, NatsOptions};
 pub use self::pattern::{EventPattern, PatternError};
@@ -144,6 +220,16 @@ impl Event {
     /// this process, else converted through serde.
     pub fn payload<T: DeserializeOwned + 'static>(&self) -> Result<Payload<'_, T>, PayloadError> {
         self.payload.read(&self.name)
+    }
+
+    /// What a remote event weighs in a backlog: its name and its encoded
+    /// payload (0 for a local event's payload, which is not encoded).
+    fn remote_size(&self) -> usize {
+        self.name.len()
+            + match &self.payload {
+                PayloadRepr::Encoded(bytes) => bytes.len(),
+                _ => 0,
+            }
     }
 
     /// The payload in CBOR, for transports.
@@ -235,6 +321,11 @@ pub(crate) struct Core {
     taken: AtomicU64,
     /// Whether an IPC link carries this bus's events.
     ipc_linked: std::sync::atomic::AtomicBool,
+    /// False in a supervisor process: only handlers marked
+    /// `in_supervisor` run.
+    application_handlers: std::sync::atomic::AtomicBool,
+    /// Bytes of events from other processes queued and not dispatched yet.
+    remote_bytes: std::sync::atomic::AtomicUsize,
 }
 
 impl Core {
@@ -330,6 +421,8 @@ impl Core {
                 }
             }
             Origin::Remote => {
+                self.remote_bytes
+                    .fetch_sub(event.remote_size(), Ordering::Relaxed);
                 let hooks = self.inbound_hooks.read().clone();
                 for hook in hooks {
                     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| hook(event))) {
@@ -341,7 +434,11 @@ impl Core {
             Origin::Local => {}
         }
         self.registry.lock().collect(&event.name, matched);
+        let application = self.application_handlers.load(Ordering::Relaxed);
         for entry in matched.drain(..) {
+            if !application && !entry.in_supervisor {
+                continue;
+            }
             let outcome = match catch_unwind(AssertUnwindSafe(|| (entry.handler)(event))) {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(error)) => {
@@ -476,6 +573,8 @@ impl EventBus {
             queued: AtomicU64::new(0),
             taken: AtomicU64::new(0),
             ipc_linked: std::sync::atomic::AtomicBool::new(false),
+            application_handlers: std::sync::atomic::AtomicBool::new(true),
+            remote_bytes: std::sync::atomic::AtomicUsize::new(0),
         });
         let thread_core = core.clone();
         let handle = thread::Builder::new()
@@ -526,10 +625,13 @@ impl EventBus {
             once: false,
             ack: None,
             label: None,
+            in_supervisor: false,
         }
     }
 
-    /// Registers `handler` for every event matching `pattern`.
+    /// Registers `handler` for every event matching `pattern`, in this
+    /// process (a supervisor of worker processes skips it: see [which
+    /// processes run handlers](crate::event#which-processes-run-handlers)).
     pub fn register<F, R>(
         &self,
         pattern: impl Into<EventPattern>,
@@ -588,7 +690,28 @@ impl EventBus {
     /// handlers like any other, after the inbound hooks, and is not handed
     /// to the transport again. Build it with [`Event::from_remote`].
     pub fn deliver(&self, event: Event) {
+        if event.origin == Origin::Remote {
+            self.core()
+                .remote_bytes
+                .fetch_add(event.remote_size(), Ordering::Relaxed);
+        }
         self.core().enqueue(Item::Event(event));
+    }
+
+    /// Bytes of events from other processes ([`deliver`](Self::deliver))
+    /// waiting to be dispatched: what a transport bounds its backlog by.
+    pub fn remote_backlog_bytes(&self) -> usize {
+        self.core().remote_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Makes this bus a supervisor's: from now on it runs only the
+    /// handlers marked [`in_supervisor`](HandlerBuilder::in_supervisor)
+    /// (serve-common's own, and those that ask). See [which processes run
+    /// handlers](crate::event#which-processes-run-handlers).
+    pub(crate) fn become_supervisor(&self) {
+        self.core()
+            .application_handlers
+            .store(false, Ordering::Relaxed);
     }
 
     /// Sets (or, with `None`, removes) the transport that carries this
@@ -622,6 +745,8 @@ impl EventBus {
             once: true,
             ack: None,
             label: label.into(),
+            // A wait is this process's own code asking: it always runs.
+            in_supervisor: true,
         })?;
         Ok(EventWaiter {
             slot,
@@ -701,6 +826,9 @@ impl EventBus {
                 if def.once {
                     builder = builder.once();
                 }
+                if def.supervisor {
+                    builder = builder.in_supervisor();
+                }
                 builder = match def.ack {
                     crate::__private::AckDef::None => builder,
                     crate::__private::AckDef::Completed => builder.ack(),
@@ -727,9 +855,19 @@ pub struct HandlerBuilder<'a> {
     once: bool,
     ack: Option<Ack>,
     label: Option<Cow<'static, str>>,
+    in_supervisor: bool,
 }
 
 impl HandlerBuilder<'_> {
+    /// Runs the handler in the supervisor process too, when the service
+    /// runs worker processes (`server.processes > 1`). By default a
+    /// supervisor runs no application handler: see [which processes run
+    /// handlers](crate::event#which-processes-run-handlers).
+    pub fn in_supervisor(mut self) -> Self {
+        self.in_supervisor = true;
+        self
+    }
+
     /// Runs the handler for the first matching event only (the original's
     /// single use), then unregisters it.
     pub fn once(mut self) -> Self {
@@ -762,7 +900,7 @@ impl HandlerBuilder<'_> {
         handler: Arc<HandlerFn>,
     ) -> Result<Registration, PatternError> {
         let core = self.bus.core();
-        let (once, ack) = (self.once, self.ack);
+        let (once, ack, in_supervisor) = (self.once, self.ack, self.in_supervisor);
         let label = self.label.unwrap_or(Cow::Borrowed(label));
         let id = core.register(self.pattern, |id| Entry {
             id,
@@ -770,6 +908,7 @@ impl HandlerBuilder<'_> {
             once,
             ack,
             label,
+            in_supervisor,
         })?;
         Ok(Registration {
             id,

@@ -26,6 +26,8 @@ pub(crate) struct Entry {
     pub(crate) once: bool,
     pub(crate) ack: Option<Ack>,
     pub(crate) label: Cow<'static, str>,
+    /// Runs in a supervisor process too (see the event module's docs).
+    pub(crate) in_supervisor: bool,
 }
 
 enum Matcher {

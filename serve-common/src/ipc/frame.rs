@@ -20,8 +20,8 @@ pub const CHUNK: usize = 64 * 1024;
 /// The largest packet [`encode`] produces.
 pub const MAX_PACKET: usize = CHUNK + 5;
 
-const WHOLE: u8 = 0x01;
-const FIRST: u8 = 0x02;
+pub(crate) const WHOLE: u8 = 0x01;
+pub(crate) const FIRST: u8 = 0x02;
 const MORE: u8 = 0x03;
 
 /// A message longer than the maximum.
@@ -100,16 +100,38 @@ pub enum FrameError {
     },
 }
 
-/// Reassembles messages from packets, one connection's worth.
+/// What a packet that passed [`FrameCheck::check`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketKind {
+    /// A whole message: the payload is `packet[1..]`.
+    Whole,
+    /// The first part of a longer message: the payload is `packet[5..]`.
+    /// `complete` when it carries the whole announced length.
+    First {
+        /// Whether this packet completes the message.
+        complete: bool,
+    },
+    /// A next part: the payload is `packet[1..]`.
+    More {
+        /// Whether this packet completes the message.
+        complete: bool,
+    },
+}
+
+/// Checks a connection's packets against the format without copying
+/// them: the server uses it to forward packets as they came, and
+/// [`Decoder`] to reassemble them. On error the packet, and the partial
+/// message it belonged to, are dropped; the next packet starts afresh.
 #[derive(Debug)]
-pub struct Decoder {
+pub struct FrameCheck {
     max: usize,
-    partial: Option<(usize, Vec<u8>)>,
+    /// The message in progress: (announced, received so far).
+    partial: Option<(usize, usize)>,
     dropped: Option<FrameError>,
 }
 
-impl Decoder {
-    /// A decoder that refuses messages over `max` bytes.
+impl FrameCheck {
+    /// A checker that refuses messages over `max` bytes.
     pub fn new(max: usize) -> Self {
         Self {
             max,
@@ -118,14 +140,14 @@ impl Decoder {
         }
     }
 
-    /// Takes one packet. Returns a message when this packet completes one.
-    /// On error the packet, and the partial message it belonged to, are
-    /// dropped; the next packet starts afresh.
-    pub fn push(&mut self, packet: &[u8]) -> Result<Option<Vec<u8>>, FrameError> {
-        let (&tag, rest) = packet.split_first().ok_or(FrameError::Empty)?;
+    /// Checks one packet.
+    pub fn check(&mut self, packet: &[u8]) -> Result<PacketKind, FrameError> {
+        let Some((&tag, rest)) = packet.split_first() else {
+            return Err(FrameError::Empty);
+        };
         match tag {
             WHOLE => {
-                self.drop_partial();
+                self.interrupt();
                 if rest.len() > self.max {
                     return Err(TooLarge {
                         len: rest.len(),
@@ -133,10 +155,10 @@ impl Decoder {
                     }
                     .into());
                 }
-                Ok(Some(rest.to_vec()))
+                Ok(PacketKind::Whole)
             }
             FIRST => {
-                self.drop_partial();
+                self.interrupt();
                 let (len, data) = rest.split_first_chunk::<4>().ok_or(FrameError::Truncated)?;
                 let announced = u32::from_le_bytes(*len) as usize;
                 if announced > self.max {
@@ -149,17 +171,23 @@ impl Decoder {
                 if data.len() > announced {
                     return Err(FrameError::Overrun { announced });
                 }
-                let mut buffer = Vec::with_capacity(announced);
-                buffer.extend_from_slice(data);
-                self.finish_or_keep(announced, buffer)
+                let complete = data.len() == announced;
+                if !complete {
+                    self.partial = Some((announced, data.len()));
+                }
+                Ok(PacketKind::First { complete })
             }
             MORE => {
-                let (announced, mut buffer) = self.partial.take().ok_or(FrameError::Orphan)?;
-                if buffer.len() + rest.len() > announced {
+                let (announced, got) = self.partial.take().ok_or(FrameError::Orphan)?;
+                let got = got + rest.len();
+                if got > announced {
                     return Err(FrameError::Overrun { announced });
                 }
-                buffer.extend_from_slice(rest);
-                self.finish_or_keep(announced, buffer)
+                let complete = got == announced;
+                if !complete {
+                    self.partial = Some((announced, got));
+                }
+                Ok(PacketKind::More { complete })
             }
             other => {
                 self.partial = None;
@@ -168,15 +196,75 @@ impl Decoder {
         }
     }
 
+    /// Forgets the message in progress (after a packet that could not be
+    /// read at all).
+    pub fn reset(&mut self) {
+        self.partial = None;
+    }
+
     /// A message that starts interrupts an incomplete one: that one is
-    /// dropped (and reported by [`take_dropped`](Self::take_dropped)), the
-    /// new one decoded.
-    fn drop_partial(&mut self) {
-        if let Some((announced, buffer)) = self.partial.take() {
-            self.dropped = Some(FrameError::Interrupted {
-                got: buffer.len(),
-                announced,
-            });
+    /// dropped and reported by [`take_dropped`](Self::take_dropped).
+    fn interrupt(&mut self) {
+        if let Some((announced, got)) = self.partial.take() {
+            self.dropped = Some(FrameError::Interrupted { got, announced });
+        }
+    }
+
+    /// The incomplete message the last packet interrupted, if any: a
+    /// sender that gave up half-way. Check after each
+    /// [`check`](Self::check) to log it.
+    pub fn take_dropped(&mut self) -> Option<FrameError> {
+        self.dropped.take()
+    }
+
+    /// Whether a message is half-received.
+    pub fn in_progress(&self) -> bool {
+        self.partial.is_some()
+    }
+}
+
+/// Reassembles messages from packets, one connection's worth. The buffer
+/// grows with the bytes that arrive, not with the length a first packet
+/// announces, so a peer cannot make it reserve memory it never sends.
+#[derive(Debug)]
+pub struct Decoder {
+    check: FrameCheck,
+    buffer: Vec<u8>,
+}
+
+impl Decoder {
+    /// A decoder that refuses messages over `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self {
+            check: FrameCheck::new(max),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Takes one packet. Returns a message when this packet completes one.
+    /// On error the packet, and the partial message it belonged to, are
+    /// dropped; the next packet starts afresh.
+    pub fn push(&mut self, packet: &[u8]) -> Result<Option<Vec<u8>>, FrameError> {
+        let kind = match self.check.check(packet) {
+            Ok(kind) => kind,
+            Err(error) => {
+                self.buffer = Vec::new();
+                return Err(error);
+            }
+        };
+        match kind {
+            PacketKind::Whole => {
+                self.buffer = Vec::new();
+                Ok(Some(packet[1..].to_vec()))
+            }
+            PacketKind::First { complete } => {
+                self.buffer = packet[5..].to_vec();
+                Ok(complete.then(|| std::mem::take(&mut self.buffer)))
+            }
+            PacketKind::More { complete } => {
+                self.buffer.extend_from_slice(&packet[1..]);
+                Ok(complete.then(|| std::mem::take(&mut self.buffer)))
+            }
         }
     }
 
@@ -184,25 +272,19 @@ impl Decoder {
     /// sender that gave up half-way. Check after each [`push`](Self::push)
     /// to log it.
     pub fn take_dropped(&mut self) -> Option<FrameError> {
-        self.dropped.take()
-    }
-
-    fn finish_or_keep(
-        &mut self,
-        announced: usize,
-        buffer: Vec<u8>,
-    ) -> Result<Option<Vec<u8>>, FrameError> {
-        if buffer.len() == announced {
-            Ok(Some(buffer))
-        } else {
-            self.partial = Some((announced, buffer));
-            Ok(None)
-        }
+        self.check.take_dropped()
     }
 
     /// Whether a message is half-received.
     pub fn in_progress(&self) -> bool {
-        self.partial.is_some()
+        self.check.in_progress()
+    }
+
+    /// Drops the message in progress (after a packet that could not be
+    /// read at all).
+    pub fn reset(&mut self) {
+        self.check.reset();
+        self.buffer = Vec::new();
     }
 }
 
@@ -251,5 +333,40 @@ mod tests {
         ));
         assert_eq!(decoder.take_dropped(), None);
         assert_eq!(encode(&[0; 101], 100).unwrap_err().len, 101);
+    }
+
+    #[test]
+    fn an_announced_length_reserves_nothing_until_bytes_arrive() {
+        let mut decoder = Decoder::new(16 << 20);
+        assert_eq!(decoder.push(&[FIRST, 0, 0, 0, 1, 7]), Ok(None));
+        assert!(
+            decoder.buffer.capacity() < 1024,
+            "{}",
+            decoder.buffer.capacity()
+        );
+        assert!(decoder.in_progress());
+    }
+
+    #[test]
+    fn the_checker_classifies_without_copying() {
+        let mut check = FrameCheck::new(100);
+        assert_eq!(check.check(&[WHOLE, 1]), Ok(PacketKind::Whole));
+        assert_eq!(
+            check.check(&[FIRST, 3, 0, 0, 0, 1]),
+            Ok(PacketKind::First { complete: false })
+        );
+        assert_eq!(
+            check.check(&[MORE, 2]),
+            Ok(PacketKind::More { complete: false })
+        );
+        assert_eq!(
+            check.check(&[MORE, 3]),
+            Ok(PacketKind::More { complete: true })
+        );
+        assert_eq!(check.check(&[MORE, 4]), Err(FrameError::Orphan));
+        assert_eq!(
+            check.check(&[FIRST, 2, 0, 0, 0, 1, 2]),
+            Ok(PacketKind::First { complete: true })
+        );
     }
 }

@@ -26,17 +26,50 @@
 //! set. That executable must call [`run_server_if_requested`] before
 //! anything else (the `#[serve_common::main]` macro does): it becomes the
 //! server, binds an `AF_UNIX` `SOCK_SEQPACKET` socket in the abstract
-//! namespace, and prints the address (base64) on its standard output, which
-//! `start` reads. `start` then exports `SERVCOM_IPC_ADDR` so child processes
-//! find the server with [`setup`]; call it early, before other threads read
-//! the environment. [`configure_command`] sets the variable on a `Command`
-//! explicitly.
+//! namespace at the address the starting process chose, and prints it
+//! (base64) on its standard output, which `start` checks. Child processes
+//! find the server through `SERVCOM_IPC_ADDR` with [`setup`]. Call
+//! [`prepare`] first thing in `main`, while the process has one thread: it
+//! chooses the address and exports the variable before any thread may read
+//! the environment (the main macro does). [`configure_command`] sets the
+//! variable on a `Command` explicitly.
 //!
 //! The server ignores `SIGINT` (a `^C` reaches the whole process group; the
 //! parent decides when the server stops, with [`shutdown`]) and dies with
 //! its parent (`PR_SET_PDEATHSIG`; `start` forks it from a thread that lives
 //! as long as the process). Only processes of the server's uid may connect
-//! (`SO_PEERCRED`, checked on accept); others are refused with a log line.
+//! (`SO_PEERCRED`, checked on accept, before the connection costs a
+//! thread); others are refused with a log line.
+//!
+//! # Faults
+//!
+//! - **The server dies.** The process that started it reaps it (no
+//!   zombie) and starts another on the same address, logged at WARN: at
+//!   once, or after a jittered back-off when the last one died within a
+//!   second of starting. Members see their connection close; the event
+//!   bus's link reconnects and rejoins by itself (see
+//!   [`event`](crate::event#across-processes-the-ipc-link)); a plain [`GroupSocket`] returns
+//!   [`IpcError::Closed`] and its owner joins again. For
+//!   [`ServerOptions::rejoin_window`] after a restart, the new server
+//!   replays what it forwarded to members that rejoin late, so what the
+//!   first member back sent reaches the others.
+//! - **A member stops reading.** The fan-out never waits for it: each
+//!   message goes straight to each member's socket without blocking, and
+//!   what a socket refuses waits in that member's queue (in order; later
+//!   messages follow through the queue until it drains). A member whose
+//!   queue would grow past [`ServerOptions::queue_bytes`], or that reads
+//!   nothing for [`ServerOptions::stall_timeout`], is cut off: that member
+//!   only, logged at WARN with the number of messages discarded, which it
+//!   learns when it rejoins. The others lose nothing and wait for nothing.
+//! - **A member misbehaves.** The whole greeting has one deadline
+//!   ([`ServerOptions::greeting_timeout`]), so a connection that trickles
+//!   bytes holds nothing for long; buffers grow with the bytes that arrive,
+//!   not with the lengths a peer announces; a malformed packet or frame is
+//!   logged and dropped, by the server and by [`GroupSocket::recv`]; neither
+//!   crashes. A join waits at most [`JOIN_TIMEOUT`] for the server's welcome.
+//! - **Shutdown.** The server forwards what members sent before it, waits
+//!   up to [`ServerOptions::drain_timeout`] for each member to read what is
+//!   queued for it, then exits.
 //!
 //! # Guarantees and limits
 //!
@@ -44,14 +77,11 @@
 //!   `deserialize_any` types round-trip), framed across packets, at most
 //!   [`ServerOptions::max_message`] bytes (16 MiB by default); a larger send
 //!   is an error for the sender. See [`frame`] for the wire format.
-//! - A connection that never greets is closed after
-//!   [`ServerOptions::greeting_timeout`] and delays no one.
-//! - Each member has an outgoing queue of [`ServerOptions::queue_bytes`].
-//!   A sender facing a full queue waits; a member whose queue stays full
-//!   for [`ServerOptions::stall_timeout`] is disconnected (that member only,
-//!   logged), and the others lose nothing.
-//! - A malformed packet or frame is logged and dropped, by the server and
-//!   by [`GroupSocket::recv`]; neither crashes.
+//! - Every member receives every other member's messages once, in the
+//!   order each was sent, while it is connected. Messages written to a
+//!   server that dies before forwarding them are lost (nothing
+//!   acknowledges them), and so are messages sent while a member is away
+//!   (beyond what a restarted server replays).
 //! - Creating processes with `fork` and no `exec` after setup is not
 //!   supported.
 
@@ -88,6 +118,17 @@ pub const MAX_MESSAGE_ENV: &str = "SERVCOM_IPC_MAX_MESSAGE";
 pub const SERVER_MARKER_ENV: &str = "SERVCOM_IPC_SERVER";
 const PARENT_ENV: &str = "SERVCOM_IPC_PARENT";
 const OPTIONS_ENV: &str = "SERVCOM_IPC_OPTIONS";
+/// The address the server binds (base64), chosen by the process that
+/// starts it, so a restarted server takes the same one.
+const NAME_ENV: &str = "SERVCOM_IPC_NAME";
+/// How many servers ran at this address before this one.
+const GENERATION_ENV: &str = "SERVCOM_IPC_GENERATION";
+
+/// How long [`join_group`] waits for the server's welcome.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A server that exits sooner than this after its start counts as a
+/// failed start: restarts back off (see [`start_with`]).
+const QUICK_DEATH: Duration = Duration::from_secs(1);
 
 /// The default maximum message size: 16 MiB.
 pub const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
@@ -95,16 +136,33 @@ pub const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
 /// The first message of every connection.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Greeting {
-    Join { group: String },
+    Join {
+        group: String,
+        /// A member coming back after its connection broke: a restarted
+        /// server replays to it what it forwarded since it started.
+        #[serde(default)]
+        rejoin: bool,
+    },
     Shutdown,
 }
 
 /// The server's answer to a `Join`, sent once the member is in the group:
 /// `join_group` returns only then, so the group includes it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Welcome {
     pub(crate) member: u64,
     pub(crate) max_message: u64,
+    /// The server's pid.
+    #[serde(default)]
+    pub(crate) server_pid: u32,
+    /// When this server cut this process off from the group earlier: how
+    /// many messages it discarded for it.
+    #[serde(default)]
+    pub(crate) missed: Option<u64>,
+    /// Messages replayed after the welcome (a restarted server's first
+    /// moments, to a member that rejoined late).
+    #[serde(default)]
+    pub(crate) replayed: u64,
 }
 
 /// How the server behaves; [`start_with`] passes it to the server process.
@@ -112,13 +170,25 @@ pub(crate) struct Welcome {
 pub struct ServerOptions {
     /// The largest message, in bytes (default 16 MiB).
     pub max_message: usize,
-    /// Each member's outgoing queue, in bytes (default 64 MiB).
+    /// Each member's outgoing queue, in bytes (default 64 MiB): what its
+    /// socket could not take yet. A member whose queue would grow past it
+    /// is cut off.
     pub queue_bytes: usize,
-    /// How long a member's queue may stay full before it is disconnected
-    /// (default 10 s).
+    /// How long a member with a non-empty queue may read nothing before it
+    /// is cut off (default 10 s).
     pub stall_timeout: Duration,
-    /// How long a new connection has to greet (default 2 s).
+    /// How long a new connection has to send its whole greeting (default 2 s).
     pub greeting_timeout: Duration,
+    /// How long, after a restart, the server keeps what it forwards (at
+    /// most `queue_bytes` per group) for members that rejoin late (default
+    /// 2 s): what one member sent on rejoining reaches the ones that
+    /// rejoin after it.
+    #[serde(default = "default_rejoin_window")]
+    pub rejoin_window: Duration,
+    /// At [`shutdown`], how long the server waits for its members to read
+    /// what is queued for them before it exits (default 2 s).
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Duration,
     /// The executable to run as the server (default: the current one).
     /// It must call [`run_server_if_requested`] first thing.
     #[serde(skip)]
@@ -132,9 +202,19 @@ impl Default for ServerOptions {
             queue_bytes: 64 << 20,
             stall_timeout: Duration::from_secs(10),
             greeting_timeout: Duration::from_secs(2),
+            rejoin_window: default_rejoin_window(),
+            drain_timeout: default_drain_timeout(),
             program: None,
         }
     }
+}
+
+fn default_rejoin_window() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// What can go wrong with IPC.
@@ -177,17 +257,28 @@ pub enum IpcError {
     /// (another user, or a malformed greeting); its log says why.
     #[error("the IPC server refused the connection (see its log)")]
     Refused,
+    /// The server did not welcome the member in time (it is stuck, or the
+    /// address is not an IPC server's).
+    #[error("the IPC server did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
-struct Started {
-    pid: u32,
-    child: Child,
+/// What the process that started the server knows of it.
+struct Keeper {
+    /// The running server's pid (0 between a death and its restart).
+    pid: std::sync::atomic::AtomicU32,
+    /// Set once the keeper thread has reaped the last server and ended.
+    ended: Mutex<bool>,
+    ended_signal: parking_lot::Condvar,
+    drain_timeout: Duration,
 }
 
 struct State {
     address: Vec<u8>,
     max_message: usize,
-    started: Option<Started>,
+    /// Chosen by [`prepare`] for a server not started yet.
+    reserved: bool,
+    started: Option<Arc<Keeper>>,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -233,21 +324,34 @@ pub fn run_server_if_requested() {
         .ok()
         .and_then(|o| serde_json_like::from_str(&o))
         .unwrap_or_default();
-    let name = format!(
+    let name = match std::env::var(NAME_ENV).ok().map(|n| decode_address(&n)) {
+        Some(Ok(name)) => name,
+        _ => new_address(),
+    };
+    let generation = std::env::var(GENERATION_ENV)
+        .ok()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0);
+    match socket::listen(&name) {
+        Ok(listener) => server::serve_and_announce(listener, &name, options, generation),
+        Err(error) => {
+            tracing::error!(%error, address = %encode_address(&name), "IPC server cannot listen");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// A fresh abstract address for a server this process will start.
+fn new_address() -> Vec<u8> {
+    format!(
         "serve-common-ipc-{}-{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default()
-    );
-    match socket::listen(name.as_bytes()) {
-        Ok(listener) => server::serve_and_announce(listener, name.as_bytes(), options),
-        Err(error) => {
-            tracing::error!(%error, "IPC server cannot listen");
-            std::process::exit(1);
-        }
-    }
+    )
+    .into_bytes()
 }
 
 /// The options travel to the server in an environment variable, as TOML.
@@ -284,14 +388,107 @@ fn spawner() -> &'static Mutex<mpsc::Sender<(Command, SpawnReply)>> {
     })
 }
 
+/// Chooses the address of the server this process will start and exports
+/// it ([`ADDR_ENV`], [`MAX_MESSAGE_ENV`]) for children, unless
+/// [`ADDR_ENV`] is set already (then this process is a member). Returns
+/// whether this process will start the server.
+///
+/// Call it first thing in `main`, while the process has one thread:
+/// changing the environment while other threads may read it is unsound.
+/// `#[serve_common::main]` does. [`start`] exports the address itself when
+/// this was not called.
+pub fn prepare() -> bool {
+    let mut state = STATE.lock();
+    if state
+        .as_ref()
+        .is_some_and(|s| s.reserved || s.started.is_some())
+    {
+        return true;
+    }
+    if std::env::var_os(ADDR_ENV).is_some() {
+        return false;
+    }
+    let address = new_address();
+    std::env::set_var(ADDR_ENV, encode_address(&address));
+    std::env::set_var(MAX_MESSAGE_ENV, DEFAULT_MAX_MESSAGE.to_string());
+    *state = Some(State {
+        address,
+        max_message: DEFAULT_MAX_MESSAGE,
+        reserved: true,
+        started: None,
+    });
+    true
+}
+
 /// Starts the server with the default options; see [`start_with`].
 pub fn start() -> Result<u32, IpcError> {
     start_with(ServerOptions::default())
 }
 
+/// How to start (and restart) the server.
+#[derive(Clone)]
+struct Launch {
+    program: PathBuf,
+    address: Vec<u8>,
+    options: ServerOptions,
+}
+
+impl Launch {
+    /// Starts a server and waits for it to announce its address.
+    fn spawn(&self, generation: u64) -> Result<Child, IpcError> {
+        let mut command = Command::new(&self.program);
+        command
+            .env(SERVER_MARKER_ENV, "1")
+            .env(PARENT_ENV, std::process::id().to_string())
+            .env(OPTIONS_ENV, serde_json_like::to_string(&self.options))
+            .env(NAME_ENV, encode_address(&self.address))
+            .env(GENERATION_ENV, generation.to_string())
+            .env_remove(ADDR_ENV)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let (reply_tx, reply_rx) = mpsc::channel();
+        spawner()
+            .lock()
+            .send((command, reply_tx))
+            .map_err(|_| IpcError::Spawn("the spawner thread is gone".into()))?;
+        let mut child = reply_rx
+            .recv()
+            .map_err(|_| IpcError::Spawn("the spawner thread is gone".into()))?
+            .map_err(|e| IpcError::Spawn(format!("{}: {e}", self.program.display())))?;
+        // The address line, with a deadline: a program that does not run
+        // the server never prints it.
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (line_tx, line_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = io::BufReader::new(stdout).read_line(&mut line);
+            let _ = line_tx.send(line);
+        });
+        let line = line_rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_default();
+        if line.trim() != encode_address(&self.address) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(IpcError::Spawn(format!(
+                "{} did not announce the address it was given (got {:?}): does its main call ipc::run_server_if_requested() first, and is the address free?",
+                self.program.display(),
+                line.trim()
+            )));
+        }
+        Ok(child)
+    }
+}
+
 /// Starts the IPC server process, sets this process up to use it, and
-/// exports [`ADDR_ENV`] (and [`MAX_MESSAGE_ENV`]) for children. Returns the
-/// server's pid. If this process started one already, returns its pid.
+/// exports [`ADDR_ENV`] (and [`MAX_MESSAGE_ENV`]) for children (unless
+/// [`prepare`] did). Returns the server's pid. If this process started one
+/// already, returns its pid.
+///
+/// This process keeps the server: a thread waits for it, so a dead server
+/// never stays a zombie, and restarts it on the same address when it dies
+/// (logged at WARN; at once after a server that ran for a second or more,
+/// else after a back-off with jitter, up to 5 s), until [`shutdown`].
 pub fn start_with(options: ServerOptions) -> Result<u32, IpcError> {
     if std::env::var_os(SERVER_MARKER_ENV).is_some() {
         return Err(IpcError::Spawn(
@@ -301,64 +498,136 @@ pub fn start_with(options: ServerOptions) -> Result<u32, IpcError> {
         ));
     }
     let mut state = STATE.lock();
-    if let Some(started) = state.as_ref().and_then(|s| s.started.as_ref()) {
-        return Ok(started.pid);
+    if let Some(keeper) = state.as_ref().and_then(|s| s.started.as_ref()) {
+        return Ok(keeper.pid.load(std::sync::atomic::Ordering::Acquire));
     }
     let program = match &options.program {
         Some(program) => program.clone(),
         None => std::env::current_exe().map_err(|e| IpcError::Spawn(e.to_string()))?,
     };
-    let mut command = Command::new(&program);
-    command
-        .env(SERVER_MARKER_ENV, "1")
-        .env(PARENT_ENV, std::process::id().to_string())
-        .env(OPTIONS_ENV, serde_json_like::to_string(&options))
-        .env_remove(ADDR_ENV)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    let (reply_tx, reply_rx) = mpsc::channel();
-    spawner()
-        .lock()
-        .send((command, reply_tx))
-        .map_err(|_| IpcError::Spawn("the spawner thread is gone".into()))?;
-    let mut child = reply_rx
-        .recv()
-        .map_err(|_| IpcError::Spawn("the spawner thread is gone".into()))?
-        .map_err(|e| IpcError::Spawn(format!("{}: {e}", program.display())))?;
-    // The address line, with a deadline: a program that does not run the
-    // server never prints it.
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (line_tx, line_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = io::BufReader::new(stdout).read_line(&mut line);
-        let _ = line_tx.send(line);
-    });
-    let line = line_rx
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap_or_default();
-    let address = match decode_address(&line) {
-        Ok(address) if !line.trim().is_empty() => address,
-        _ => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(IpcError::Spawn(format!(
-                "{} did not announce an address (got {:?}): does its main call ipc::run_server_if_requested() first?",
-                program.display(),
-                line.trim()
-            )));
-        }
+    let (address, exported) = match state.as_ref() {
+        Some(s) if s.reserved => (s.address.clone(), true),
+        _ => (new_address(), false),
     };
+    let launch = Launch {
+        program,
+        address: address.clone(),
+        options: options.clone(),
+    };
+    let child = launch.spawn(0)?;
     let pid = child.id();
-    std::env::set_var(ADDR_ENV, line.trim());
-    std::env::set_var(MAX_MESSAGE_ENV, options.max_message.to_string());
+    if !exported || options.max_message != DEFAULT_MAX_MESSAGE {
+        std::env::set_var(ADDR_ENV, encode_address(&address));
+        std::env::set_var(MAX_MESSAGE_ENV, options.max_message.to_string());
+    }
+    let keeper = Arc::new(Keeper {
+        pid: std::sync::atomic::AtomicU32::new(pid),
+        ended: Mutex::new(false),
+        ended_signal: parking_lot::Condvar::new(),
+        drain_timeout: options.drain_timeout,
+    });
+    let kept = keeper.clone();
+    std::thread::Builder::new()
+        .name("serve-common-ipc-keeper".into())
+        .spawn(move || keep(&launch, child, &kept))
+        .map_err(|e| IpcError::Spawn(format!("cannot start the keeper thread: {e}")))?;
     *state = Some(State {
         address,
         max_message: options.max_message,
-        started: Some(Started { pid, child }),
+        reserved: false,
+        started: Some(keeper),
     });
     tracing::info!(server_pid = pid, "IPC server started");
     Ok(pid)
+}
+
+/// The keeper thread: reaps the server, restarts it until [`shutdown`].
+fn keep(launch: &Launch, mut child: Child, keeper: &Keeper) {
+    use backon::BackoffBuilder as _;
+    use std::sync::atomic::Ordering;
+    let backoff = backon::ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times();
+    let mut delays = backoff.build();
+    let mut started = std::time::Instant::now();
+    let mut generation = 0;
+    loop {
+        let pid = child.id();
+        let status = child.wait();
+        keeper.pid.store(0, Ordering::Release);
+        if shutting_down() {
+            break;
+        }
+        let status = match status {
+            Ok(status) => status.to_string(),
+            Err(error) => error.to_string(),
+        };
+        let lived = started.elapsed();
+        let mut delay = if lived >= QUICK_DEATH {
+            delays = backoff.build();
+            Duration::ZERO
+        } else {
+            delays.next().unwrap_or(Duration::from_secs(5))
+        };
+        tracing::warn!(
+            server_pid = pid,
+            "IPC server (pid {pid}) exited ({status}) after {lived:.1?}; restarting it{}",
+            if delay.is_zero() {
+                String::new()
+            } else {
+                format!(" in {delay:.1?}")
+            }
+        );
+        child = loop {
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
+            if shutting_down() {
+                finish(keeper);
+                return;
+            }
+            generation += 1;
+            match launch.spawn(generation) {
+                Ok(child) => break child,
+                Err(error) => {
+                    delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    tracing::error!(%error, "cannot restart the IPC server; retrying in {delay:.1?}");
+                }
+            }
+        };
+        started = std::time::Instant::now();
+        keeper.pid.store(child.id(), Ordering::Release);
+        tracing::warn!(
+            server_pid = child.id(),
+            "IPC server restarted (pid {}) at the same address",
+            child.id()
+        );
+        if shutting_down() {
+            let _ = child.kill();
+        }
+    }
+    finish(keeper);
+}
+
+fn finish(keeper: &Keeper) {
+    *keeper.ended.lock() = true;
+    keeper.ended_signal.notify_all();
+}
+
+/// The pid of the server this process started (it changes when the server
+/// is restarted); `None` if this process did not start one, or while it
+/// is being restarted.
+pub fn server_pid() -> Option<u32> {
+    let state = STATE.lock();
+    let pid = state
+        .as_ref()?
+        .started
+        .as_ref()?
+        .pid
+        .load(std::sync::atomic::Ordering::Acquire);
+    (pid != 0).then_some(pid)
 }
 
 /// Sets this process up to use a running server: at `address` (base64), or
@@ -375,6 +644,11 @@ pub fn setup(address: Option<&str>) -> Result<(), IpcError> {
         .unwrap_or(DEFAULT_MAX_MESSAGE);
     let mut state = STATE.lock();
     match state.as_mut() {
+        // The address `prepare` chose for the server this process starts.
+        Some(s) if s.reserved && s.address == decoded => {
+            drop(state);
+            return start().map(drop);
+        }
         Some(state) => {
             state.address = decoded;
             state.max_message = max_message;
@@ -383,6 +657,7 @@ pub fn setup(address: Option<&str>) -> Result<(), IpcError> {
             *state = Some(State {
                 address: decoded,
                 max_message,
+                reserved: false,
                 started: None,
             });
         }
@@ -442,22 +717,31 @@ fn connect(greeting: &Greeting) -> Result<(OwnedFd, usize), IpcError> {
     Ok((fd, max_message))
 }
 
-/// Reads the server's welcome: the member is in the group once it arrives.
-fn welcome(fd: &OwnedFd) -> Result<Welcome, IpcError> {
+/// Reads the server's welcome (at most `timeout`): the member is in the
+/// group once it arrives.
+fn welcome(fd: &OwnedFd, timeout: Duration) -> Result<Welcome, IpcError> {
     let mut decoder = Decoder::new(4096);
     let mut buffer = vec![0; frame::MAX_PACKET];
+    let deadline = std::time::Instant::now() + timeout;
     loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left < Duration::from_micros(1) {
+            return Err(IpcError::Timeout(timeout));
+        }
+        socket::set_recv_timeout(fd, Some(left))?;
         match socket::recv(fd, &mut buffer) {
             Ok(Some(len)) => {
                 if let Some(message) = decoder
                     .push(&buffer[..len])
                     .map_err(|e| IpcError::Decode(e.to_string()))?
                 {
+                    socket::set_recv_timeout(fd, None)?;
                     return ciborium::from_reader(&message[..])
                         .map_err(|e| IpcError::Decode(e.to_string()));
                 }
             }
             Ok(None) => return Err(IpcError::Refused),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(IpcError::Refused),
             Err(e) => return Err(IpcError::Io(e)),
         }
@@ -465,16 +749,28 @@ fn welcome(fd: &OwnedFd) -> Result<Welcome, IpcError> {
 }
 
 /// Joins `group`: the returned socket is connected and already a member.
-/// The group exists as long as it has members.
+/// The group exists as long as it has members. Waits at most
+/// [`JOIN_TIMEOUT`] for the server ([`IpcError::Timeout`]).
 pub fn join_group<T>(group: &str) -> Result<GroupSocket<T>, IpcError> {
+    join(group, false, JOIN_TIMEOUT).map(|(socket, _)| socket)
+}
+
+/// Joins `group`, or rejoins it after the connection broke; the server's
+/// welcome comes with the socket.
+pub(crate) fn join<T>(
+    group: &str,
+    rejoin: bool,
+    timeout: Duration,
+) -> Result<(GroupSocket<T>, Welcome), IpcError> {
     let (fd, _) = connect(&Greeting::Join {
         group: group.to_owned(),
+        rejoin,
     })?;
     // Wait until the server has put us in the group; its limit is ours.
-    let welcome = welcome(&fd)?;
+    let welcome = welcome(&fd, timeout)?;
     let max_message = usize::try_from(welcome.max_message).unwrap_or(usize::MAX);
     tracing::debug!(group, member = welcome.member, "joined IPC group");
-    Ok(GroupSocket {
+    let socket = GroupSocket {
         conn: Arc::new(Connection {
             fd,
             max_message,
@@ -483,7 +779,8 @@ pub fn join_group<T>(group: &str) -> Result<GroupSocket<T>, IpcError> {
             recv: Mutex::new((Decoder::new(max_message), vec![0; frame::MAX_PACKET])),
         }),
         _type: PhantomData,
-    })
+    };
+    Ok((socket, welcome))
 }
 
 /// [`join_group`] for tokio: the socket's `send` and `recv` are `async`.
@@ -498,15 +795,54 @@ pub async fn join_group_async<T>(group: &str) -> Result<AsyncGroupSocket<T>, Ipc
 }
 
 /// Stops the server. Only the process that started it should call this
-/// (on its way out); it waits for a server it started to exit.
+/// (on its way out). The server forwards what its members sent before, and
+/// waits up to [`ServerOptions::drain_timeout`] for them to read what is
+/// queued for them. A process that started the server waits for it to
+/// exit (killing it if it does not exit in time), and stops restarting it.
 pub fn shutdown() -> Result<(), IpcError> {
     SHUTTING_DOWN.store(true, std::sync::atomic::Ordering::Relaxed);
-    connect(&Greeting::Shutdown)?;
-    let started = STATE.lock().as_mut().and_then(|s| s.started.take());
-    if let Some(mut started) = started {
-        let _ = started.child.wait();
-        tracing::info!(server_pid = started.pid, "IPC server stopped");
+    let asked = connect(&Greeting::Shutdown);
+    let keeper = STATE.lock().as_mut().and_then(|s| s.started.take());
+    let Some(keeper) = keeper else {
+        return asked.map(drop);
+    };
+    let kill = || {
+        let pid = keeper.pid.load(std::sync::atomic::Ordering::Acquire);
+        if let Ok(pid @ 1..) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    };
+    if let Err(error) = &asked {
+        tracing::warn!(%error, "cannot ask the IPC server to stop; killing it");
+        kill();
     }
+    let pid = keeper.pid.load(std::sync::atomic::Ordering::Acquire);
+    let mut ended = keeper.ended.lock();
+    let deadline = std::time::Instant::now() + keeper.drain_timeout + Duration::from_secs(3);
+    while !*ended
+        && !keeper
+            .ended_signal
+            .wait_until(&mut ended, deadline)
+            .timed_out()
+    {}
+    if !*ended {
+        tracing::warn!(
+            server_pid = pid,
+            "the IPC server did not stop in time; killing it"
+        );
+        kill();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !*ended
+            && !keeper
+                .ended_signal
+                .wait_until(&mut ended, deadline)
+                .timed_out()
+        {}
+    }
+    tracing::info!(server_pid = pid, "IPC server stopped");
     Ok(())
 }
 
@@ -576,6 +912,17 @@ impl<T> GroupSocket<T> {
         Ok(())
     }
 
+    /// Sends one packet (a whole message, tag included, at most
+    /// [`frame::MAX_PACKET`] bytes) without waiting: `Ok(false)` when the
+    /// socket has no room for it now (nothing was sent).
+    pub(crate) fn try_send_packet(&self, packet: &[u8]) -> Result<bool, IpcError> {
+        let _whole = self.conn.send_lock.lock();
+        socket::try_send(&self.conn.fd, packet).map_err(|e| match e.kind() {
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => IpcError::Closed,
+            _ => IpcError::Io(e),
+        })
+    }
+
     /// Receives the next message's bytes (blocking). Malformed packets are
     /// logged and skipped.
     pub fn recv_bytes(&self) -> Result<Vec<u8>, IpcError> {
@@ -599,6 +946,7 @@ impl<T> GroupSocket<T> {
                 Ok(None) => return Err(IpcError::Closed),
                 Err(error) if error.kind() == io::ErrorKind::InvalidData => {
                     tracing::warn!(group = %self.conn.group, %error, "malformed IPC packet dropped");
+                    decoder.reset();
                 }
                 Err(error) if error.kind() == io::ErrorKind::ConnectionReset => {
                     return Err(IpcError::Closed)

@@ -2,44 +2,61 @@
 //! message forwarded to every other member of the sender's group.
 //!
 //! Threads, not an event loop: a service has a handful of processes. The
-//! accept loop never reads: each connection gets a thread that reads its
-//! greeting with a deadline, then forwards what it reads. Each member has a
-//! writer thread and an outgoing queue bounded in bytes. A sender facing a
-//! full queue waits (backpressure: a reader that is merely busy loses
-//! nothing); a member whose queue stays full past the stall deadline is
-//! disconnected, that member only, with a log line naming it.
+//! accept loop checks the peer's uid, then gives each connection a thread
+//! that reads its greeting (one deadline for the whole greeting) and then
+//! forwards what it reads.
+//!
+//! The fan-out never waits on a recipient. A reader writes each packet it
+//! received, as it came, straight to every other member of the group
+//! without blocking (`MSG_DONTWAIT`) while that member has nothing queued;
+//! what a member's socket refuses goes to its queue, which its writer
+//! thread drains, and everything after it for that member follows through
+//! the queue until it is empty, so every member sees every sender's
+//! messages in order. A member whose queue would grow past
+//! [`ServerOptions::queue_bytes`], or whose writer made no progress for
+//! [`ServerOptions::stall_timeout`], is cut off (logged, with the number of
+//! messages discarded, which the member learns when it rejoins); the
+//! others lose nothing and wait for nothing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::frame::{self, Decoder};
+use super::frame::{self, Decoder, FrameCheck, PacketKind};
 use super::{socket, Greeting, ServerOptions, Welcome};
 
+/// Bookkeeping counted per queued packet on top of its bytes, so a flood
+/// of tiny messages is bounded too.
+const PACKET_OVERHEAD: usize = 64;
+/// The largest greeting.
+const MAX_GREETING: usize = 4096;
+/// Remembered cut-offs (for the members' rejoin), at most.
+const MAX_CUT_OFFS: usize = 1024;
+
 struct Outgoing {
-    /// Messages as packets, in order, with their payload size.
-    messages: VecDeque<(Arc<Vec<Vec<u8>>>, usize)>,
+    /// Packets the member's socket refused so far, in order.
+    queue: VecDeque<Arc<[u8]>>,
+    /// Their size, with [`PACKET_OVERHEAD`] each.
     bytes: usize,
     closed: bool,
-    /// When the queue last became full; cleared once it drains below half.
-    /// The stall deadline runs from here, so a member that reads just
-    /// enough to take one message now and then is still cut off.
-    full_since: Option<Instant>,
+    /// When the queue last became non-empty or its writer last sent: the
+    /// stall deadline runs from here.
+    progress: Instant,
 }
 
 struct Member {
     id: u64,
     pid: i32,
-    group: String,
+    group: Arc<Group>,
     fd: OwnedFd,
     out: Mutex<Outgoing>,
-    /// Signalled when the queue gains a message or room, or closes.
-    changed: Condvar,
+    /// Wakes the writer when its queue gains its first packet or closes.
+    wake: Condvar,
     alive: AtomicBool,
 }
 
@@ -47,278 +64,555 @@ impl Member {
     fn describe(&self) -> String {
         format!(
             "member {} (pid {}) of group {:?}",
-            self.id, self.pid, self.group
+            self.id, self.pid, self.group.name
         )
     }
+}
 
-    /// Ends the member: its reader and writer threads return.
-    fn disconnect(&self) {
-        if self.alive.swap(false, Ordering::AcqRel) {
-            socket::shutdown(&self.fd);
-            self.out.lock().closed = true;
-            self.changed.notify_all();
-        }
+/// Whole messages among `packets` (first parts and whole ones).
+fn messages_in<'a>(packets: impl IntoIterator<Item = &'a Arc<[u8]>>) -> u64 {
+    packets
+        .into_iter()
+        .filter(|p| matches!(p.first(), Some(&frame::WHOLE | &frame::FIRST)))
+        .count() as u64
+}
+
+/// Closes `member` (its reader and writer return); the number of messages
+/// its queue held, now discarded. Called with its queue locked.
+fn close_locked(member: &Member, out: &mut Outgoing) -> u64 {
+    member.alive.store(false, Ordering::Release);
+    if out.closed {
+        return 0;
     }
+    socket::shutdown(&member.fd);
+    out.closed = true;
+    let discarded = messages_in(&out.queue);
+    out.queue.clear();
+    out.bytes = 0;
+    member.wake.notify_all();
+    discarded
+}
+
+/// What a restarted server forwarded in its first moments, for members
+/// that rejoin late (see [`ServerOptions::rejoin_window`]).
+#[derive(Default)]
+struct History {
+    packets: Vec<Arc<[u8]>>,
+    bytes: usize,
+    overflowed: bool,
+}
+
+struct Group {
+    name: String,
+    members: RwLock<Vec<Arc<Member>>>,
+    /// Whether `history` may still grow (checked without its lock).
+    recording: AtomicBool,
+    history: Mutex<Option<History>>,
 }
 
 struct Server {
     options: ServerOptions,
     uid: u32,
-    groups: Mutex<HashMap<String, Vec<Arc<Member>>>>,
+    groups: Mutex<HashMap<String, Arc<Group>>>,
     next_id: AtomicU64,
+    /// Set when this server replaced one that died: until then, what it
+    /// forwards is kept for members that rejoin.
+    replay_until: Option<Instant>,
+    /// (pid, group) of every member that joined while recording: replayed
+    /// to once at most.
+    joined: Mutex<HashSet<(i32, String)>>,
+    /// Messages discarded when a member was cut off, by (pid, group),
+    /// until it rejoins.
+    cut_offs: Mutex<HashMap<(i32, String), u64>>,
+    stopping: AtomicBool,
+    /// Member readers still running, for the shutdown's drain.
+    readers: Mutex<usize>,
+    settled: Condvar,
 }
 
 /// Runs the server on `listener` until a shutdown request. Prints nothing:
-/// the address was handed over already.
-pub(crate) fn run(listener: OwnedFd, options: ServerOptions) -> ! {
+/// the address was handed over already. `generation` counts the servers
+/// that ran at this address before this one.
+pub(crate) fn run(listener: OwnedFd, options: ServerOptions, generation: u64) -> ! {
+    let replay_until = (generation > 0).then(|| Instant::now() + options.rejoin_window);
     let server = Arc::new(Server {
         options,
         uid: nix::unistd::getuid().as_raw(),
         groups: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
+        replay_until,
+        joined: Mutex::new(HashSet::new()),
+        cut_offs: Mutex::new(HashMap::new()),
+        stopping: AtomicBool::new(false),
+        readers: Mutex::new(0),
+        settled: Condvar::new(),
     });
-    tracing::info!(pid = std::process::id(), "IPC server listening");
+    tracing::info!(pid = std::process::id(), generation, "IPC server listening");
     loop {
-        match socket::accept(&listener) {
-            Ok(fd) => {
-                let server = server.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("ipc-member".into())
-                    .spawn(move || server.serve(fd));
-                if let Err(error) = spawned {
-                    tracing::error!(%error, "cannot start a thread for a connection; dropped it");
-                }
-            }
+        let fd = match socket::accept(&listener) {
+            Ok(fd) => fd,
             Err(error) => {
                 tracing::error!(%error, "accept failed");
                 std::thread::sleep(Duration::from_millis(10));
+                continue;
             }
+        };
+        if server.stopping.load(Ordering::Acquire) {
+            continue;
+        }
+        // Credentials first: a connection from another user costs no thread.
+        let (uid, pid) = match socket::peer(&fd) {
+            Ok(peer) => peer,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read a connection's credentials; refused");
+                continue;
+            }
+        };
+        if uid != server.uid {
+            tracing::warn!(peer_uid = uid, peer_pid = pid, server_uid = server.uid,
+                "refused a connection from another user (uid {uid}, pid {pid}): only uid {} may use this server", server.uid);
+            continue;
+        }
+        let server = server.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ipc-member".into())
+            .spawn(move || server.serve(fd, pid));
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start a thread for a connection; dropped it");
         }
     }
 }
 
 impl Server {
-    fn serve(self: Arc<Self>, fd: OwnedFd) {
-        let (uid, pid) = match socket::peer(&fd) {
-            Ok(peer) => peer,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read a connection's credentials; refused");
-                return;
-            }
+    fn serve(self: Arc<Self>, fd: OwnedFd, pid: i32) {
+        let greeting = match self.greeting(&fd, pid) {
+            Some(greeting) => greeting,
+            None => return,
         };
-        if uid != self.uid {
-            tracing::warn!(peer_uid = uid, peer_pid = pid, server_uid = self.uid,
-                "refused a connection from another user (uid {uid}, pid {pid}): only uid {} may use this server", self.uid);
-            return;
+        match greeting {
+            Greeting::Join { group, rejoin } => self.member(fd, pid, group, rejoin),
+            Greeting::Shutdown => self.shutdown(pid),
         }
-        // The greeting, with a deadline: a silent peer holds only this thread.
-        let _ = socket::set_recv_timeout(&fd, Some(self.options.greeting_timeout));
-        let mut decoder = Decoder::new(4096);
-        let mut buffer = vec![0; frame::MAX_PACKET];
+    }
+
+    /// Reads the greeting. One deadline covers it all: a peer that
+    /// trickles bytes is closed as surely as a silent one.
+    fn greeting(&self, fd: &OwnedFd, pid: i32) -> Option<Greeting> {
+        let deadline = Instant::now() + self.options.greeting_timeout;
+        let mut decoder = Decoder::new(MAX_GREETING);
+        let mut buffer = vec![0; MAX_GREETING + 5];
         let greeting = loop {
-            match socket::recv(&fd, &mut buffer) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // A zero timeout would mean "none".
+            if left < Duration::from_micros(1) {
+                tracing::warn!(peer_pid = pid, timeout = ?self.options.greeting_timeout,
+                    "no complete greeting in time; connection closed");
+                return None;
+            }
+            let _ = socket::set_recv_timeout(fd, Some(left));
+            match socket::recv(fd, &mut buffer) {
                 Ok(Some(len)) => match decoder.push(&buffer[..len]) {
                     Ok(Some(message)) => break ciborium::from_reader::<Greeting, _>(&message[..]),
                     Ok(None) => continue,
                     Err(error) => {
                         tracing::warn!(peer_pid = pid, %error, "malformed greeting; connection closed");
-                        return;
+                        return None;
                     }
                 },
-                Ok(None) => return,
+                Ok(None) => return None,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(error) => {
-                    tracing::warn!(peer_pid = pid, %error, "no greeting in time; connection closed");
-                    return;
+                    tracing::warn!(peer_pid = pid, %error, "no greeting; connection closed");
+                    return None;
                 }
             }
         };
-        let _ = socket::set_recv_timeout(&fd, None);
+        let _ = socket::set_recv_timeout(fd, None);
         match greeting {
-            Ok(Greeting::Join { group }) => self.member(fd, pid, group),
-            Ok(Greeting::Shutdown) => {
-                tracing::info!(requested_by = pid, "IPC server shutting down");
-                std::process::exit(0);
-            }
+            Ok(greeting) => Some(greeting),
             Err(error) => {
-                tracing::warn!(peer_pid = pid, %error, "unreadable greeting; connection closed")
+                tracing::warn!(peer_pid = pid, %error, "unreadable greeting; connection closed");
+                None
             }
         }
     }
 
-    fn member(self: Arc<Self>, fd: OwnedFd, pid: i32, group: String) {
+    /// Whether this is a restarted server's first moments, when what it
+    /// forwards is kept for members that rejoin late.
+    fn replaying(&self) -> bool {
+        self.replay_until
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn member(self: Arc<Self>, fd: OwnedFd, pid: i32, group: String, rejoin: bool) {
+        let key = (pid, group.clone());
+        let missed = self.cut_offs.lock().remove(&key);
+        // Lock order: the group map, then a group's members. Holding the
+        // map until the members are locked keeps a leaving member from
+        // removing the group this one is joining.
+        let mut groups = self.groups.lock();
+        let replaying = self.replaying();
+        let group = groups
+            .entry(group.clone())
+            .or_insert_with(|| {
+                Arc::new(Group {
+                    name: group,
+                    members: RwLock::new(Vec::new()),
+                    recording: AtomicBool::new(replaying),
+                    history: Mutex::new(replaying.then(History::default)),
+                })
+            })
+            .clone();
         let member = Arc::new(Member {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             pid,
             group: group.clone(),
             fd,
             out: Mutex::new(Outgoing {
-                messages: VecDeque::new(),
+                queue: VecDeque::new(),
                 bytes: 0,
                 closed: false,
-                full_since: None,
+                progress: Instant::now(),
             }),
-            changed: Condvar::new(),
+            wake: Condvar::new(),
             alive: AtomicBool::new(true),
         });
-        self.groups
-            .lock()
-            .entry(group)
-            .or_default()
-            .push(member.clone());
-        tracing::debug!(member = %member.describe(), "joined");
-        // The welcome goes before anything forwarded: the writer starts after.
-        let mut welcome = Vec::new();
-        let sent = ciborium::into_writer(
-            &Welcome {
-                member: member.id,
-                max_message: self.options.max_message as u64,
-            },
-            &mut welcome,
-        )
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .and_then(|()| {
-            socket::send(
-                &member.fd,
-                &frame::encode(&welcome, usize::MAX).expect("small")[0],
-            )
-        });
-        if let Err(error) = sent {
-            tracing::debug!(member = %member.describe(), %error, "cannot welcome; disconnected");
-            member.disconnect();
-        }
         let writer = member.clone();
-        let queue_bytes = self.options.queue_bytes;
-        let spawned = std::thread::Builder::new()
+        let server = self.clone();
+        if let Err(error) = std::thread::Builder::new()
             .name("ipc-writer".into())
-            .spawn(move || write_loop(&writer, queue_bytes));
-        if let Err(error) = spawned {
-            tracing::error!(%error, member = %member.describe(), "cannot start its writer; disconnected");
-            member.disconnect();
+            .spawn(move || server.write_loop(&writer))
+        {
+            tracing::error!(%error, member = %member.describe(), "cannot start its writer; closed");
+            return;
         }
+        {
+            // Under the group's write lock no reader forwards: the welcome,
+            // then any replay, then what is forwarded from now on.
+            let mut members = group.members.write();
+            drop(groups);
+            let first_join = replaying && self.joined.lock().insert(key);
+            let replay: Vec<Arc<[u8]>> = match &*group.history.lock() {
+                Some(history) if rejoin && first_join => {
+                    if history.overflowed {
+                        tracing::warn!(member = %member.describe(),
+                            "replaying only the start of what this server forwarded since it started (over queue_bytes)");
+                    }
+                    history.packets.clone()
+                }
+                _ => Vec::new(),
+            };
+            let mut welcome = Vec::new();
+            let encoded = ciborium::into_writer(
+                &Welcome {
+                    member: member.id,
+                    max_message: self.options.max_message as u64,
+                    server_pid: std::process::id(),
+                    missed,
+                    replayed: messages_in(&replay),
+                },
+                &mut welcome,
+            );
+            // The first packet on an empty socket: it fits.
+            let sent = encoded.is_ok()
+                && frame::encode(&welcome, usize::MAX)
+                    .ok()
+                    .and_then(|packets| socket::try_send(&member.fd, &packets[0]).ok())
+                    == Some(true);
+            let mut out = member.out.lock();
+            if !sent {
+                tracing::debug!(member = %member.describe(), "cannot welcome; closed");
+                close_locked(&member, &mut out);
+                return;
+            }
+            if !replay.is_empty() {
+                tracing::info!(member = %member.describe(), messages = messages_in(&replay),
+                    "replaying to a member that rejoined late what it missed since this server started");
+                out.bytes = replay.iter().map(|p| p.len() + PACKET_OVERHEAD).sum();
+                out.queue.extend(replay);
+                out.progress = Instant::now();
+                member.wake.notify_all();
+            }
+            drop(out);
+            members.push(member.clone());
+        }
+        tracing::debug!(member = %member.describe(), rejoin, "joined");
+        *self.readers.lock() += 1;
         self.read_loop(&member);
-        member.disconnect();
-        let mut groups = self.groups.lock();
-        if let Some(members) = groups.get_mut(&member.group) {
+        let stopping = self.stopping.load(Ordering::Acquire);
+        if !stopping {
+            // At shutdown the writer still drains what the member is owed.
+            close_locked(&member, &mut member.out.lock());
+            let mut groups = self.groups.lock();
+            let mut members = group.members.write();
             members.retain(|m| m.id != member.id);
             if members.is_empty() {
-                groups.remove(&member.group);
+                groups.remove(&group.name);
             }
         }
         tracing::debug!(member = %member.describe(), "left");
+        *self.readers.lock() -= 1;
+        self.settled.notify_all();
     }
 
     fn read_loop(&self, member: &Arc<Member>) {
-        let mut decoder = Decoder::new(self.options.max_message);
+        let mut check = FrameCheck::new(self.options.max_message);
         let mut buffer = vec![0; frame::MAX_PACKET];
-        while member.alive.load(Ordering::Acquire) {
+        // The parts of a longer message, forwarded once it is complete (so
+        // no member sees two senders' parts interleaved).
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        loop {
             let len = match socket::recv(&member.fd, &mut buffer) {
                 Ok(Some(len)) => len,
                 Ok(None) => return,
                 Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
                     tracing::warn!(member = %member.describe(), %error, "malformed packet dropped");
+                    check.reset();
+                    parts.clear();
                     continue;
                 }
                 Err(_) => return,
             };
-            let pushed = decoder.push(&buffer[..len]);
-            if let Some(error) = decoder.take_dropped() {
+            let packet = &buffer[..len];
+            let kind = check.check(packet);
+            if let Some(error) = check.take_dropped() {
                 tracing::warn!(member = %member.describe(), %error, "incomplete message dropped");
+                parts.clear();
             }
-            let message = match pushed {
-                Ok(Some(message)) => message,
-                Ok(None) => continue,
+            match kind {
+                Ok(PacketKind::Whole) | Ok(PacketKind::First { complete: true }) => {
+                    self.fan_out(member, &[packet]);
+                }
+                Ok(PacketKind::First { complete: false }) => {
+                    parts.clear();
+                    parts.push(packet.to_vec());
+                }
+                Ok(PacketKind::More { complete }) => {
+                    parts.push(packet.to_vec());
+                    if complete {
+                        let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+                        self.fan_out(member, &slices);
+                        parts.clear();
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(member = %member.describe(), %error, "malformed frame dropped");
-                    continue;
+                    parts.clear();
                 }
-            };
-            // Re-framed once, shared by every recipient.
-            let packets = match frame::encode(&message, self.options.max_message) {
-                Ok(packets) => Arc::new(packets),
-                Err(error) => {
-                    tracing::warn!(member = %member.describe(), %error, "message dropped");
-                    continue;
-                }
-            };
-            let recipients: Vec<Arc<Member>> = self
-                .groups
-                .lock()
-                .get(&member.group)
-                .map(|members| {
-                    members
-                        .iter()
-                        .filter(|m| m.id != member.id)
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            for recipient in recipients {
-                self.enqueue(&recipient, &packets, message.len());
             }
         }
     }
 
-    /// Queues a message for `recipient`, waiting while its queue is full;
-    /// disconnects it if it stays full past the stall deadline.
-    fn enqueue(&self, recipient: &Member, packets: &Arc<Vec<Vec<u8>>>, bytes: usize) {
-        let mut out = recipient.out.lock();
-        // A message larger than the whole queue still goes, alone.
-        while !out.closed && out.bytes > 0 && out.bytes + bytes > self.options.queue_bytes {
-            let full_since = *out.full_since.get_or_insert_with(Instant::now);
-            let deadline = full_since + self.options.stall_timeout;
-            if recipient.changed.wait_until(&mut out, deadline).timed_out() {
-                let queued = out.bytes;
-                drop(out);
-                tracing::warn!(member = %recipient.describe(), queued_bytes = queued,
-                    stalled_for = ?self.options.stall_timeout,
-                    "disconnecting a member that stopped reading: its queue stayed full");
-                recipient.disconnect();
-                return;
+    /// Forwards one message's packets to every other member of the group.
+    fn fan_out(&self, from: &Member, packets: &[&[u8]]) {
+        // Shared by every member that has to queue it: copied once.
+        let mut shared: Option<Vec<Arc<[u8]>>> = None;
+        let members = from.group.members.read();
+        for member in members.iter() {
+            if member.id != from.id {
+                self.forward(member, packets, &mut shared);
             }
         }
+        if from.group.recording.load(Ordering::Relaxed) {
+            let mut history = from.group.history.lock();
+            match &mut *history {
+                Some(history) if self.replaying() => {
+                    let bytes: usize = packets.iter().map(|p| p.len() + PACKET_OVERHEAD).sum();
+                    if history.overflowed || history.bytes + bytes > self.options.queue_bytes {
+                        history.overflowed = true;
+                    } else {
+                        let shared = shared
+                            .get_or_insert_with(|| packets.iter().map(|p| Arc::from(*p)).collect());
+                        history.packets.extend(shared.iter().cloned());
+                        history.bytes += bytes;
+                    }
+                }
+                _ => {
+                    *history = None;
+                    from.group.recording.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn forward(&self, to: &Member, packets: &[&[u8]], shared: &mut Option<Vec<Arc<[u8]>>>) {
+        let mut out = to.out.lock();
         if out.closed {
             return;
         }
-        out.messages.push_back((packets.clone(), bytes));
-        out.bytes += bytes;
-        drop(out);
-        recipient.changed.notify_all();
-    }
-}
-
-fn write_loop(member: &Member, queue_bytes: usize) {
-    loop {
-        let (packets, bytes) = {
-            let mut out = member.out.lock();
-            loop {
-                if out.closed {
-                    return;
+        let mut sent = 0;
+        if out.queue.is_empty() {
+            while sent < packets.len() {
+                match socket::try_send(&to.fd, packets[sent]) {
+                    Ok(true) => sent += 1,
+                    Ok(false) => break,
+                    Err(error) => {
+                        close_locked(to, &mut out);
+                        drop(out);
+                        tracing::debug!(member = %to.describe(), %error, "send failed; disconnected");
+                        return;
+                    }
                 }
-                if let Some(next) = out.messages.pop_front() {
-                    break next;
-                }
-                member.changed.wait(&mut out);
             }
-        };
-        for packet in packets.iter() {
-            if let Err(error) = socket::send(&member.fd, packet) {
-                tracing::debug!(member = %member.describe(), %error, "send failed; disconnecting");
-                member.disconnect();
+            if sent == packets.len() {
                 return;
             }
         }
-        let mut out = member.out.lock();
-        out.bytes -= bytes;
-        if out.bytes <= queue_bytes / 2 {
-            out.full_since = None;
+        let rest = &packets[sent..];
+        let bytes: usize = rest.iter().map(|p| p.len() + PACKET_OVERHEAD).sum();
+        // A message larger than the whole queue still goes, alone.
+        if out.bytes > 0 && out.bytes + bytes > self.options.queue_bytes {
+            let queued = out.bytes;
+            let discarded = close_locked(to, &mut out) + 1;
+            drop(out);
+            self.cut_off(
+                to,
+                discarded,
+                &format!(
+                    "it is not reading: {queued} bytes queued for it, over queue_bytes ({})",
+                    self.options.queue_bytes
+                ),
+            );
+            return;
         }
-        drop(out);
-        member.changed.notify_all();
+        let shared = shared.get_or_insert_with(|| packets.iter().map(|p| Arc::from(*p)).collect());
+        let was_empty = out.queue.is_empty();
+        out.queue.extend(shared[sent..].iter().cloned());
+        out.bytes += bytes;
+        if was_empty {
+            out.progress = Instant::now();
+            drop(out);
+            to.wake.notify_all();
+        }
+    }
+
+    /// Logs and remembers a cut-off: the member learns how many messages
+    /// it missed when it rejoins.
+    fn cut_off(&self, member: &Member, discarded: u64, why: &str) {
+        tracing::warn!(member = %member.describe(), discarded_messages = discarded,
+            "cutting off {}: {why}; {discarded} messages discarded for it (it may rejoin)",
+            member.describe());
+        let mut cut_offs = self.cut_offs.lock();
+        if cut_offs.len() >= MAX_CUT_OFFS {
+            cut_offs.clear();
+        }
+        *cut_offs
+            .entry((member.pid, member.group.name.clone()))
+            .or_default() += discarded;
+    }
+
+    /// Drains `member`'s queue as its socket takes it; cuts it off when it
+    /// makes no progress for the stall timeout.
+    fn write_loop(&self, member: &Member) {
+        let stall = self.options.stall_timeout;
+        let mut out = member.out.lock();
+        loop {
+            if out.closed {
+                return;
+            }
+            if out.queue.is_empty() {
+                if self.stopping.load(Ordering::Acquire) {
+                    self.settled.notify_all();
+                }
+                member.wake.wait(&mut out);
+                continue;
+            }
+            while let Some(packet) = out.queue.front() {
+                match socket::try_send(&member.fd, packet) {
+                    Ok(true) => {
+                        let len = packet.len();
+                        out.queue.pop_front();
+                        out.bytes -= len + PACKET_OVERHEAD;
+                        out.progress = Instant::now();
+                    }
+                    Ok(false) => break,
+                    Err(error) => {
+                        close_locked(member, &mut out);
+                        drop(out);
+                        tracing::debug!(member = %member.describe(), %error, "send failed; disconnected");
+                        return;
+                    }
+                }
+            }
+            if out.queue.is_empty() {
+                continue;
+            }
+            let deadline = out.progress + stall;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let queued = out.bytes;
+                let discarded = close_locked(member, &mut out);
+                drop(out);
+                self.cut_off(
+                    member,
+                    discarded,
+                    &format!("it read nothing for {stall:?} with {queued} bytes queued for it"),
+                );
+                return;
+            }
+            drop(out);
+            // Waits without the lock: readers keep queueing meanwhile.
+            let _ = socket::wait_writable(&member.fd, left.min(Duration::from_secs(1)));
+            out = member.out.lock();
+        }
+    }
+
+    /// Stops: takes no new connections, forwards what members had sent,
+    /// lets each member's queue drain (within the drain timeout), exits.
+    fn shutdown(&self, requested_by: i32) {
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::info!(requested_by, "IPC server shutting down");
+        let deadline = Instant::now() + self.options.drain_timeout;
+        let members = || -> Vec<Arc<Member>> {
+            self.groups
+                .lock()
+                .values()
+                .flat_map(|g| g.members.read().clone())
+                .collect()
+        };
+        // What members sent before this stays readable; then their reads end.
+        for member in members() {
+            socket::shutdown_read(&member.fd);
+        }
+        let mut readers = self.readers.lock();
+        while *readers > 0 && !self.settled.wait_until(&mut readers, deadline).timed_out() {}
+        drop(readers);
+        let undelivered = loop {
+            let queued: u64 = members()
+                .iter()
+                .map(|m| messages_in(&m.out.lock().queue))
+                .sum();
+            if queued == 0 || Instant::now() >= deadline {
+                break queued;
+            }
+            // Writers signal as they empty their queues; the timeout only
+            // bounds a missed signal.
+            let mut readers = self.readers.lock();
+            let _ = self
+                .settled
+                .wait_for(&mut readers, Duration::from_millis(20));
+        };
+        if undelivered > 0 {
+            tracing::warn!(
+                undelivered,
+                timeout = ?self.options.drain_timeout,
+                "IPC server stopping with messages its members did not read in time"
+            );
+        }
+        let _ = std::io::stderr().flush();
+        std::process::exit(0);
     }
 }
 
 /// Prints the address for the parent, then serves.
-pub(crate) fn serve_and_announce(listener: OwnedFd, address: &[u8], options: ServerOptions) -> ! {
+pub(crate) fn serve_and_announce(
+    listener: OwnedFd,
+    address: &[u8],
+    options: ServerOptions,
+    generation: u64,
+) -> ! {
     use base64::Engine as _;
     let line = base64::engine::general_purpose::STANDARD.encode(address);
     let mut stdout = std::io::stdout();
@@ -328,5 +622,5 @@ pub(crate) fn serve_and_announce(listener: OwnedFd, address: &[u8], options: Ser
     {
         std::process::exit(1);
     }
-    run(listener, options)
+    run(listener, options, generation)
 }

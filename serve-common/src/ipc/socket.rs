@@ -69,6 +69,43 @@ pub(crate) fn send(fd: &impl AsFd, packet: &[u8]) -> io::Result<()> {
     }
 }
 
+/// Sends one packet without waiting: `Ok(false)` when the socket has no
+/// room for it now (nothing was sent).
+pub(crate) fn try_send(fd: &impl AsFd, packet: &[u8]) -> io::Result<bool> {
+    let sent = retry(|| {
+        socket::send(
+            std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()),
+            packet,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+        )
+    });
+    match sent {
+        Ok(n) if n == packet.len() => Ok(true),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "packet sent in part",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits until `fd` can take a packet, at most `timeout`: `Ok(true)` when
+/// it can (or has hung up: the next send says so), `Ok(false)` on timeout.
+pub(crate) fn wait_writable(fd: &impl AsFd, timeout: Duration) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let millis = u16::try_from(timeout.as_millis().max(1)).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+    loop {
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Receives one packet into `buffer`; `Ok(None)` at end of stream. A packet
 /// longer than the buffer is reported as `InvalidData` (and dropped).
 pub(crate) fn recv(fd: &impl AsFd, buffer: &mut [u8]) -> io::Result<Option<usize>> {
@@ -126,6 +163,15 @@ fn libc_timeval(d: Duration) -> nix::libc::timeval {
         tv_sec: d.as_secs() as _,
         tv_usec: d.subsec_micros() as _,
     }
+}
+
+/// Stops receiving: what is queued can still be read, then reads see the
+/// end of the stream, and the peer's sends fail.
+pub(crate) fn shutdown_read(fd: &impl AsFd) {
+    let _ = socket::shutdown(
+        std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()),
+        socket::Shutdown::Read,
+    );
 }
 
 /// Shuts both directions down: blocked reads and writes on it return.

@@ -4,7 +4,6 @@
 
 use std::io::{BufRead, Write};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serve_common::config::{self, Config, ConfigChange};
@@ -40,6 +39,14 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> T {
 fn main() {
     ipc::run_server_if_requested();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(args.first().map(String::as_str), Some("parent" | "events")) {
+        // The keeper's and the link's log lines, for the tests to read.
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .init();
+    }
     match args.first().map(String::as_str) {
         Some("parent") => parent(&args),
         Some("exchange") => exchange_mode(&args),
@@ -48,6 +55,7 @@ fn main() {
         Some("big") => big(&args),
         Some("try-join") => try_join(&args),
         Some("events") => events(),
+        Some("gaps") => gaps(&args),
         other => panic!("unknown mode {other:?}"),
     }
 }
@@ -67,6 +75,8 @@ fn parent(args: &[String]) {
             "--greeting-ms" => options.greeting_timeout = Duration::from_millis(value),
             "--queue-bytes" => options.queue_bytes = value as usize,
             "--max" => options.max_message = value as usize,
+            "--drain-ms" => options.drain_timeout = Duration::from_millis(value),
+            "--rejoin-ms" => options.rejoin_window = Duration::from_millis(value),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -91,12 +101,39 @@ fn parent(args: &[String]) {
     });
     say(format!("server {pid} {}", ipc::address().unwrap()));
     for line in lines() {
-        if line.trim() == "shutdown" {
-            ipc::shutdown().unwrap();
-            say("stopped");
-            return;
+        match line.trim() {
+            "shutdown" => {
+                ipc::shutdown().unwrap();
+                say("stopped");
+                return;
+            }
+            "pid" => say(format!("pid {}", ipc::server_pid().unwrap_or(0))),
+            other => panic!("unknown command {other:?}"),
         }
     }
+}
+
+/// Joins and receives `n` messages (of anyone), then reports the longest
+/// gap between two arrivals.
+fn gaps(args: &[String]) {
+    let (group, n): (String, u64) = (arg(args, 1), arg(args, 2));
+    ipc::setup(None).unwrap();
+    let socket = ipc::join_group::<Msg>(&group).unwrap();
+    say("joined");
+    let mut last: Option<std::time::Instant> = None;
+    let mut longest = Duration::ZERO;
+    for _ in 0..n {
+        socket.recv_bytes().unwrap();
+        let now = std::time::Instant::now();
+        if let Some(last) = last {
+            longest = longest.max(now - last);
+        }
+        last = Some(now);
+    }
+    say(format!(
+        "gaps {n} max_ms {:.3}",
+        longest.as_secs_f64() * 1e3
+    ));
 }
 
 /// Joins, reports `joined`, waits for `go`, sends `count` messages, then
@@ -176,10 +213,61 @@ fn try_join(args: &[String]) {
     }
 }
 
+/// Sequence numbers as compact ranges: `0-4,7,9-12`.
+fn ranges(values: &std::collections::BTreeSet<u64>) -> String {
+    let mut out = Vec::new();
+    let mut iter = values.iter().copied().peekable();
+    while let Some(start) = iter.next() {
+        let mut end = start;
+        while iter.peek() == Some(&(end + 1)) {
+            end = iter.next().unwrap();
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+    }
+    if out.is_empty() {
+        "-".to_owned()
+    } else {
+        out.join(",")
+    }
+}
+
+/// What an events process saw of `fault.seq`: as a receiver, every
+/// sequence number (copies counted); as the sender, how its link treated
+/// each one.
+#[derive(Default)]
+struct Seen {
+    received: std::collections::BTreeSet<u64>,
+    copies: u64,
+    watch: Option<u64>,
+    /// The sender's classes, from its link's counters read right after
+    /// each event was published (on the dispatcher, before the next).
+    before: std::collections::BTreeSet<u64>,
+    buffered: std::collections::BTreeSet<u64>,
+    dropped: std::collections::BTreeSet<u64>,
+    after: std::collections::BTreeSet<u64>,
+    counters: (u64, u64),
+}
+
+static SEEN: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
+static BLOCKED: (std::sync::Mutex<bool>, std::sync::Condvar) =
+    (std::sync::Mutex::new(false), std::sync::Condvar::new());
+
+fn seen<R>(f: impl FnOnce(&mut Seen) -> R) -> R {
+    f(SEEN.lock().unwrap().get_or_insert_with(Seen::default))
+}
+
 /// A process of an events test: config from `SERVCOM_TEST_CONFIG`
-/// (watched), events over IPC. Prints `handled <event> <payload>` for
-/// `test.*` and `config:*` events; takes `notify <name> <int>`,
-/// `notify-values`, `set <path> <int>`, `get <path>`, `ping <n>`.
+/// (watched; `[events.ipc]` sets the link's options), events over IPC.
+/// Prints `handled <event> <payload>` for `test.*` and `config:*` events,
+/// `lost` and `rejoined ...` when its link goes down and comes back.
+/// Commands: `notify <name> <int>`, `notify-values`, `set <path> <int>`,
+/// `get <path>`, `ping <n>`, `stream <count> <pace_us>`, `watch <n>`,
+/// `report`, `stats`, `health`, `try-notify-big <bytes>`,
+/// `notify-big <name> <bytes>`, `block`, `unblock`, `wait-received <n>`.
 fn events() {
     ipc::setup(None).unwrap();
     let file = std::env::var("SERVCOM_TEST_CONFIG").unwrap();
@@ -198,6 +286,19 @@ fn events() {
                 .map(|v| v.to_string())
                 .unwrap_or_else(|e| e.to_string());
             say(format!("handled {} {value}", e.name()));
+        })
+        .unwrap();
+    bus.on("big.*")
+        .call(|e: &Event| say(format!("handled {}", e.name())))
+        .unwrap();
+    bus.on("block")
+        .call(|_: &Event| {
+            let mut blocked = BLOCKED.0.lock().unwrap();
+            *blocked = true;
+            say("blocked");
+            while *blocked {
+                blocked = BLOCKED.1.wait(blocked).unwrap();
+            }
         })
         .unwrap();
     bus.on("config:*")
@@ -220,8 +321,52 @@ fn events() {
             ))
         })
         .unwrap();
-    let link = event::enable_ipc().unwrap();
-    let _ = Arc::new(link);
+    bus.on(event::LINK_LOST_EVENT)
+        .call(|_: &Event| say("lost"))
+        .unwrap();
+    bus.on(event::LINK_REJOINED_EVENT)
+        .call_data(|r: &event::IpcRejoined| {
+            say(format!(
+                "rejoined down_ms={} missed={} replayed={} buffered={} dropped={} server={}",
+                r.down_ms,
+                r.cut_off_missed.map_or("-".to_owned(), |m| m.to_string()),
+                r.replayed,
+                r.buffered,
+                r.dropped,
+                r.server_pid
+            ))
+        })
+        .unwrap();
+    let options = event::IpcOptions::from_config(config).unwrap();
+    let link = event::enable_ipc_with(options).unwrap();
+    bus.on("fault.seq")
+        .call(move |e: &Event| {
+            let seq = *e.payload::<u64>().unwrap();
+            seen(|seen| {
+                if e.origin() == event::Origin::Local {
+                    let now = (link.buffered(), link.dropped_outgoing());
+                    let before = std::mem::replace(&mut seen.counters, now);
+                    let class = if now.1 > before.1 {
+                        &mut seen.dropped
+                    } else if now.0 > before.0 {
+                        &mut seen.buffered
+                    } else if link.rejoins() > 0 {
+                        &mut seen.after
+                    } else {
+                        &mut seen.before
+                    };
+                    class.insert(seq);
+                    return;
+                }
+                if !seen.received.insert(seq) {
+                    seen.copies += 1;
+                }
+                if seen.watch == Some(seen.received.len() as u64) {
+                    say(format!("reached {}", seen.received.len()));
+                }
+            })
+        })
+        .unwrap();
     say("ready");
     for line in lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
@@ -238,6 +383,80 @@ fn events() {
             ["ping", n] => {
                 assert!(bus.flush(Duration::from_secs(10)));
                 say(format!("pong {n}"));
+            }
+            ["stream", count, pace] => {
+                let (count, pace): (u64, u64) = (count.parse().unwrap(), pace.parse().unwrap());
+                std::thread::spawn(move || {
+                    for seq in 0..count {
+                        event::notify("fault.seq", seq);
+                        if pace > 0 {
+                            std::thread::sleep(Duration::from_micros(pace));
+                        }
+                    }
+                    assert!(event::bus().flush(Duration::from_secs(30)));
+                    say("streamed");
+                });
+            }
+            ["watch", n] => {
+                let n: u64 = n.parse().unwrap();
+                seen(|seen| {
+                    seen.watch = Some(n);
+                    if seen.received.len() as u64 >= n {
+                        say(format!("reached {}", seen.received.len()));
+                    }
+                });
+            }
+            ["report"] => seen(|seen| {
+                say(format!(
+                    "report received={} copies={} before={} buffered={} dropped={} after={}",
+                    ranges(&seen.received),
+                    seen.copies,
+                    ranges(&seen.before),
+                    ranges(&seen.buffered),
+                    ranges(&seen.dropped),
+                    ranges(&seen.after)
+                ))
+            }),
+            ["stats"] => say(format!(
+                "stats up={} sent={} received={} buffered={} dropped_outgoing={} dropped_incoming={} rejoins={} missed={} backlog_bytes={}",
+                link.is_up(),
+                link.sent(),
+                link.received(),
+                link.buffered(),
+                link.dropped_outgoing(),
+                link.dropped_incoming(),
+                link.rejoins(),
+                link.missed(),
+                bus.remote_backlog_bytes()
+            )),
+            ["health"] => match link.health() {
+                Ok(()) => say("health ok"),
+                Err(error) => say(format!("health err {error}")),
+            },
+            ["try-notify-big", bytes] => {
+                let body = serde_bytes::ByteBuf::from(vec![7_u8; bytes.parse().unwrap()]);
+                match event::try_notify("big.try", body) {
+                    Ok(()) => say("try-notify ok"),
+                    Err(error) => say(format!("try-notify err {error}")),
+                }
+            }
+            ["notify-big", name, bytes] => {
+                let body = serde_bytes::ByteBuf::from(vec![7_u8; bytes.parse().unwrap()]);
+                event::notify(name.to_string(), body);
+            }
+            ["block"] => event::notify_local("block", ()),
+            ["unblock"] => {
+                *BLOCKED.0.lock().unwrap() = false;
+                BLOCKED.1.notify_all();
+            }
+            ["wait-received", n] => {
+                // The link counts as it reads; nothing else tells.
+                let n: u64 = n.parse().unwrap();
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while link.received() < n && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                say(format!("received {}", link.received()));
             }
             other => panic!("unknown command {other:?}"),
         }

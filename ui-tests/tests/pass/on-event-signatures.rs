@@ -27,4 +27,9 @@ fn name_and_payload(event: &str, job: &Job) -> Result<(), String> {
     Ok(())
 }
 
+#[on_event("config:*", supervisor)]
+fn also_in_the_supervisor(event: &str) {
+    let _ = event;
+}
+
 fn main() {}

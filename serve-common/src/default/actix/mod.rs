@@ -32,7 +32,7 @@
 //! |---|---|---|
 //! | `server.bind` | `"127.0.0.1:8000"` | the address to listen on |
 //! | `server.workers` | one per CPU | worker threads per process |
-//! | `server.processes` | `1` | worker processes (see below) |
+//! | `server.processes` | `1` | worker processes (see below; which of them run event handlers: [here](crate::event#which-processes-run-handlers)) |
 //! | `server.shutdown_timeout` | `30` | seconds in-flight requests get after SIGTERM/SIGINT |
 //! | `server.backlog` | `2048` | the listen backlog |
 //! | `server.title` | the crate name | the OpenAPI document's title |
@@ -51,6 +51,13 @@
 //! had to kill them after the shutdown timeout). Workers share events and config
 //! changes through IPC (so a level change answered by one reaches all).
 //! Everything `main` does before `serve` runs in every worker too.
+//!
+//! The supervisor serves no requests, so it runs none of the application's
+//! event handlers (`#[on_event]`, `register`): an event runs them once per
+//! worker, not once more in the supervisor. It still follows config
+//! changes and log levels, and it keeps the IPC server (restarting it if
+//! it dies). See [which processes run
+//! handlers](crate::event#which-processes-run-handlers).
 
 pub(crate) mod errors;
 mod routes;
@@ -71,7 +78,7 @@ use tracing::instrument::WithSubscriber;
 
 pub use errors::{ApiError, ErrorBody};
 pub use routes::{App, Documented, RoutesDone};
-pub(crate) use workers::adopt_inherited_socket;
+pub(crate) use workers::{adopt_inherited_socket, will_supervise};
 
 pub use crate::log_util::RequestTimer;
 pub use crate::request_id::RequestIdMiddleware;
@@ -281,6 +288,7 @@ where
             )
         })?;
         if settings.processes > 1 {
+            crate::event::bus().become_supervisor();
             return workers::supervise(listener, &settings).await;
         }
         self.serve_on(listener, &settings).await

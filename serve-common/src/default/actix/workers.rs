@@ -109,6 +109,15 @@ fn adopt() -> io::Result<Inherited> {
     Ok(Inherited { listener, sets })
 }
 
+/// Whether this process will supervise worker processes: config
+/// `server.processes > 1`, and not a worker itself. For
+/// `#[serve_common::main]`, which makes the global bus a supervisor's
+/// before the body runs.
+pub(crate) fn will_supervise() -> bool {
+    adopt_inherited_socket();
+    INHERITED.lock().is_none() && crate::config::config().get_or("server.processes", 1_usize) > 1
+}
+
 /// In a worker: the listening socket the supervisor handed down (the
 /// supervisor's runtime config sets applied). Elsewhere: `None`.
 pub(super) fn inherited_listener() -> io::Result<Option<TcpListener>> {
