@@ -1,6 +1,9 @@
 //! `bash bench/ipc.sh`: messages and events through the IPC server between
 //! two processes, against a raw SOCK_SEQPACKET connection between the same
-//! two processes, same run. This executable is also the server and the peer.
+//! two processes, alternating (`IPC_BENCH_ROUNDS`, default 5) inside one
+//! run and reporting medians; then how long the group takes to heal after
+//! `kill -9` of the server, and the longest gap a live member sees while
+//! another member stalls. This executable is also the server and the peers.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +19,9 @@ const MESSAGES: u64 = 200_000;
 const TRIPS: usize = 20_000;
 const EVENTS: usize = 5_000;
 const SIZE: usize = 32;
+const KILLS: usize = 10;
+const STALL_MESSAGES: u64 = 10_000;
+const STALL_SIZE: usize = 1024;
 
 fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
@@ -54,8 +60,15 @@ fn peer(role: &str) -> Child {
         .unwrap()
 }
 
-/// The peer: sends `MESSAGES`, then echoes `TRIPS` pings; over a raw
-/// connection or through the server.
+fn output(mut child: Child) -> String {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut text).unwrap();
+    assert!(child.wait().unwrap().success());
+    text
+}
+
+/// The peers: each sends `MESSAGES`, then echoes `TRIPS` pings, over a raw
+/// connection or through the server; and the other roles' processes.
 fn run_peer(role: &str) {
     match role {
         "raw" => {
@@ -113,35 +126,98 @@ fn run_peer(role: &str) {
             let median = median(latencies.lock().clone());
             println!("{median}");
         }
+        // Answers every probe with the time it ran here; stays until killed.
+        "heal" => {
+            ipc::setup(None).unwrap();
+            event::bus()
+                .on("bench.probe")
+                .call_data(|round: &u64| event::notify("bench.probe.ack", (*round, monotonic_ns())))
+                .unwrap();
+            event::enable_ipc().unwrap();
+            event::notify("bench.heal.ready", ());
+            loop {
+                std::thread::park();
+            }
+        }
+        "stall" => stalled_group(),
+        "stuck" => {
+            ipc::setup(None).unwrap();
+            let _group = ipc::join_group::<()>("stall").unwrap();
+            println!("joined");
+            loop {
+                std::thread::park();
+            }
+        }
+        "live" => {
+            ipc::setup(None).unwrap();
+            let group = ipc::join_group::<()>("stall").unwrap();
+            println!("joined");
+            let mut longest = Duration::ZERO;
+            let mut last = None::<Instant>;
+            for _ in 0..STALL_MESSAGES {
+                group.recv_bytes().unwrap();
+                let now = Instant::now();
+                if let Some(last) = last {
+                    longest = longest.max(now - last);
+                }
+                last = Some(now);
+            }
+            println!("{}", longest.as_secs_f64() * 1e3);
+        }
         other => panic!("unknown role {other}"),
     }
 }
 
-fn main() {
-    ipc::run_server_if_requested();
-    if let Ok(role) = std::env::var("BENCH_ROLE") {
-        return run_peer(&role);
-    }
-
-    // Raw: a connected SEQPACKET pair between this process and the peer.
-    let name = format!("serve-common-bench-{}", std::process::id());
-    let listener = raw_socket();
-    socket::bind(
-        listener.as_raw_fd(),
-        &UnixAddr::new_abstract(name.as_bytes()).unwrap(),
-    )
+/// One process with its own server (a 4 MiB queue per member): a stuck
+/// member that never reads, two live ones, and this process sending
+/// `STALL_MESSAGES`; prints the longest gap a live member saw, in ms.
+fn stalled_group() {
+    ipc::start_with(ipc::ServerOptions {
+        queue_bytes: 4 << 20,
+        ..ipc::ServerOptions::default()
+    })
     .unwrap();
-    socket::listen(&listener, socket::Backlog::new(8).unwrap()).unwrap();
-    std::env::set_var("BENCH_RAW", &name);
+    let group = ipc::join_group::<()>("stall").unwrap();
+    let mut stuck = peer("stuck");
+    let wait_joined = |child: &mut Child| {
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "joined");
+    };
+    wait_joined(&mut stuck);
+    let mut live: Vec<Child> = (0..2).map(|_| peer("live")).collect();
+    for child in &mut live {
+        wait_joined(child);
+    }
+    let message = vec![7_u8; STALL_SIZE];
+    for _ in 0..STALL_MESSAGES {
+        group.send_bytes(&message).unwrap();
+    }
+    let gaps: Vec<f64> = live
+        .into_iter()
+        .map(|child| output(child).trim().parse().unwrap())
+        .collect();
+    let _ = stuck.kill();
+    let _ = stuck.wait();
+    ipc::shutdown().unwrap();
+    println!("{}", gaps.into_iter().fold(0.0, f64::max));
+}
+
+/// Raw pair: (messages per second, median round trip in µs).
+fn measure_raw(listener: &OwnedFd) -> (f64, f64) {
     let mut raw_peer = peer("raw");
-    let fd = socket::accept4(std::os::fd::AsFd::as_fd(&listener), SockFlag::SOCK_CLOEXEC).unwrap();
+    let fd = socket::accept4(std::os::fd::AsFd::as_fd(listener), SockFlag::SOCK_CLOEXEC).unwrap();
     let mut buffer = [0_u8; 64];
     raw_recv(&fd, &mut buffer);
     let start = Instant::now();
     for _ in 1..MESSAGES {
         raw_recv(&fd, &mut buffer);
     }
-    let raw_throughput = (MESSAGES - 1) as f64 / start.elapsed().as_secs_f64();
+    let throughput = (MESSAGES - 1) as f64 / start.elapsed().as_secs_f64();
     let mut samples = Vec::with_capacity(TRIPS);
     for _ in 0..TRIPS {
         let start = Instant::now();
@@ -149,11 +225,12 @@ fn main() {
         raw_recv(&fd, &mut buffer);
         samples.push(start.elapsed().as_secs_f64() * 1e6);
     }
-    let raw_round_trip = median(samples);
     raw_peer.wait().unwrap();
+    (throughput, median(samples))
+}
 
-    // Through the server.
-    ipc::start().unwrap();
+/// Through the server: (messages per second, median round trip in µs).
+fn measure_ipc() -> (f64, f64) {
     let group = ipc::join_group::<()>("bench").unwrap();
     let mut ipc_peer = peer("ipc");
     assert_eq!(group.recv_bytes().unwrap(), b"ready");
@@ -170,26 +247,108 @@ fn main() {
         group.recv_bytes().unwrap();
         samples.push(start.elapsed().as_secs_f64() * 1e6);
     }
-    let round_trip = median(samples);
     ipc_peer.wait().unwrap();
     group.close();
+    (throughput, median(samples))
+}
+
+/// Milliseconds from `kill -9` of the server until an event from this
+/// process runs in the peer again, for each of `KILLS` kills.
+fn measure_heal() -> Vec<f64> {
+    let (acks, acked) = std::sync::mpsc::channel::<(u64, u64)>();
+    let acks = parking_lot::Mutex::new(acks);
+    event::bus()
+        .on("bench.probe.ack")
+        .call_data(move |ack: &(u64, u64)| {
+            let _ = acks.lock().send(*ack);
+        })
+        .unwrap();
+    let ready = event::wait_for("bench.heal.ready").unwrap();
+    let mut heal_peer = peer("heal");
+    ready.wait(Duration::from_secs(30)).unwrap();
+    let mut heals = Vec::with_capacity(KILLS);
+    for round in 0..KILLS as u64 {
+        // The keeper restarts at once a server that ran for a second.
+        std::thread::sleep(Duration::from_millis(1100));
+        let pid = ipc::server_pid().expect("the server is up");
+        let killed = monotonic_ns();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let ran_at = 'probe: loop {
+            event::notify("bench.probe", round);
+            let deadline = Instant::now() + Duration::from_millis(5);
+            while let Ok((acked_round, at)) =
+                acked.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                if acked_round == round {
+                    break 'probe at;
+                }
+            }
+        };
+        heals.push(ran_at.saturating_sub(killed) as f64 / 1e6);
+    }
+    let _ = heal_peer.kill();
+    let _ = heal_peer.wait();
+    heals
+}
+
+fn main() {
+    ipc::run_server_if_requested();
+    if let Ok(role) = std::env::var("BENCH_ROLE") {
+        return run_peer(&role);
+    }
+    let rounds: usize = std::env::var("IPC_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5)
+        .max(3);
+
+    // Raw: a connected SEQPACKET pair between this process and a peer.
+    let name = format!("serve-common-bench-{}", std::process::id());
+    let listener = raw_socket();
+    socket::bind(
+        listener.as_raw_fd(),
+        &UnixAddr::new_abstract(name.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    socket::listen(&listener, socket::Backlog::new(8).unwrap()).unwrap();
+    std::env::set_var("BENCH_RAW", &name);
+    ipc::prepare();
+    ipc::start().unwrap();
+
+    // Ours and the baseline, alternating.
+    let (mut throughput, mut raw_throughput) = (Vec::new(), Vec::new());
+    let (mut round_trip, mut raw_round_trip) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (t, rt) = measure_raw(&listener);
+        raw_throughput.push(t);
+        raw_round_trip.push(rt);
+        let (t, rt) = measure_ipc();
+        throughput.push(t);
+        round_trip.push(rt);
+    }
+    println!("# raw round trips (µs): {raw_round_trip:.1?}; ours: {round_trip:.1?}");
+    println!("# raw throughputs (/s): {raw_throughput:.0?}; ours: {throughput:.0?}");
 
     // Events: notify here, the handler runs there; one-way, on the shared
     // monotonic clock.
     event::enable_ipc().unwrap();
     let ready = event::wait_for("bench.ready").unwrap();
-    let mut events_peer = peer("events");
+    let events_peer = peer("events");
     ready.wait(Duration::from_secs(30)).unwrap();
     for _ in 0..EVENTS {
         event::notify("bench.event", monotonic_ns());
         // One at a time: latency, not queueing.
         std::thread::sleep(Duration::from_micros(200));
     }
-    let output = std::mem::take(&mut events_peer.stdout).unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut { output }, &mut text).unwrap();
-    events_peer.wait().unwrap();
-    let event_us: f64 = text.trim().parse().unwrap();
+    let event_us: f64 = output(events_peer).trim().parse().unwrap();
+
+    let heals = measure_heal();
+    println!("# heals (ms): {heals:.1?}");
+    let gap: f64 = output(peer("stall")).trim().parse().unwrap();
     ipc::shutdown().unwrap();
 
     let line = |metric: &str, value: f64, baseline: f64| {
@@ -198,7 +357,14 @@ fn main() {
             value / baseline
         );
     };
-    line("ipc_throughput_per_s", throughput, raw_throughput);
-    line("ipc_round_trip_us", round_trip, raw_round_trip);
+    let round_trip = median(round_trip);
+    line(
+        "ipc_throughput_per_s",
+        median(throughput),
+        median(raw_throughput),
+    );
+    line("ipc_round_trip_us", round_trip, median(raw_round_trip));
     line("ipc_event_us", event_us, round_trip);
+    println!("ipc_heal_ms: {:.2} baseline: - ratio: -", median(heals));
+    println!("ipc_stalled_group_gap_ms: {gap:.2} baseline: - ratio: -");
 }

@@ -37,6 +37,10 @@ const PACKET_OVERHEAD: usize = 64;
 const MAX_GREETING: usize = 4096;
 /// Remembered cut-offs (for the members' rejoin), at most.
 const MAX_CUT_OFFS: usize = 1024;
+/// Packets a reader takes in one go (and a member's socket in one call).
+const BATCH: usize = 64;
+/// A reader's buffer: a batch of small packets, and room for the largest.
+const ARENA: usize = 4 * frame::MAX_PACKET;
 
 struct Outgoing {
     /// Packets the member's socket refused so far, in order.
@@ -357,23 +361,57 @@ impl Server {
 
     fn read_loop(&self, member: &Arc<Member>) {
         let mut check = FrameCheck::new(self.options.max_message);
-        let mut buffer = vec![0; frame::MAX_PACKET];
+        let mut arena = vec![0; ARENA];
+        // Whole messages read and not forwarded yet, as (start, len) in
+        // `arena`: what is already there when the reader wakes is
+        // forwarded together, so each member's socket takes it in one call.
+        let mut spans: Vec<(usize, usize)> = Vec::with_capacity(BATCH);
         // The parts of a longer message, forwarded once it is complete (so
         // no member sees two senders' parts interleaved).
         let mut parts: Vec<Vec<u8>> = Vec::new();
+        let flush = |spans: &mut Vec<(usize, usize)>, arena: &[u8]| {
+            if !spans.is_empty() {
+                let packets: Vec<&[u8]> = spans
+                    .iter()
+                    .map(|&(at, len)| &arena[at..at + len])
+                    .collect();
+                self.fan_out(member, &packets);
+                spans.clear();
+            }
+        };
         loop {
-            let len = match socket::recv(&member.fd, &mut buffer) {
+            let used = spans.last().map_or(0, |&(at, len)| at + len);
+            let room = &mut arena[used..used + frame::MAX_PACKET];
+            // Take what is there without waiting; when nothing is, wait for
+            // the next packet and forward it at once (the latency path
+            // costs no extra system call), batching only what a burst
+            // leaves waiting.
+            let mut waited = false;
+            let received = match socket::try_recv(&member.fd, room) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !spans.is_empty() {
+                        flush(&mut spans, &arena);
+                        continue;
+                    }
+                    waited = true;
+                    socket::recv(&member.fd, room)
+                }
+                other => other,
+            };
+            let len = match received {
                 Ok(Some(len)) => len,
-                Ok(None) => return,
                 Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
                     tracing::warn!(member = %member.describe(), %error, "malformed packet dropped");
                     check.reset();
                     parts.clear();
                     continue;
                 }
-                Err(_) => return,
+                Ok(None) | Err(_) => {
+                    flush(&mut spans, &arena);
+                    return;
+                }
             };
-            let packet = &buffer[..len];
+            let packet = &arena[used..used + len];
             let kind = check.check(packet);
             if let Some(error) = check.take_dropped() {
                 tracing::warn!(member = %member.describe(), %error, "incomplete message dropped");
@@ -381,7 +419,7 @@ impl Server {
             }
             match kind {
                 Ok(PacketKind::Whole) | Ok(PacketKind::First { complete: true }) => {
-                    self.fan_out(member, &[packet]);
+                    spans.push((used, len));
                 }
                 Ok(PacketKind::First { complete: false }) => {
                     parts.clear();
@@ -390,6 +428,8 @@ impl Server {
                 Ok(PacketKind::More { complete }) => {
                     parts.push(packet.to_vec());
                     if complete {
+                        // What came before it goes first.
+                        flush(&mut spans, &arena);
                         let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
                         self.fan_out(member, &slices);
                         parts.clear();
@@ -400,10 +440,15 @@ impl Server {
                     parts.clear();
                 }
             }
+            let used = spans.last().map_or(0, |&(at, len)| at + len);
+            if waited || spans.len() >= BATCH || used + frame::MAX_PACKET > ARENA {
+                flush(&mut spans, &arena);
+            }
         }
     }
 
-    /// Forwards one message's packets to every other member of the group.
+    /// Forwards whole messages' packets, in order, to every other member
+    /// of the group.
     fn fan_out(&self, from: &Member, packets: &[&[u8]]) {
         // Shared by every member that has to queue it: copied once.
         let mut shared: Option<Vec<Arc<[u8]>>> = None;
@@ -443,9 +488,9 @@ impl Server {
         let mut sent = 0;
         if out.queue.is_empty() {
             while sent < packets.len() {
-                match socket::try_send(&to.fd, packets[sent]) {
-                    Ok(true) => sent += 1,
-                    Ok(false) => break,
+                match socket::try_send_many(&to.fd, &packets[sent..]) {
+                    Ok(0) => break,
+                    Ok(n) => sent += n,
                     Err(error) => {
                         close_locked(to, &mut out);
                         drop(out);
@@ -517,15 +562,20 @@ impl Server {
                 member.wake.wait(&mut out);
                 continue;
             }
-            while let Some(packet) = out.queue.front() {
-                match socket::try_send(&member.fd, packet) {
-                    Ok(true) => {
-                        let len = packet.len();
-                        out.queue.pop_front();
-                        out.bytes -= len + PACKET_OVERHEAD;
+            while !out.queue.is_empty() {
+                let batch: Vec<&[u8]> = out.queue.iter().take(BATCH).map(|p| &p[..]).collect();
+                match socket::try_send_many(&member.fd, &batch) {
+                    Ok(0) => break,
+                    Ok(sent) => {
+                        let bytes: usize = batch[..sent]
+                            .iter()
+                            .map(|p| p.len() + PACKET_OVERHEAD)
+                            .sum();
+                        drop(batch);
+                        out.queue.drain(..sent);
+                        out.bytes -= bytes;
                         out.progress = Instant::now();
                     }
-                    Ok(false) => break,
                     Err(error) => {
                         close_locked(member, &mut out);
                         drop(out);

@@ -90,6 +90,39 @@ pub(crate) fn try_send(fd: &impl AsFd, packet: &[u8]) -> io::Result<bool> {
     }
 }
 
+/// Sends packets without waiting, as many as the socket takes now, in one
+/// system call (`sendmmsg`); how many it took (0 when it had no room).
+pub(crate) fn try_send_many(fd: &impl AsFd, packets: &[&[u8]]) -> io::Result<usize> {
+    use rustix::net::{sendmmsg, MMsgHdr, SendAncillaryBuffer, SendFlags};
+    if let [one] = packets {
+        return try_send(fd, one).map(usize::from);
+    }
+    let iovs: Vec<[io::IoSlice<'_>; 1]> = packets.iter().map(|p| [io::IoSlice::new(p)]).collect();
+    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = packets
+        .iter()
+        .map(|_| SendAncillaryBuffer::default())
+        .collect();
+    let mut messages: Vec<MMsgHdr<'_>> = iovs
+        .iter()
+        .zip(controls.iter_mut())
+        .map(|(iov, control)| MMsgHdr::new(iov, control))
+        .collect();
+    loop {
+        match sendmmsg(fd, &mut messages, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Ok(sent) => return Ok(sent),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives one packet without waiting: `Err` of kind `WouldBlock` when
+/// none is there; otherwise as [`recv`].
+pub(crate) fn try_recv(fd: &impl AsFd, buffer: &mut [u8]) -> io::Result<Option<usize>> {
+    recv_with(fd, buffer, MsgFlags::MSG_DONTWAIT)
+}
+
 /// Waits until `fd` can take a packet, at most `timeout`: `Ok(true)` when
 /// it can (or has hung up: the next send says so), `Ok(false)` on timeout.
 pub(crate) fn wait_writable(fd: &impl AsFd, timeout: Duration) -> io::Result<bool> {
@@ -109,11 +142,15 @@ pub(crate) fn wait_writable(fd: &impl AsFd, timeout: Duration) -> io::Result<boo
 /// Receives one packet into `buffer`; `Ok(None)` at end of stream. A packet
 /// longer than the buffer is reported as `InvalidData` (and dropped).
 pub(crate) fn recv(fd: &impl AsFd, buffer: &mut [u8]) -> io::Result<Option<usize>> {
+    recv_with(fd, buffer, MsgFlags::empty())
+}
+
+fn recv_with(fd: &impl AsFd, buffer: &mut [u8], flags: MsgFlags) -> io::Result<Option<usize>> {
     let len = retry(|| {
         socket::recv(
             std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()),
             buffer,
-            MsgFlags::MSG_TRUNC | MsgFlags::MSG_CMSG_CLOEXEC,
+            MsgFlags::MSG_TRUNC | MsgFlags::MSG_CMSG_CLOEXEC | flags,
         )
     })?;
     if len == 0 {
