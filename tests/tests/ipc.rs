@@ -247,7 +247,13 @@ fn other_users_are_refused_and_logged() {
         );
         return;
     }
-    let (server, _, address) = parent(&[]);
+    let (server, server_pid, address) = parent(&[]);
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{server_pid}/task"))
+            .unwrap()
+            .count()
+    };
+    let before = threads();
     // `nobody` needs a copy of the helper it can read and run.
     let dir = tempfile::Builder::new()
         .prefix("ipc-nobody")
@@ -266,11 +272,14 @@ fn other_users_are_refused_and_logged() {
         .env(ipc::ADDR_ENV, &address);
     let mut intruder = Proc::spawn(&mut command, false);
     intruder.expect("refused");
+    assert_eq!(threads(), before, "a refused connection left a thread");
     let log = stop(server);
-    assert!(
-        log.contains("refused a connection from another user (uid 65534"),
-        "{log}"
-    );
+    let refused = log
+        .lines()
+        .find(|l| l.contains("refused a connection from another user (uid 65534"))
+        .unwrap_or_else(|| panic!("{log}"));
+    // Refused by the accept loop itself: no thread was started for it.
+    assert!(refused.contains(" main "), "{refused}");
 }
 
 #[test]

@@ -175,6 +175,8 @@ struct Out {
     outage_buffered: u64,
     outage_dropped: u64,
     last_error: Option<String>,
+    /// The link thread has returned.
+    ended: bool,
 }
 
 impl Out {
@@ -397,10 +399,27 @@ impl IpcEvents {
     /// reconnect. (Dropping this handle does not close the link: it lives
     /// as long as the process.)
     pub fn close(&self) {
-        self.shared.out.lock().closing = true;
+        let mut out = self.shared.out.lock();
+        out.closing = true;
         self.shared.changed.notify_all();
-        if let Some(thread) = self.thread.lock().take() {
-            let _ = thread.join();
+        // Bounded: the link sends for up to two seconds, then goes; a send
+        // the server never takes must not hold the process's exit.
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while !out.ended
+            && !self
+                .shared
+                .changed
+                .wait_until(&mut out, deadline)
+                .timed_out()
+        {}
+        let ended = out.ended;
+        drop(out);
+        match self.thread.lock().take() {
+            Some(thread) if ended => {
+                let _ = thread.join();
+            }
+            Some(_) => tracing::warn!("the IPC link did not stop in time; leaving it"),
+            None => {}
         }
     }
 }
@@ -444,6 +463,7 @@ impl EventBus {
                 outage_buffered: 0,
                 outage_dropped: 0,
                 last_error: None,
+                ended: false,
             }),
             changed: Condvar::new(),
             stats: Stats::default(),
@@ -458,7 +478,12 @@ impl EventBus {
         };
         let thread = std::thread::Builder::new()
             .name("serve-common-ipc-link".into())
-            .spawn(move || link.run(socket, receiver))?;
+            .spawn(move || {
+                let shared = link.shared.clone();
+                link.run(socket, receiver);
+                shared.out.lock().ended = true;
+                shared.changed.notify_all();
+            })?;
         self.set_transport(Some(Arc::new(IpcTransport {
             shared: shared.clone(),
         })));
