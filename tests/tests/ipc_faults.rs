@@ -206,7 +206,7 @@ fn the_group_heals_after_the_server_is_killed_mid_stream() {
 
 #[test]
 fn a_stalled_member_is_cut_off_without_stalling_the_others_and_rejoins() {
-    let (parent, _, address) = parent(&["--stall-ms", "1000"]);
+    let (parent, _, address) = parent(&["--stall-ms", "2000"]);
     let mut service = members(&address, 2, "");
     let group = serve_common::event::EVENTS_GROUP;
     let mut live: Vec<Proc> = (0..2)
@@ -234,7 +234,13 @@ fn a_stalled_member_is_cut_off_without_stalling_the_others_and_rejoins() {
     signal(&service.processes[1], Signal::SIGCONT);
     let rejoined = service.processes[1].expect("rejoined ");
     let missed: u64 = field(&rejoined, "missed").parse().unwrap();
+    // What it read before the cut-off and what the server discarded for
+    // it are the whole stream (which ended well before the cut-off).
+    service.processes[1].send("report");
+    let report = service.processes[1].expect("report ");
+    let received = parse_ranges(field(&report, "received")).len() as u64;
     assert!(missed > 0, "{rejoined}");
+    assert_eq!(received + missed, 10_000, "{rejoined}; {report}");
     service.processes[1].expect_stderr(0, &["WARN", "cut this process off"]);
     service.processes[0].send("notify test.after 1");
     service.processes[1].expect("handled test.after 1");

@@ -575,8 +575,6 @@ impl Link {
                 out.socket = None;
                 out.broken = false;
                 out.down_since = Some(Instant::now());
-                out.outage_buffered = 0;
-                out.outage_dropped = 0;
                 out.queue.len() as u64
             };
             if ipc::shutting_down() {
@@ -603,6 +601,9 @@ impl Link {
             };
             connection += 1;
             socket = next;
+            // Installed before its receiver starts: a connection that dies
+            // at once is reported as broken, never left looking up.
+            let outage = self.install(&socket, connection);
             receiver = match spawn_receiver(&self.bus, &self.shared, socket.clone(), connection) {
                 Ok(receiver) => receiver,
                 Err(error) => {
@@ -610,7 +611,7 @@ impl Link {
                     return;
                 }
             };
-            self.rejoined(&socket, connection, &welcome);
+            self.rejoined(outage, &welcome);
         }
     }
 
@@ -620,7 +621,8 @@ impl Link {
         let mut delays = backon::ExponentialBuilder::default()
             .with_jitter()
             .with_min_delay(Duration::from_millis(10))
-            .with_max_delay(self.shared.options.max_reconnect_delay)
+            // The jitter adds up to as much again.
+            .with_max_delay(self.shared.options.max_reconnect_delay / 2)
             .without_max_times()
             .build();
         let mut logged = false;
@@ -655,29 +657,34 @@ impl Link {
         }
     }
 
-    fn rejoined(
-        &mut self,
-        socket: &GroupSocket<WireEvent>,
-        connection: u64,
-        welcome: &ipc::Welcome,
-    ) {
+    /// Makes `socket` the link's connection; what the outage cost: (how
+    /// long, events buffered, events dropped) since the last rejoin.
+    fn install(&self, socket: &GroupSocket<WireEvent>, connection: u64) -> (Duration, u64, u64) {
         let shared = &self.shared;
         shared
             .max_message
             .store(socket.max_message(), Ordering::Relaxed);
-        let (down, buffered, dropped) = {
-            let mut out = shared.out.lock();
-            out.socket = Some(socket.clone());
-            out.connection = connection;
-            out.broken = false;
-            out.last_error = None;
-            let down = out
-                .down_since
-                .take()
-                .map(|t| t.elapsed())
-                .unwrap_or_default();
-            (down, out.outage_buffered, out.outage_dropped)
-        };
+        let mut out = shared.out.lock();
+        out.socket = Some(socket.clone());
+        out.connection = connection;
+        out.broken = false;
+        out.last_error = None;
+        let down = out
+            .down_since
+            .take()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        let buffered = std::mem::take(&mut out.outage_buffered);
+        let dropped = std::mem::take(&mut out.outage_dropped);
+        (down, buffered, dropped)
+    }
+
+    fn rejoined(
+        &mut self,
+        (down, buffered, dropped): (Duration, u64, u64),
+        welcome: &ipc::Welcome,
+    ) {
+        let shared = &self.shared;
         shared.changed.notify_all();
         shared.stats.rejoins.fetch_add(1, Ordering::Relaxed);
         let previous = std::mem::replace(&mut self.server_pid, welcome.server_pid);

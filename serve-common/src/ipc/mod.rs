@@ -180,13 +180,14 @@ pub struct ServerOptions {
     /// How long a new connection has to send its whole greeting (default 2 s).
     pub greeting_timeout: Duration,
     /// How long, after a restart, the server keeps what it forwards (at
-    /// most `queue_bytes` per group) for members that rejoin late (default
+    /// most half of `queue_bytes` per group) for members that rejoin late (default
     /// 2 s): what one member sent on rejoining reaches the ones that
     /// rejoin after it.
     #[serde(default = "default_rejoin_window")]
     pub rejoin_window: Duration,
     /// At [`shutdown`], how long the server waits for its members to read
-    /// what is queued for them before it exits (default 2 s).
+    /// what is queued for them before it exits (default 2 s). A member
+    /// that disconnects meanwhile loses what was queued for it.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: Duration,
     /// The executable to run as the server (default: the current one).
@@ -489,7 +490,8 @@ impl Launch {
 /// This process keeps the server: a thread waits for it, so a dead server
 /// never stays a zombie, and restarts it on the same address when it dies
 /// (logged at WARN; at once after a server that ran for a second or more,
-/// else after a back-off with jitter, up to 5 s), until [`shutdown`].
+/// else after a jittered back-off growing from 0.1 s to at most 5 s), until
+/// [`shutdown`].
 pub fn start_with(options: ServerOptions) -> Result<u32, IpcError> {
     if std::env::var_os(SERVER_MARKER_ENV).is_some() {
         return Err(IpcError::Spawn(
@@ -549,7 +551,8 @@ fn keep(launch: &Launch, mut child: Child, keeper: &Keeper) {
     let backoff = backon::ExponentialBuilder::default()
         .with_jitter()
         .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
+        // The jitter adds up to as much again: 5 s at most.
+        .with_max_delay(Duration::from_millis(2500))
         .without_max_times();
     let mut delays = backoff.build();
     let mut started = std::time::Instant::now();
@@ -583,7 +586,15 @@ fn keep(launch: &Launch, mut child: Child, keeper: &Keeper) {
         );
         child = loop {
             if !delay.is_zero() {
-                std::thread::sleep(delay);
+                // A shutdown cuts the wait short.
+                let deadline = std::time::Instant::now() + delay;
+                let mut ended = keeper.ended.lock();
+                while !shutting_down()
+                    && !keeper
+                        .ended_signal
+                        .wait_until(&mut ended, deadline)
+                        .timed_out()
+                {}
             }
             if shutting_down() {
                 finish(keeper);
@@ -693,7 +704,10 @@ fn connect(greeting: &Greeting) -> Result<(OwnedFd, usize), IpcError> {
         let state = state.as_ref().ok_or(IpcError::NotSetUp)?;
         (state.address.clone(), state.max_message)
     };
-    let fd = socket::connect(&address)?;
+    let fd = socket::connect(&address, JOIN_TIMEOUT).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock => IpcError::Timeout(JOIN_TIMEOUT),
+        _ => IpcError::Io(e),
+    })?;
     // Abstract names are visible to every user: once a server is gone,
     // another uid could bind its name. Talk only to our own uid.
     let (uid, pid) = socket::peer(&fd)?;
@@ -751,7 +765,8 @@ fn welcome(fd: &OwnedFd, timeout: Duration) -> Result<Welcome, IpcError> {
 
 /// Joins `group`: the returned socket is connected and already a member.
 /// The group exists as long as it has members. Waits at most
-/// [`JOIN_TIMEOUT`] for the server ([`IpcError::Timeout`]).
+/// [`JOIN_TIMEOUT`] for the server to take the connection, and as long
+/// again for its welcome ([`IpcError::Timeout`]).
 pub fn join_group<T>(group: &str) -> Result<GroupSocket<T>, IpcError> {
     join(group, false, JOIN_TIMEOUT).map(|(socket, _)| socket)
 }
@@ -801,9 +816,14 @@ pub async fn join_group_async<T>(group: &str) -> Result<AsyncGroupSocket<T>, Ipc
 /// queued for them. A process that started the server waits for it to
 /// exit (killing it if it does not exit in time), and stops restarting it.
 pub fn shutdown() -> Result<(), IpcError> {
-    SHUTTING_DOWN.store(true, std::sync::atomic::Ordering::Relaxed);
+    SHUTTING_DOWN.store(true, std::sync::atomic::Ordering::SeqCst);
     let asked = connect(&Greeting::Shutdown);
     let keeper = STATE.lock().as_mut().and_then(|s| s.started.take());
+    if let Some(keeper) = &keeper {
+        // Wakes a keeper waiting to restart the server: it stops instead.
+        let _ended = keeper.ended.lock();
+        keeper.ended_signal.notify_all();
+    }
     let Some(keeper) = keeper else {
         return asked.map(drop);
     };
@@ -853,7 +873,7 @@ static SHUTTING_DOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicB
 
 /// Whether this process asked the server to stop.
 pub(crate) fn shutting_down() -> bool {
-    SHUTTING_DOWN.load(std::sync::atomic::Ordering::Relaxed)
+    SHUTTING_DOWN.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 struct Connection {

@@ -48,6 +48,11 @@ struct Outgoing {
     /// Their size, with [`PACKET_OVERHEAD`] each.
     bytes: usize,
     closed: bool,
+    /// Closed by a cut-off (not by the member leaving).
+    cut_off: bool,
+    /// Messages for it that arrived after its cut-off, before it left the
+    /// group: counted as missed too.
+    late: u64,
     /// When the queue last became non-empty or its writer last sent: the
     /// stall deadline runs from here.
     progress: Instant,
@@ -61,7 +66,6 @@ struct Member {
     out: Mutex<Outgoing>,
     /// Wakes the writer when its queue gains its first packet or closes.
     wake: Condvar,
-    alive: AtomicBool,
 }
 
 impl Member {
@@ -74,17 +78,16 @@ impl Member {
 }
 
 /// Whole messages among `packets` (first parts and whole ones).
-fn messages_in<'a>(packets: impl IntoIterator<Item = &'a Arc<[u8]>>) -> u64 {
+fn messages_in<P: AsRef<[u8]>>(packets: impl IntoIterator<Item = P>) -> u64 {
     packets
         .into_iter()
-        .filter(|p| matches!(p.first(), Some(&frame::WHOLE | &frame::FIRST)))
+        .filter(|p| matches!(p.as_ref().first(), Some(&frame::WHOLE | &frame::FIRST)))
         .count() as u64
 }
 
 /// Closes `member` (its reader and writer return); the number of messages
 /// its queue held, now discarded. Called with its queue locked.
 fn close_locked(member: &Member, out: &mut Outgoing) -> u64 {
-    member.alive.store(false, Ordering::Release);
     if out.closed {
         return 0;
     }
@@ -255,6 +258,9 @@ impl Server {
         // map until the members are locked keeps a leaving member from
         // removing the group this one is joining.
         let mut groups = self.groups.lock();
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
         let replaying = self.replaying();
         let group = groups
             .entry(group.clone())
@@ -276,10 +282,11 @@ impl Server {
                 queue: VecDeque::new(),
                 bytes: 0,
                 closed: false,
+                cut_off: false,
+                late: 0,
                 progress: Instant::now(),
             }),
             wake: Condvar::new(),
-            alive: AtomicBool::new(true),
         });
         let writer = member.clone();
         let server = self.clone();
@@ -295,7 +302,7 @@ impl Server {
             // then any replay, then what is forwarded from now on.
             let mut members = group.members.write();
             drop(groups);
-            let first_join = replaying && self.joined.lock().insert(key);
+            let first_join = replaying && self.joined.lock().insert(key.clone());
             let replay: Vec<Arc<[u8]>> = match &*group.history.lock() {
                 Some(history) if rejoin && first_join => {
                     if history.overflowed {
@@ -327,6 +334,13 @@ impl Server {
             if !sent {
                 tracing::debug!(member = %member.describe(), "cannot welcome; closed");
                 close_locked(&member, &mut out);
+                // Its next try is owed the same.
+                if let Some(missed) = missed {
+                    self.cut_offs.lock().insert(key.clone(), missed);
+                }
+                if first_join {
+                    self.joined.lock().remove(&key);
+                }
                 return;
             }
             if !replay.is_empty() {
@@ -338,20 +352,25 @@ impl Server {
                 member.wake.notify_all();
             }
             drop(out);
+            *self.readers.lock() += 1;
             members.push(member.clone());
         }
         tracing::debug!(member = %member.describe(), rejoin, "joined");
-        *self.readers.lock() += 1;
         self.read_loop(&member);
         let stopping = self.stopping.load(Ordering::Acquire);
         if !stopping {
             // At shutdown the writer still drains what the member is owed.
-            close_locked(&member, &mut member.out.lock());
             let mut groups = self.groups.lock();
             let mut members = group.members.write();
             members.retain(|m| m.id != member.id);
             if members.is_empty() {
                 groups.remove(&group.name);
+            }
+            drop((members, groups));
+            let mut out = member.out.lock();
+            close_locked(&member, &mut out);
+            if out.cut_off && out.late > 0 {
+                *self.cut_offs.lock().entry(key).or_default() += out.late;
             }
         }
         tracing::debug!(member = %member.describe(), "left");
@@ -463,7 +482,9 @@ impl Server {
             match &mut *history {
                 Some(history) if self.replaying() => {
                     let bytes: usize = packets.iter().map(|p| p.len() + PACKET_OVERHEAD).sum();
-                    if history.overflowed || history.bytes + bytes > self.options.queue_bytes {
+                    // Half a queue at most: a member replayed all of it
+                    // still has room for what follows.
+                    if history.overflowed || history.bytes + bytes > self.options.queue_bytes / 2 {
                         history.overflowed = true;
                     } else {
                         let shared = shared
@@ -483,6 +504,9 @@ impl Server {
     fn forward(&self, to: &Member, packets: &[&[u8]], shared: &mut Option<Vec<Arc<[u8]>>>) {
         let mut out = to.out.lock();
         if out.closed {
+            if out.cut_off {
+                out.late += messages_in(packets);
+            }
             return;
         }
         let mut sent = 0;
@@ -508,7 +532,8 @@ impl Server {
         // A message larger than the whole queue still goes, alone.
         if out.bytes > 0 && out.bytes + bytes > self.options.queue_bytes {
             let queued = out.bytes;
-            let discarded = close_locked(to, &mut out) + 1;
+            out.cut_off = true;
+            let discarded = close_locked(to, &mut out) + messages_in(rest);
             drop(out);
             self.cut_off(
                 to,
@@ -591,6 +616,7 @@ impl Server {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let queued = out.bytes;
+                out.cut_off = true;
                 let discarded = close_locked(member, &mut out);
                 drop(out);
                 self.cut_off(

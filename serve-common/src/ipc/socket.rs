@@ -37,11 +37,17 @@ pub(crate) fn listen(name: &[u8]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// A connection to the listener at `name`.
-pub(crate) fn connect(name: &[u8]) -> io::Result<OwnedFd> {
+/// A connection to the listener at `name`, waiting at most `timeout` for
+/// room in its backlog (a stuck server's fills up): then `WouldBlock`.
+pub(crate) fn connect(name: &[u8], timeout: Duration) -> io::Result<OwnedFd> {
     let fd = seqpacket()?;
     let addr = UnixAddr::new_abstract(name).map_err(io::Error::from)?;
+    // An AF_UNIX connect waits for the backlog under the send timeout.
+    let tv = nix::sys::time::TimeVal::from(libc_timeval(timeout));
+    retry(|| socket::setsockopt(&fd, sockopt::SendTimeout, &tv))?;
     retry(|| socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr))?;
+    let none = nix::sys::time::TimeVal::from(libc_timeval(Duration::ZERO));
+    retry(|| socket::setsockopt(&fd, sockopt::SendTimeout, &none))?;
     Ok(fd)
 }
 
