@@ -219,17 +219,55 @@ fn reload_notifies_one_local_event_per_changed_leaf_and_keeps_runtime_sets() {
     );
 }
 
+/// The newest intent wins, key by key: a runtime set survives edits of
+/// other keys, and an edit of its key made after it replaces it.
 #[test]
-fn a_runtime_set_wins_over_the_file_across_edits() {
+fn a_runtime_set_survives_other_edits_and_gives_way_to_a_newer_edit_of_its_key() {
+    let logs = logs();
     let bus = EventBus::new();
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "level = \"INFO\"\nother = 1\n");
     let config = config_on(&bus, &path);
     config.set("level", "DEBUG").unwrap();
-    std::fs::write(&path, "level = \"WARNING\"\nother = 2\n").unwrap();
+    std::fs::write(&path, "level = \"INFO\"\nother = 2\n").unwrap();
     config.reload().unwrap();
     assert_eq!(config.get::<String>("level").unwrap(), "DEBUG");
     assert_eq!(config.get::<i64>("other").unwrap(), 2);
+
+    assert!(bus.flush(LONG), "the set's own event is out of the way");
+    let waiter = bus.wait_for("config:level").unwrap();
+    std::fs::write(&path, "level = \"WARNING\"\nother = 2\n").unwrap();
+    config.reload().unwrap();
+    assert_eq!(config.get::<String>("level").unwrap(), "WARNING");
+    let change = waiter.wait(LONG).unwrap();
+    let change = change.payload::<ConfigChange<String>>().unwrap();
+    assert_eq!(
+        (change.old.as_deref(), change.new.as_deref(), change.source),
+        (Some("DEBUG"), Some("WARNING"), ChangeSource::Reload)
+    );
+    assert!(
+        !logs
+            .lines_with("the file's new value of `level` replaced the one set at run time")
+            .is_empty()
+    );
+    // A process that asks for the runtime sets later learns the edit too:
+    // it travels as an unset stamped with the file's modification time.
+    let sets = bus.wait_for(SET_EVENT).unwrap();
+    bus.deliver(Event::from_remote(
+        serve_common::config::SYNC_EVENT,
+        Event::new("", ()).encode_payload().unwrap(),
+    ));
+    let resent = sets.wait(LONG).unwrap();
+    let resent = resent.payload::<ConfigSet>().unwrap();
+    assert_eq!(
+        (resent.path.as_str(), resent.value.clone()),
+        ("level", None)
+    );
+    // And a set after the edit wins over the file until the key is edited again.
+    config.set("level", "ERROR").unwrap();
+    std::fs::write(&path, "level = \"WARNING\"\nother = 3\n").unwrap();
+    config.reload().unwrap();
+    assert_eq!(config.get::<String>("level").unwrap(), "ERROR");
 }
 
 #[test]
@@ -345,14 +383,29 @@ fn a_set_travels_as_one_event_with_the_value_written() {
     );
 }
 
-/// A set from another process, with the next clock tick.
+/// Now, on the clock config stamps use (nanoseconds since the epoch).
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// A set from another process, newer than any before it.
 fn remote_set(path: &str, value: Option<toml::Value>) -> Event {
-    static CLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(100);
-    remote_set_at(
-        path,
-        value,
-        CLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-    )
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CLOCK: AtomicU64 = AtomicU64::new(0);
+    let clock = loop {
+        let last = CLOCK.load(Ordering::Relaxed);
+        let next = now_ns().max(last + 1);
+        if CLOCK
+            .compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            break next;
+        }
+    };
+    remote_set_at(path, value, clock)
 }
 
 fn remote_set_at(path: &str, value: Option<toml::Value>, clock: u64) -> Event {
@@ -426,7 +479,7 @@ fn concurrent_sets_converge_on_the_later_stamp() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_on(&bus, &write(dir.path(), ""));
     config.set("race.v", "mine").unwrap(); // clock 1 here
-    // An older set from elsewhere (clock 1, a smaller pid) loses...
+    // An older set from elsewhere loses...
     bus.deliver(remote_set_at(
         "race.v",
         Some(toml::Value::String("older".into())),
@@ -435,10 +488,11 @@ fn concurrent_sets_converge_on_the_later_stamp() {
     assert!(bus.flush(LONG));
     assert_eq!(config.get::<String>("race.v").unwrap(), "mine");
     // ...a newer one wins, and the next local set is newer still.
+    let future = now_ns() + 60_000_000_000;
     bus.deliver(remote_set_at(
         "race.v",
         Some(toml::Value::String("newer".into())),
-        7,
+        future,
     ));
     assert!(bus.flush(LONG));
     assert_eq!(config.get::<String>("race.v").unwrap(), "newer");
@@ -450,7 +504,7 @@ fn concurrent_sets_converge_on_the_later_stamp() {
         .payload::<ConfigSet>()
         .unwrap()
         .into_owned();
-    assert!(set.clock > 7, "{set:?}");
+    assert!(set.clock > future, "{set:?}");
 }
 
 #[test]
@@ -505,10 +559,11 @@ fn child_env_precedence() {
         "env values read as TOML"
     );
     assert_eq!(config.get::<String>("logging.level").unwrap(), "debug");
-    // The env layer is read again on reload; a file edit keeps the order.
+    // The env layer is read again on reload; a file edit keeps the order
+    // (`layer.c` is not edited, so its runtime value stays).
     std::fs::write(
         &path,
-        "[layer]\na = \"file2\"\nb = \"file2\"\nc = \"file2\"\n",
+        "[layer]\na = \"file2\"\nb = \"file2\"\nc = \"file\"\n",
     )
     .unwrap();
     config.reload().unwrap();
