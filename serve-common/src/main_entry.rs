@@ -85,6 +85,14 @@ fn link_nats() -> bool {
     }
 }
 
+fn register_sections(config: &Config) -> Result<(), config::ConfigError> {
+    logging::LoggingSettings::register(config)?;
+    event::EventsSettings::register(config)?;
+    #[cfg(feature = "actix")]
+    crate::default::actix::ServerSettings::register(config)?;
+    Ok(())
+}
+
 /// Start-up, the body on the actix runtime, then shut-down; see the
 /// `main` macro's docs.
 #[doc(hidden)]
@@ -114,6 +122,11 @@ where
     }
     if let Err(error) = config::init(builder) {
         fail("cannot load the config", error);
+    }
+    // serve-common's own sections, typed: a wrong value is refused now and
+    // on every reload, instead of being stored and then ignored.
+    if let Err(error) = register_sections(config::config()) {
+        fail("bad config", error);
     }
     if options.logging {
         let config = config::config();

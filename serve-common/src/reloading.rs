@@ -23,10 +23,14 @@
 //! - [`Reloader::new`] picks inotify and falls back to polling.
 //!
 //! All of them compare the content: a touch, or a save of the same bytes,
-//! does not call the function. A file that disappears does not call it
-//! either (the last content stays current); it is compared again when it
-//! comes back. A function that returns `Err` or panics is logged and the
-//! watcher goes on. The function runs on the watcher's thread.
+//! does not call the function. A file that disappears (or cannot be read)
+//! calls it once, so it can report that (reading the file fails there);
+//! the file is compared again when it comes back. A function that returns
+//! `Err` is logged and called again at the next event or poll, even if
+//! the file did not change (return `Ok` after logging when trying again
+//! cannot help, as for a file whose content is wrong); one that panics is
+//! logged. The watcher goes on either way. The function runs on the
+//! watcher's thread.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::Hasher;
@@ -46,6 +50,8 @@ type ReloadFn = Box<dyn FnMut(&Path) -> Result<(), String> + Send>;
 struct Watched {
     path: PathBuf,
     last: Option<(u64, u64)>,
+    /// The last call returned `Err`: call again even if nothing changed.
+    failed: bool,
     reload: ReloadFn,
 }
 
@@ -58,6 +64,7 @@ impl Watched {
         let mut watched = Self {
             path: path.to_owned(),
             last: None,
+            failed: false,
             reload: Box::new(move |path: &Path| reload(path).into_outcome()),
         };
         watched.last = watched.fingerprint();
@@ -71,19 +78,24 @@ impl Watched {
         Some((bytes.len() as u64, hasher.finish()))
     }
 
-    /// Calls the function if the content differs from the last seen.
+    /// Calls the function if the content differs from the last seen (a
+    /// file gone or unreadable counts as a change), or if the last call
+    /// failed.
     fn check(&mut self) {
-        let Some(now) = self.fingerprint() else {
-            return;
-        };
-        if self.last == Some(now) {
+        let now = self.fingerprint();
+        if now == self.last && !self.failed {
             return;
         }
-        self.last = Some(now);
+        self.last = now;
         let path = self.path.clone();
+        self.failed = false;
         match catch_unwind(AssertUnwindSafe(|| (self.reload)(&path))) {
             Ok(Ok(())) => tracing::debug!(file = %path.display(), "reloaded"),
-            Ok(Err(error)) => tracing::error!(file = %path.display(), %error, "reload failed"),
+            Ok(Err(error)) => {
+                // Tried again at the next event or poll, changed or not.
+                self.failed = true;
+                tracing::error!(file = %path.display(), %error, "reload failed; will try again");
+            }
             Err(panic) => {
                 let message = panic
                     .downcast_ref::<&str>()
@@ -141,7 +153,7 @@ impl PollingReloader {
                     Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
                 let now = stat(&watched.path);
-                if now != meta {
+                if now != meta || watched.failed {
                     meta = now;
                     watched.check();
                 }
@@ -457,7 +469,7 @@ mod tests {
         let mut watched = Watched::new(&path, move |p: &Path| {
             seen.lock()
                 .unwrap()
-                .push(std::fs::read_to_string(p).unwrap());
+                .push(std::fs::read_to_string(p).unwrap_or_else(|_| "(gone)".to_owned()));
         });
         let file = std::fs::File::options().write(true).open(&path).unwrap();
         file.set_modified(SystemTime::now() + Duration::from_secs(60))
@@ -475,10 +487,42 @@ mod tests {
         watched.check();
         std::fs::remove_file(&path).unwrap();
         watched.check();
+        watched.check();
         std::fs::write(&path, "a = 2\n").unwrap();
         watched.check();
         std::fs::write(&path, "a = 3\n").unwrap();
         watched.check();
-        assert_eq!(*calls.lock().unwrap(), ["a = 2\n", "a = 3\n"]);
+        assert_eq!(
+            *calls.lock().unwrap(),
+            ["a = 2\n", "(gone)", "a = 2\n", "a = 3\n"],
+            "a deletion calls once, its return again"
+        );
+    }
+
+    #[test]
+    fn a_failed_call_is_made_again_without_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.toml");
+        std::fs::write(&path, "a = 1\n").unwrap();
+        let calls = Arc::new(Mutex::new(0));
+        let seen = calls.clone();
+        let mut watched = Watched::new(&path, move |_: &Path| {
+            let mut calls = seen.lock().unwrap();
+            *calls += 1;
+            if *calls < 3 {
+                Err("not yet")
+            } else {
+                Ok(())
+            }
+        });
+        std::fs::write(&path, "a = 2\n").unwrap();
+        for _ in 0..5 {
+            watched.check();
+        }
+        assert_eq!(
+            *calls.lock().unwrap(),
+            3,
+            "retried until it worked, then quiet"
+        );
     }
 }

@@ -601,3 +601,131 @@ fn env_overrides_the_file_and_defaults_but_not_runtime_sets() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A late process gets a table set and a newer set beneath it in either
+/// order: the newer one stays.
+#[test]
+fn nested_sets_applied_out_of_order_converge() {
+    let bus = EventBus::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_on(&bus, &write(dir.path(), ""));
+    let table: toml::Value = toml::from_str::<toml::Table>("b = 1\nc = 1\n")
+        .unwrap()
+        .into();
+    let (older, newer) = (now_ns(), now_ns() + 1_000);
+    bus.deliver(remote_set_at("a.b", Some(toml::Value::Integer(6)), newer));
+    bus.deliver(remote_set_at("a", Some(table), older));
+    assert!(bus.flush(LONG));
+    assert_eq!(
+        config.get::<i64>("a.b").unwrap(),
+        6,
+        "the newer set beneath stays"
+    );
+    assert_eq!(config.get::<i64>("a.c").unwrap(), 1);
+    // An older set beneath a newer table set is ignored.
+    bus.deliver(remote_set_at(
+        "a.c",
+        Some(toml::Value::Integer(9)),
+        older - 1,
+    ));
+    assert!(bus.flush(LONG));
+    assert_eq!(config.get::<i64>("a.c").unwrap(), 1);
+}
+
+#[derive(Debug, Deserialize)]
+struct Notes {
+    max_notes: u32,
+    #[serde(default)]
+    title: String,
+}
+
+#[test]
+fn a_typed_section_refuses_an_edit_or_a_set_that_breaks_it() {
+    let logs = logs();
+    let bus = EventBus::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "[notes]\nmax_notes = 3\ntitle = \"t\"\n");
+    let config = config_on(&bus, &path);
+    let notes = config
+        .section_with::<Notes, _>("notes", |n: &Notes| {
+            if n.max_notes > 1000 {
+                Err(format!("at most 1000 notes, not {}", n.max_notes))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+    assert_eq!(notes.read().max_notes, 3);
+
+    // Valid TOML, wrong type: refused as a whole, like a syntax error.
+    let failed = bus
+        .wait_for(serve_common::config::RELOAD_FAILED_EVENT)
+        .unwrap();
+    std::fs::write(&path, "[notes]\nmax_notes = \"lots\"\ntitle = \"new\"\n").unwrap();
+    let error = config.reload().unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, ConfigError::Invalid { .. }), "{text}");
+    assert!(
+        text.contains("`notes.max_notes`") && text.contains("config.toml"),
+        "names the key and its source: {text}"
+    );
+    failed.wait(LONG).unwrap();
+    assert_eq!(
+        config.get::<String>("notes.title").unwrap(),
+        "t",
+        "nothing of the edit"
+    );
+    assert_eq!(notes.read().max_notes, 3);
+    assert!(
+        !logs.lines_with("`notes.max_notes`").is_empty(),
+        "one ERROR line"
+    );
+
+    // A runtime set that breaks it is an error to its caller; one that
+    // the validation refuses too.
+    let error = config.set("notes.max_notes", -1).unwrap_err();
+    assert!(error.to_string().contains("a runtime set"), "{error}");
+    let error = config.set("notes.max_notes", 5000).unwrap_err();
+    assert!(error.to_string().contains("at most 1000 notes"), "{error}");
+    assert_eq!(config.get::<u32>("notes.max_notes").unwrap(), 3);
+
+    // A good edit applies, and the handle follows it.
+    std::fs::write(&path, "[notes]\nmax_notes = 7\n").unwrap();
+    config.reload().unwrap();
+    assert_eq!(notes.read().max_notes, 7);
+    assert_eq!(notes.get().title, "");
+    // Registering a section the config does not satisfy is an error.
+    #[derive(Debug, Deserialize)]
+    struct Strict {
+        #[allow(dead_code)]
+        required: bool,
+    }
+    let error = config.section::<Strict>("strict").unwrap_err().to_string();
+    assert!(
+        error.contains("`strict`") && error.contains("missing"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_deleted_file_is_reported_and_the_old_config_kept() {
+    let bus = EventBus::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "kept = 1\n");
+    let config = watched_config_on(&bus, &path);
+    let failed = bus
+        .wait_for(serve_common::config::RELOAD_FAILED_EVENT)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let failure = failed.wait(LONG).unwrap();
+    let failure = failure
+        .payload::<serve_common::config::ReloadFailure>()
+        .unwrap();
+    assert!(failure.error.contains("config.toml"), "{}", failure.error);
+    assert_eq!(config.get::<i64>("kept").unwrap(), 1);
+    // It comes back: read again.
+    let back = bus.wait_for("config:kept").unwrap();
+    replace(&path, "kept = 2\n");
+    back.wait(LONG).unwrap();
+    assert_eq!(config.get::<i64>("kept").unwrap(), 2);
+}

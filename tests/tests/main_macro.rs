@@ -89,3 +89,18 @@ fn a_bad_config_stops_the_program_with_a_clear_error() {
     );
     assert!(output.stdout.is_empty(), "the body did not run");
 }
+
+#[test]
+fn a_config_section_of_the_wrong_type_stops_the_program_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(dir.path(), "[logging]\nlevel = 5\n", &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: bad config")
+            && stderr.contains("`logging.level`")
+            && stderr.contains("config.toml"),
+        "names the key and where it came from: {stderr}"
+    );
+    assert!(output.stdout.is_empty(), "the body did not run");
+}

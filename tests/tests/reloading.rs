@@ -58,14 +58,15 @@ fn a_touch_does_not_fire_and_the_next_real_edit_does() {
     file.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
         .unwrap();
     drop(file);
-    std::fs::write(&path, "same\n").unwrap();
-    std::fs::write(&path, "edited\n").unwrap();
+    // Saved the way editors save (a rename): no half-written state to see.
+    atomic_write(&path, "same\n");
+    atomic_write(&path, "edited\n");
     assert_eq!(
         rx.recv_timeout(LONG).unwrap(),
         "edited\n",
         "the first call is the edit's"
     );
-    std::fs::write(&path, "edited again\n").unwrap();
+    atomic_write(&path, "edited again\n");
     assert_eq!(
         rx.recv_timeout(LONG).unwrap(),
         "edited again\n",
@@ -201,4 +202,30 @@ fn dropping_the_reloader_stops_it() {
         rx.recv_timeout(LONG),
         Err(mpsc::RecvTimeoutError::Disconnected)
     );
+}
+
+/// A reload that fails for a reason other than the content is tried again
+/// at the next poll, though the file did not change again.
+#[test]
+fn a_failed_reload_is_tried_again_without_another_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file_with(dir.path(), "v = 1\n");
+    let (tx, rx) = mpsc::channel();
+    let mut attempts = 0;
+    let _reloader = PollingReloader::new(&path, Duration::from_millis(20), move |p: &Path| {
+        attempts += 1;
+        let _ = tx.send((attempts, std::fs::read_to_string(p).unwrap_or_default()));
+        if attempts == 1 {
+            Err("the database holding the secrets is not up yet")
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap();
+    std::fs::write(&path, "v = 2\n").unwrap();
+    assert_eq!(rx.recv_timeout(LONG).unwrap(), (1, "v = 2\n".to_owned()));
+    assert_eq!(rx.recv_timeout(LONG).unwrap(), (2, "v = 2\n".to_owned()));
+    // Succeeded: quiet until the next change.
+    std::fs::write(&path, "v = 3\n").unwrap();
+    assert_eq!(rx.recv_timeout(LONG).unwrap(), (3, "v = 3\n".to_owned()));
 }

@@ -312,3 +312,72 @@ fn the_supervisor_runs_no_application_handler() {
     }
     assert_eq!(runs(supervisor), 0, "{}", log[before..].join("\n"));
 }
+
+/// A level POSTed at run time, then an edit of `logging.level` in the
+/// file: the edit is newer, so every process takes it (and says so); an
+/// edit of another key leaves a runtime level alone; `{"level": null}`
+/// drops it; a level of the wrong type in the file is refused.
+#[test]
+fn the_newest_intent_wins_between_a_posted_level_and_the_file() {
+    let service = start("[server]\nprocesses = 2\nworkers = 1\n[logging]\nlevel = \"INFO\"\n");
+    let pids = worker_pids(&service, 2);
+    let config = |level: &str, greeting: &str| {
+        format!(
+            "[server]\nbind = \"127.0.0.1:0\"\nprocesses = 2\nworkers = 1\n[logging]\nlevel = {level}\n[greeting]\ntemplate = \"{greeting}\"\n"
+        )
+    };
+    let posted = post_json(
+        service.address,
+        "/manage/logging/level",
+        r#"{"level": "DEBUG"}"#,
+    );
+    assert_eq!(posted.status, 200, "{}", posted.body);
+    poll_until_all_answer(&service, &pids, "DEBUG");
+
+    let before = service.log().len();
+    std::fs::write(service.config_path(), config("\"ERROR\"", "hi {name}")).unwrap();
+    poll_until_all_answer(&service, &pids, "ERROR");
+    for pid in pids.iter().chain([&service.pid()]) {
+        service.wait_log_after(
+            before,
+            &format!(
+                "[{pid}] the file's new value of `logging.level` replaced the one set at run time"
+            ),
+        );
+    }
+
+    // A runtime level survives an edit of another key...
+    let posted = post_json(
+        service.address,
+        "/manage/logging/level",
+        r#"{"level": "trace"}"#,
+    );
+    assert_eq!(posted.status, 200, "{}", posted.body);
+    poll_until_all_answer(&service, &pids, "TRACE");
+    let before = service.log().len();
+    std::fs::write(service.config_path(), config("\"ERROR\"", "hey {name}")).unwrap();
+    for pid in &pids {
+        service.wait_log_after(before, &format!("[{pid}] greeting config changed"));
+    }
+    poll_until_all_answer(&service, &pids, "TRACE");
+
+    // ...and goes on a null: back to the file's level everywhere.
+    let reset = post_json(
+        service.address,
+        "/manage/logging/level",
+        r#"{"level": null}"#,
+    );
+    assert_eq!(reset.status, 200, "{}", reset.body);
+    poll_until_all_answer(&service, &pids, "ERROR");
+    let missing = post_json(service.address, "/manage/logging/level", r#"{}"#);
+    assert_eq!(missing.status, 400, "{}", missing.body);
+
+    // A level the logger cannot use is refused like invalid TOML.
+    let before = service.log().len();
+    std::fs::write(service.config_path(), config("5", "hey {name}")).unwrap();
+    for pid in &pids {
+        let line = service.wait_log_after(before, &format!("[{pid}] config reload failed"));
+        assert!(line.contains("`logging.level`"), "{line}");
+    }
+    poll_until_all_answer(&service, &pids, "ERROR");
+}

@@ -180,6 +180,11 @@ pub fn init() -> Result<(), LoggingError> {
     static FOLLOWING: OnceCell<()> = OnceCell::new();
     state()?;
     FOLLOWING.get_or_try_init(|| {
+        // Guards the section from now on (the main macro registered it at
+        // start-up already, with a clear error if it was wrong).
+        if let Err(error) = LoggingSettings::register(config::config()) {
+            tracing::error!(%error, "the [logging] config section is invalid; edits to it are checked from now on");
+        }
         if let Err(error) = apply_config() {
             tracing::error!(%error, "log level from the config refused; keeping {}", level());
         }
@@ -262,6 +267,52 @@ pub fn targets() -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The `[logging]` config section as serve-common reads it; registered as
+/// a typed [section](crate::config::Config::section) by
+/// `#[serve_common::main]` and [`init`], so an edit that logging could not
+/// use (`level = 5`, an unknown level, a target that is not a module path)
+/// is refused like invalid TOML.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct LoggingSettings {
+    /// The level, any of [`parse_level`]'s names (default INFO).
+    pub level: Option<String>,
+    /// Levels per target (a module path).
+    #[serde(default)]
+    pub targets: BTreeMap<String, String>,
+    /// A log file's name (under `logs_dir`), for `#[serve_common::main]`.
+    pub file: Option<String>,
+    /// The directory of log files (default `logs`).
+    pub logs_dir: Option<PathBuf>,
+    /// Rotate a file past this size.
+    pub max_bytes: Option<usize>,
+    /// Rotated files to keep.
+    pub keep: Option<usize>,
+    /// JSON lines in the file.
+    pub json: Option<bool>,
+    /// Whether to log to standard error (default true).
+    pub stderr: Option<bool>,
+}
+
+impl LoggingSettings {
+    /// Whether logging can use these settings.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(level) = &self.level {
+            parse_level(level).map_err(|e| format!("`level`: {e}"))?;
+        }
+        for (target, level) in &self.targets {
+            check_target(target).map_err(|e| format!("`targets`: {e}"))?;
+            parse_level(level).map_err(|e| format!("`targets.{target}`: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Registers the section on `config` (its reads and every change are
+    /// checked from now on).
+    pub fn register(config: &config::Config) -> Result<config::Section<Self>, config::ConfigError> {
+        config.section_with("logging", Self::validate)
+    }
+}
+
 /// Validates `name`, then sets config `logging.level` (so, with IPC, every
 /// process follows).
 pub fn set_level(name: &str) -> Result<(), LoggingError> {
@@ -277,6 +328,20 @@ pub fn set_target_level(target: &str, name: &str) -> Result<(), LoggingError> {
     check_target(target)?;
     let (canonical, _) = parse_level(name)?;
     config::config().set(&format!("logging.targets.{target}"), canonical)?;
+    Ok(())
+}
+
+/// Drops the level set at run time (config `unset` of `logging.level`):
+/// every process falls back to the file's (or INFO).
+pub fn reset_level() -> Result<(), LoggingError> {
+    config::config().unset("logging.level")?;
+    Ok(())
+}
+
+/// Drops `target`'s level set at run time: the file's applies again.
+pub fn reset_target_level(target: &str) -> Result<(), LoggingError> {
+    check_target(target)?;
+    config::config().unset(&format!("logging.targets.{target}"))?;
     Ok(())
 }
 

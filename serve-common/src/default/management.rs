@@ -8,9 +8,9 @@
 //! | GET | `/manage/version` | the version, as text ([`set_version`]) |
 //! | GET | `/manage/health` | `{"status", "pid", "level", "version", "checks"}`; 503 when a check fails ([`add_health_check`]) |
 //! | GET | `/manage/logging/level` | `{"level": "INFO"}`: the level logging really uses |
-//! | POST | `/manage/logging/level` | `{"level": "DEBUG"}`: validated, then config `logging.level` is set, so every process follows |
+//! | POST | `/manage/logging/level` | `{"level": "DEBUG"}`: validated, then config `logging.level` is set, so every process follows; `{"level": null}` drops that runtime level (back to the file's) |
 //! | GET | `/manage/logging/targets` | `{"targets": {"my_app::db": "DEBUG"}}` |
-//! | POST | `/manage/logging/targets` | `{"target": "my_app::db", "level": "DEBUG"}` |
+//! | POST | `/manage/logging/targets` | `{"target": "my_app::db", "level": "DEBUG"}`; `"level": null` drops it |
 //! | GET | `/manage/docs` | the API docs page (Swagger UI, served from this binary: no internet needed) |
 //!
 //! A bad body (invalid JSON, a missing field, a wrong type, an unknown
@@ -263,6 +263,23 @@ pub struct LevelBody {
     pub level: String,
 }
 
+/// A level to set, or `null` to drop the level set at run time (every
+/// process falls back to the config file's `logging.level`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, ApiComponent)]
+#[serde(deny_unknown_fields)]
+pub struct LevelChange {
+    /// TRACE, DEBUG, INFO, SUCCESS, WARNING (WARN), ERROR, CRITICAL or OFF,
+    /// any case; `null` resets to the file's level.
+    #[serde(deserialize_with = "present")]
+    #[validate(required)]
+    pub level: Option<String>,
+}
+
+/// An `Option` that must be written, if only as `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)
+}
+
 /// Per-target levels.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, ApiComponent)]
 pub struct TargetsBody {
@@ -270,14 +287,16 @@ pub struct TargetsBody {
     pub targets: BTreeMap<String, String>,
 }
 
-/// One target's level to set.
+/// One target's level to set, or `null` to drop the one set at run time.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, ApiComponent)]
 #[serde(deny_unknown_fields)]
 pub struct TargetLevel {
     /// A module path such as `my_app::db`.
     pub target: String,
-    /// The level for it.
-    pub level: String,
+    /// The level for it; `null` resets it to the config file's.
+    #[serde(deserialize_with = "present")]
+    #[validate(required)]
+    pub level: Option<String>,
 }
 
 fn logging_error(error: LoggingError) -> ApiError {
@@ -303,13 +322,19 @@ async fn get_level() -> web::Json<LevelBody> {
     })
 }
 
-/// Validates the level, then sets config `logging.level` (every process follows).
+/// Validates the level, then sets config `logging.level` (every process
+/// follows); `{"level": null}` drops the runtime level, so every process
+/// uses the config file's again.
 #[api_operation(
     tag = "management",
-    summary = "Change the logging level of every process"
+    summary = "Change the logging level of every process (null: back to the file's)"
 )]
-async fn post_level(body: web::Json<LevelBody>) -> Result<web::Json<LevelBody>, ApiError> {
-    logging::set_level(&body.level).map_err(logging_error)?;
+async fn post_level(body: web::Json<LevelChange>) -> Result<web::Json<LevelBody>, ApiError> {
+    match &body.level {
+        Some(level) => logging::set_level(level),
+        None => logging::reset_level(),
+    }
+    .map_err(logging_error)?;
     settle().await;
     Ok(web::Json(LevelBody {
         level: logging::level(),
@@ -325,13 +350,18 @@ async fn get_targets() -> web::Json<TargetsBody> {
     })
 }
 
-/// Validates, then sets config `logging.targets."<target>"` (every process follows).
+/// Validates, then sets config `logging.targets."<target>"` (every process
+/// follows); a `null` level drops the runtime one for that target.
 #[api_operation(
     tag = "management",
-    summary = "Change one target's logging level in every process"
+    summary = "Change one target's logging level in every process (null: back to the file's)"
 )]
 async fn post_target(body: web::Json<TargetLevel>) -> Result<web::Json<TargetsBody>, ApiError> {
-    logging::set_target_level(&body.target, &body.level).map_err(logging_error)?;
+    match &body.level {
+        Some(level) => logging::set_target_level(&body.target, level),
+        None => logging::reset_target_level(&body.target),
+    }
+    .map_err(logging_error)?;
     settle().await;
     Ok(web::Json(TargetsBody {
         targets: logging::targets(),

@@ -97,6 +97,59 @@ impl IpcOptions {
     }
 }
 
+/// The `[events]` config section as serve-common reads it (`[events.ipc]`
+/// here, `[events.nats]` for the NATS link); registered as a typed
+/// [section](crate::config::Config::section) by `#[serve_common::main]`, so
+/// an edit with a wrong type is refused like invalid TOML.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct EventsSettings {
+    /// `[events.ipc]`: see [`IpcOptions::from_config`].
+    #[serde(default)]
+    pub ipc: IpcSettings,
+    /// `[events.nats]`: see the NATS link's options.
+    #[serde(default)]
+    pub nats: NatsSettings,
+}
+
+/// `[events.ipc]`, typed.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct IpcSettings {
+    pub buffer_events: Option<u64>,
+    pub buffer_bytes: Option<u64>,
+    pub incoming_events: Option<u64>,
+    pub incoming_bytes: Option<u64>,
+    pub health_grace_ms: Option<u64>,
+    pub max_reconnect_delay_ms: Option<u64>,
+}
+
+/// `[events.nats]`, typed.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct NatsSettings {
+    pub url: Option<String>,
+    pub subject_prefix: Option<String>,
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub nkey: Option<String>,
+    pub creds: Option<String>,
+    pub tls: Option<bool>,
+    pub ca: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub buffer: Option<u64>,
+    pub max_reconnect_delay_ms: Option<u64>,
+    pub name: Option<String>,
+}
+
+impl EventsSettings {
+    /// Registers the section on `config`.
+    pub fn register(config: &Config) -> Result<crate::config::Section<Self>, ConfigError> {
+        config.section("events")
+    }
+}
+
 /// The payload of [`LINK_LOST_EVENT`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpcLinkLost {

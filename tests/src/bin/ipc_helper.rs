@@ -267,7 +267,8 @@ fn seen<R>(f: impl FnOnce(&mut Seen) -> R) -> R {
 /// Commands: `notify <name> <int>`, `notify-values`, `set <path> <int>`,
 /// `get <path>`, `ping <n>`, `stream <count> <pace_us>`, `watch <n>`,
 /// `report`, `stats`, `health`, `try-notify-big <bytes>`,
-/// `notify-big <name> <bytes>`, `block`, `unblock`, `wait-received <n>`.
+/// `notify-big <name> <bytes>`, `block`, `unblock`, `wait-received <n>`,
+/// `notify-deep-set <keys>`, `notify-set <path> <int> <clock ahead, s>`.
 fn events() {
     ipc::setup(None).unwrap();
     let file = std::env::var("SERVCOM_TEST_CONFIG").unwrap();
@@ -444,6 +445,31 @@ fn events() {
                 let body = serde_bytes::ByteBuf::from(vec![7_u8; bytes.parse().unwrap()]);
                 event::notify(name.to_string(), body);
             }
+            ["notify-deep-set", keys] => {
+                let keys: usize = keys.parse().unwrap();
+                let set = config::ConfigSet {
+                    path: vec!["k"; keys].join("."),
+                    value: Some(toml::Value::Integer(1)),
+                    clock: u64::MAX / 2,
+                    origin: 7,
+                };
+                event::notify(config::SET_EVENT, set);
+            }
+            ["notify-set", path, value, ahead_s] => {
+                // A set as from another process whose clock is ahead.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64;
+                let set = config::ConfigSet {
+                    path: path.to_string(),
+                    value: Some(toml::Value::Integer(value.parse().unwrap())),
+                    clock: now + ahead_s.parse::<u64>().unwrap() * 1_000_000_000,
+                    origin: 7,
+                };
+                event::notify(config::SET_EVENT, set);
+            }
+            ["get-pid"] => say(format!("pid {}", std::process::id())),
             ["block"] => event::notify_local("block", ()),
             ["unblock"] => {
                 *BLOCKED.0.lock().unwrap() = false;

@@ -356,7 +356,47 @@ fn add_error_schemas(spec: &mut serde_json::Value) {
     }
 }
 
-/// The `[server]` config section.
+/// The `[server]` config section as [`serve`] reads it; registered as a
+/// typed [section](crate::config::Config::section) by
+/// `#[serve_common::main]`, so an edit with a wrong type is refused like
+/// invalid TOML. See the [module docs](self) for the keys.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct ServerSettings {
+    /// `server.bind`.
+    pub bind: Option<String>,
+    /// `server.workers`, at least 1.
+    pub workers: Option<usize>,
+    /// `server.processes`, at least 1.
+    pub processes: Option<usize>,
+    /// `server.backlog`.
+    pub backlog: Option<i32>,
+    /// `server.shutdown_timeout`, seconds.
+    pub shutdown_timeout: Option<u64>,
+    /// `server.title`.
+    pub title: Option<String>,
+}
+
+impl ServerSettings {
+    /// Whether `serve` can use these settings.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.workers == Some(0) {
+            return Err("`workers` must be at least 1".to_owned());
+        }
+        if self.processes == Some(0) {
+            return Err("`processes` must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+
+    /// Registers the section on `config`.
+    pub fn register(
+        config: &crate::config::Config,
+    ) -> Result<crate::config::Section<Self>, crate::config::ConfigError> {
+        config.section_with("server", Self::validate)
+    }
+}
+
+/// The `[server]` config section, with defaults.
 #[derive(Debug, Clone)]
 struct Settings {
     bind: String,
