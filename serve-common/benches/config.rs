@@ -1,5 +1,7 @@
-//! `bash bench/config.sh`: `Config::get` against nested hash maps, with
-//! criterion; prints the medians as one metric line.
+//! `bash bench/config.sh`: `Config::get` against nested hash maps, and a
+//! read through a typed section's handle against a field read of the same
+//! struct behind an `ArcSwap`, with criterion; prints the medians as one
+//! metric line each.
 
 mod common;
 
@@ -11,7 +13,11 @@ use serve_common::config::Config;
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("config.toml");
-    std::fs::write(&file, "[a.b]\nc = \"short\"\nd = 1\n[x]\ny = 2\n").unwrap();
+    std::fs::write(
+        &file,
+        "[a.b]\nc = \"short\"\nd = 1\n[x]\ny = 2\n[notes]\nmax_notes = 10\ntitle = \"n\"\n",
+    )
+    .unwrap();
     let config = Config::builder()
         .path(&file)
         .no_env()
@@ -43,10 +49,32 @@ fn main() {
             }
         })
     });
+    #[derive(serde::Deserialize)]
+    struct Notes {
+        max_notes: u32,
+        #[allow(dead_code)]
+        title: String,
+    }
+    let section = config.section::<Notes>("notes").unwrap();
+    let swapped = arc_swap::ArcSwap::from_pointee(Notes {
+        max_notes: 10,
+        title: "n".into(),
+    });
+    criterion.bench_function("config_section_get", |b| {
+        b.iter(|| black_box(black_box(&section).read().max_notes))
+    });
+    criterion.bench_function("arcswap_field", |b| {
+        b.iter(|| black_box(black_box(&swapped).load().max_notes))
+    });
     criterion.final_summary();
     let (ours, baseline) = (
         common::median_ns(&out, "config_get"),
         common::median_ns(&out, "nested_hashmaps"),
     );
     common::line("config_get_ns", ours, baseline);
+    common::line(
+        "config_section_get_ns",
+        common::median_ns(&out, "config_section_get"),
+        common::median_ns(&out, "arcswap_field"),
+    );
 }

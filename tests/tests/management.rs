@@ -78,6 +78,16 @@ fn the_openapi_document_is_served_at_both_paths_and_lists_every_route() {
             .responses
             .contains_key(&openapiv3::StatusCode::Code(400))
     );
+    // The POST body documents the null that resets the level.
+    let spec_json = json(&spec.body);
+    let change = &spec_json["components"]["schemas"]["LevelChange"];
+    assert_eq!(change["properties"]["level"]["nullable"], true, "{change}");
+    assert!(
+        change["required"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|f| f == "level")),
+        "{change}"
+    );
     let hello = document.paths.paths["/hello/{name}"].as_item().unwrap();
     assert_eq!(hello.get.as_ref().unwrap().tags, ["greetings"]);
     assert!(
@@ -241,6 +251,20 @@ fn per_target_levels_are_read_changed_and_validated() {
         json(&targets.body),
         json(r#"{"targets": {"example_service": "WARNING"}}"#)
     );
+    // A null level drops the target's runtime level.
+    let reset = post_json(
+        service.address,
+        "/manage/logging/targets",
+        r#"{"target": "example_service", "level": null}"#,
+    );
+    assert_eq!(reset.status, 200, "{}", reset.body);
+    assert_eq!(json(&reset.body), json(r#"{"targets": {}}"#));
+    let missing = post_json(
+        service.address,
+        "/manage/logging/targets",
+        r#"{"target": "example_service"}"#,
+    );
+    assert_eq!(missing.status, 400, "{}", missing.body);
 }
 
 #[test]

@@ -272,7 +272,20 @@ pub struct LevelChange {
     /// any case; `null` resets to the file's level.
     #[serde(deserialize_with = "present")]
     #[validate(required)]
+    #[schemars(schema_with = "nullable_string")]
     pub level: Option<String>,
+}
+
+/// A string that may be `null` (OpenAPI 3.0's `nullable`).
+fn nullable_string(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+    let mut schema = schemars::schema::SchemaObject {
+        instance_type: Some(schemars::schema::InstanceType::String.into()),
+        ..Default::default()
+    };
+    schema
+        .extensions
+        .insert("nullable".to_owned(), serde_json::Value::Bool(true));
+    schema.into()
 }
 
 /// An `Option` that must be written, if only as `null`.
@@ -296,6 +309,7 @@ pub struct TargetLevel {
     /// The level for it; `null` resets it to the config file's.
     #[serde(deserialize_with = "present")]
     #[validate(required)]
+    #[schemars(schema_with = "nullable_string")]
     pub level: Option<String>,
 }
 
