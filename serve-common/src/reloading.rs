@@ -52,6 +52,8 @@ struct Watched {
     last: Option<(u64, u64)>,
     /// The last call returned `Err`: call again even if nothing changed.
     failed: bool,
+    /// The error of the last failing call, if the failures go on.
+    failed_with: Option<String>,
     reload: ReloadFn,
 }
 
@@ -65,6 +67,7 @@ impl Watched {
             path: path.to_owned(),
             last: None,
             failed: false,
+            failed_with: None,
             reload: Box::new(move |path: &Path| reload(path).into_outcome()),
         };
         watched.last = watched.fingerprint();
@@ -90,11 +93,20 @@ impl Watched {
         let path = self.path.clone();
         self.failed = false;
         match catch_unwind(AssertUnwindSafe(|| (self.reload)(&path))) {
-            Ok(Ok(())) => tracing::debug!(file = %path.display(), "reloaded"),
+            Ok(Ok(())) => {
+                self.failed_with = None;
+                tracing::debug!(file = %path.display(), "reloaded")
+            }
             Ok(Err(error)) => {
-                // Tried again at the next event or poll, changed or not.
+                // Tried again at the next event or poll, changed or not;
+                // the same failure again is not worth another ERROR line.
+                if self.failed_with.as_deref() == Some(error.as_str()) {
+                    tracing::debug!(file = %path.display(), %error, "reload failed again; will try again");
+                } else {
+                    tracing::error!(file = %path.display(), %error, "reload failed; will try again");
+                }
                 self.failed = true;
-                tracing::error!(file = %path.display(), %error, "reload failed; will try again");
+                self.failed_with = Some(error);
             }
             Err(panic) => {
                 let message = panic

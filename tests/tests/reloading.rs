@@ -222,10 +222,10 @@ fn a_failed_reload_is_tried_again_without_another_edit() {
         }
     })
     .unwrap();
-    std::fs::write(&path, "v = 2\n").unwrap();
+    atomic_write(&path, "v = 2\n");
     assert_eq!(rx.recv_timeout(LONG).unwrap(), (1, "v = 2\n".to_owned()));
     assert_eq!(rx.recv_timeout(LONG).unwrap(), (2, "v = 2\n".to_owned()));
     // Succeeded: quiet until the next change.
-    std::fs::write(&path, "v = 3\n").unwrap();
+    atomic_write(&path, "v = 3\n");
     assert_eq!(rx.recv_timeout(LONG).unwrap(), (3, "v = 3\n".to_owned()));
 }

@@ -73,7 +73,7 @@ impl Layers {
 
     /// A stamp for a change made here, later than any seen.
     pub(crate) fn tick(&mut self, origin: u64) -> Stamp {
-        self.clock = now_ns().max(self.clock + 1);
+        self.clock = now_ns().max(self.clock.saturating_add(1));
         Stamp {
             clock: self.clock,
             origin,

@@ -26,7 +26,10 @@
 //! The newest intent wins, key by key: a runtime `set` overrides the file,
 //! and survives reloads that do not change that key; an edit of the file
 //! that changes a key made after the `set` (by the file's modification
-//! time) replaces it, in every process, with a log line saying so.
+//! time) replaces it, in every process, with a log line saying so (the
+//! process that sees it tells the others). Tools that keep an old
+//! modification time on a new file (`cp -p`, `rsync -a`, `tar`) make their
+//! edit count as old; a modification time in the future counts as now.
 //! [`unset`](Config::unset) drops a runtime value at once (the management
 //! API does it for a level with `{"level": null}`).
 //!
@@ -53,8 +56,8 @@
 //!
 //! A path is dot-separated keys (`"x.y.z"`); `""` is the whole table. Keys
 //! that contain a dot cannot be reached by path: read their table instead.
-//! A path has at most [`MAX_PATH_DEPTH`] keys of at most [`MAX_KEY_LEN`]
-//! bytes, and a value set at run time nests at most [`MAX_VALUE_DEPTH`]
+//! A path has at most [`MAX_PATH_LEN`] bytes and [`MAX_PATH_DEPTH`] keys
+//! of at most [`MAX_KEY_LEN`] bytes, and a value set at run time nests at most [`MAX_VALUE_DEPTH`]
 //! levels: a `set` beyond that (here or from another process) is refused
 //! with a clear error, so no change can exhaust a thread's stack.
 //!
@@ -101,7 +104,7 @@ use toml::{Table, Value};
 
 use self::layers::{lookup, Layers, Stamp};
 use self::path::{check_value_depth, split_path};
-pub use self::path::{MAX_KEY_LEN, MAX_PATH_DEPTH, MAX_VALUE_DEPTH};
+pub use self::path::{MAX_KEY_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN, MAX_VALUE_DEPTH};
 use self::redact::log_change;
 pub use self::redact::{is_secret_path, redact_url_userinfo};
 pub use self::remote::{ConfigSet, SET_EVENT, SYNC_EVENT};
@@ -112,6 +115,11 @@ use crate::reloading::Reloader;
 /// The environment variable that names the global config's file
 /// (default: `config.toml` in the working directory).
 pub const CONFIG_PATH_ENV: &str = "SERVE_COMMON_CONFIG";
+
+/// A stamp from another process may be this far ahead of the local clock.
+const MAX_CLOCK_AHEAD_NS: u64 = 3_600 * 1_000_000_000;
+/// Runtime paths (sets and unsets) a config keeps, at most.
+const MAX_ENTRIES: usize = 10_000;
 
 /// The local-only event notified when a reload fails (the old config
 /// stays); its payload is a [`ReloadFailure`].
@@ -259,6 +267,8 @@ struct Inner {
     origin: u64,
     /// Registered typed sections: checked before any change applies.
     sections: RwLock<Vec<Arc<dyn section::Slot>>>,
+    /// The last reload failure reported (cleared by a good reload).
+    last_failure: Mutex<Option<String>>,
 }
 
 /// A configuration: cheap to clone (handles share one config), reads never
@@ -408,6 +418,7 @@ impl ConfigBuilder {
                 reload_lock: Mutex::new(()),
                 origin: layers::random_origin(),
                 sections: RwLock::new(Vec::new()),
+                last_failure: Mutex::new(None),
             }),
         };
         if let (true, Some(bus)) = (self.follow_remote, &config.inner.bus) {
@@ -564,7 +575,12 @@ impl Config {
 
     /// [`section`](Self::section) with a validation: a change is applied
     /// only if the section reads as a `T` and `validate` accepts it (its
-    /// `Err` is the reason given).
+    /// `Err` is the reason given). `validate` runs while the config is
+    /// locked: it must not call this config. Each change is checked on its
+    /// own, so a rule across keys (`min <= max`) may refuse a step that a
+    /// later change would have made valid, and processes that learn the
+    /// steps in another order may refuse different ones: prefer setting
+    /// such keys together (a set of their table).
     pub fn section_with<T, F>(&self, path: &str, validate: F) -> Result<Section<T>, ConfigError>
     where
         T: DeserializeOwned + Send + Sync + 'static,
@@ -657,11 +673,35 @@ impl Config {
         if let Some(value) = &value {
             check_value_depth(path, keys.len(), value)?;
         }
+        if let Some(stamp) = remote {
+            // A clock far ahead would freeze the path everywhere (and
+            // overflow the clock): refused.
+            if stamp.clock > layers::now_ns().saturating_add(MAX_CLOCK_AHEAD_NS)
+                && stamp.origin != layers::FILE_ORIGIN
+            {
+                return Err(ConfigError::Value {
+                    path: path::shorten(path),
+                    message: "stamped more than an hour ahead of this host's clock".to_owned(),
+                });
+            }
+        }
         let mut layers = self.inner.layers.lock();
         let old_merged = self.inner.merged.load_full();
-        if value.is_some() {
+        // Here a set through a scalar is a mistake to report; from another
+        // process, where a newer set may have made that scalar a table,
+        // the stamps decide.
+        if value.is_some() && remote.is_none() {
             layers::check_tables_on_the_way(&old_merged, &keys, path)?;
             layers::check_tables_on_the_way(&layers.runtime, &keys, path)?;
+        }
+        if remote.is_some()
+            && !layers.entries.contains_key(path)
+            && layers.entries.len() >= MAX_ENTRIES
+        {
+            return Err(ConfigError::Value {
+                path: path::shorten(path),
+                message: format!("already {MAX_ENTRIES} runtime paths: no more are taken"),
+            });
         }
         let had = lookup(&layers.runtime, path).is_some();
         let mut next = layers.clone();
@@ -670,12 +710,26 @@ impl Config {
             None => next.tick(self.inner.origin),
         };
         if !next.apply(path, &keys, value.clone(), stamp) {
+            if remote.is_none() {
+                // Only a clock pushed to its end gets here.
+                return Err(ConfigError::Value {
+                    path: path::shorten(path),
+                    message: "a newer change of this path wins".to_owned(),
+                });
+            }
             tracing::debug!(path = %path::shorten(path), "ignoring an older config set from another process");
             return Ok(had);
         }
         let merged = self.commit(&mut layers, next)?;
         if remote.is_none() {
             self.broadcast(path, value.clone(), stamp);
+        } else if stamp.origin == layers::FILE_ORIGIN && had {
+            // Another process read the edit first: the same line as ours.
+            tracing::info!(
+                path = %path::shorten(path),
+                "the file's new value of `{}` replaced the one set at run time (the edit is newer)",
+                path::shorten(path)
+            );
         }
         let source = if value.is_some() {
             ChangeSource::Set
@@ -727,6 +781,9 @@ impl Config {
         if let Some(prefix) = &self.inner.env_prefix {
             next.env = layers::read_env(prefix);
         }
+        // An edit is dated by the file's modification time, but never later
+        // than now (a future mtime would outrank every set to come).
+        let modified = modified.min(layers::now_ns());
         let replaced = if old_file == next.file {
             Vec::new()
         } else {
@@ -741,7 +798,16 @@ impl Config {
             }
         };
         drop(layers);
+        *self.inner.last_failure.lock() = None;
+        let edit = Stamp {
+            clock: modified,
+            origin: layers::FILE_ORIGIN,
+        };
         for path in &replaced {
+            // Every process decides this from its own reading of the file,
+            // and readings can differ (a write caught half-way, edits a
+            // debounce merged): the decision travels, so all agree.
+            self.broadcast(path, None, edit);
             tracing::info!(
                 %path,
                 file = %file.display(),
@@ -773,8 +839,17 @@ impl Config {
         Ok(())
     }
 
-    /// Logs a failed reload and notifies [`RELOAD_FAILED_EVENT`].
+    /// Logs a failed reload and notifies [`RELOAD_FAILED_EVENT`], once per
+    /// distinct failure (a watcher retrying the same one stays quiet).
     fn reload_failed(&self, file: &Path, error: ConfigError) -> ConfigError {
+        let text = error.to_string();
+        let mut last = self.inner.last_failure.lock();
+        if last.as_deref() == Some(text.as_str()) {
+            tracing::debug!(%error, "config reload failed again; keeping the previous config");
+            return error;
+        }
+        *last = Some(text);
+        drop(last);
         tracing::error!(%error, "config reload failed; keeping the previous config");
         if let Some(bus) = &self.inner.bus {
             let failure = ReloadFailure {

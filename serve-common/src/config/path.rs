@@ -9,17 +9,26 @@ use super::ConfigError;
 pub const MAX_PATH_DEPTH: usize = 32;
 /// The longest key, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
+/// The longest path, in bytes.
+pub const MAX_PATH_LEN: usize = 1024;
 /// The deepest a value set at run time may nest (tables and arrays),
 /// counting the keys of its path.
 pub const MAX_VALUE_DEPTH: usize = 64;
 
-/// The keys of `path`, checked: none empty, at most [`MAX_PATH_DEPTH`] of
-/// them, each at most [`MAX_KEY_LEN`] bytes.
+/// The keys of `path`, checked: at most [`MAX_PATH_LEN`] bytes, none
+/// empty, at most [`MAX_PATH_DEPTH`] of them, each at most
+/// [`MAX_KEY_LEN`] bytes.
 pub(crate) fn split_path(path: &str) -> Result<Vec<&str>, ConfigError> {
     let bad = |reason: String| ConfigError::BadPath {
         path: shorten(path),
         reason,
     };
+    if path.len() > MAX_PATH_LEN {
+        return Err(bad(format!(
+            "{} bytes, longer than the {MAX_PATH_LEN} a path may have",
+            path.len()
+        )));
+    }
     // Counted before splitting: a hostile path costs no allocation.
     let depth = path.bytes().filter(|b| *b == b'.').count() + 1;
     if depth > MAX_PATH_DEPTH {
@@ -87,7 +96,11 @@ mod tests {
         assert!(error.contains("33 keys"), "{error}");
         assert!(split_path(&"x".repeat(MAX_KEY_LEN + 1)).is_err());
         let hostile = vec!["k"; 10_000].join(".");
-        assert!(split_path(&hostile).unwrap_err().to_string().len() < 400);
+        let error = split_path(&hostile).unwrap_err().to_string();
+        assert!(
+            error.len() < 400 && error.contains("19999 bytes"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -96,10 +96,25 @@ impl Config {
         struct Sets {
             set: Vec<ConfigSet>,
         }
-        toml::to_string(&Sets {
-            set: self.stamped_sets(),
-        })
-        .unwrap_or_default()
+        // An environment string is at most 128 KiB: past a bound, hand
+        // down the sets with values only, then nothing (the worker's
+        // sync at start-up brings the rest).
+        const BOUND: usize = 64 << 10;
+        let all = self.stamped_sets();
+        let text = toml::to_string(&Sets { set: all.clone() }).unwrap_or_default();
+        if text.len() <= BOUND {
+            return text;
+        }
+        let values: Vec<ConfigSet> = all.into_iter().filter(|s| s.value.is_some()).collect();
+        let text = toml::to_string(&Sets { set: values }).unwrap_or_default();
+        if text.len() <= BOUND {
+            return text;
+        }
+        tracing::warn!(
+            bytes = text.len(),
+            "too many runtime config sets to hand to a worker at start; it asks for them instead"
+        );
+        String::new()
     }
 
     /// Applies [`export_sets`](Self::export_sets)' output as sets from
