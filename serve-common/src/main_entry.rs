@@ -86,7 +86,7 @@ fn link_nats() -> bool {
 }
 
 fn register_sections(config: &Config) -> Result<(), config::ConfigError> {
-    logging::LoggingSettings::register(config)?;
+    logging::LoggingSettings::guard_global()?;
     event::EventsSettings::register(config)?;
     #[cfg(feature = "actix")]
     crate::default::actix::ServerSettings::register(config)?;

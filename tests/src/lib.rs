@@ -339,6 +339,80 @@ pub mod ipc_support {
         Ok(fd)
     }
 
+    /// A `helper parent <flags>` process that starts (and keeps) its own
+    /// server: the process, the server's pid and its address. Its stderr,
+    /// the server's log and the keeper's, is captured.
+    pub fn parent(helper: &str, flags: &[&str]) -> (crate::Proc, u32, String) {
+        let mut command = std::process::Command::new(helper);
+        command.arg("parent").args(flags).env_remove(ipc::ADDR_ENV);
+        let mut parent = crate::Proc::spawn(&mut command, true);
+        let line = parent.expect("server ");
+        let mut parts = line.split_whitespace().skip(1);
+        let pid = parts.next().unwrap().parse().unwrap();
+        let address = parts.next().unwrap().to_owned();
+        (parent, pid, address)
+    }
+
+    /// Stops a [`parent`]'s server and returns its log.
+    pub fn stop(mut parent: crate::Proc) -> String {
+        parent.send("shutdown");
+        parent.expect("stopped");
+        let (status, stderr) = parent.finish();
+        assert!(status.success(), "parent failed: {stderr}");
+        stderr
+    }
+
+    /// `helper events` processes of one service on the server at
+    /// `address`, sharing one config file.
+    pub struct Members {
+        /// The scratch directory holding the config file.
+        pub dir: tempfile::TempDir,
+        /// The config file.
+        pub config: std::path::PathBuf,
+        /// The processes, each past its `ready` line.
+        pub processes: Vec<crate::Proc>,
+    }
+
+    /// One events process per entry of `wraps`, each run through that
+    /// prefix (`["unshare", "--pid", ...]`, or nothing), with `config` as
+    /// the config file; stderr captured when `capture_stderr`.
+    pub fn events_members(
+        helper: &str,
+        address: &str,
+        wraps: &[&[&str]],
+        config: &str,
+        capture_stderr: bool,
+    ) -> Members {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let processes = wraps
+            .iter()
+            .map(|wrap| {
+                let mut command = match wrap.split_first() {
+                    Some((program, args)) => {
+                        let mut command = std::process::Command::new(program);
+                        command.args(args).arg(helper);
+                        command
+                    }
+                    None => std::process::Command::new(helper),
+                };
+                command
+                    .arg("events")
+                    .env(ipc::ADDR_ENV, address)
+                    .env("SERVCOM_TEST_CONFIG", &path);
+                let mut process = crate::Proc::spawn(&mut command, capture_stderr);
+                process.expect("ready");
+                process
+            })
+            .collect();
+        Members {
+            dir,
+            config: path,
+            processes,
+        }
+    }
+
     /// Starts this process's server (run by `helper`) once; its address.
     pub fn shared_server(helper: &str) -> &'static str {
         static ADDRESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();

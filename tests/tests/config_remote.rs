@@ -3,10 +3,7 @@
 //! order. Every wait is on a line a process printed.
 #![forbid(unsafe_code)]
 
-use std::process::Command;
-
-use serve_common::ipc;
-use serve_common_tests::Proc;
+use serve_common_tests::ipc_support::{Members, events_members};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_ipc_helper");
 
@@ -14,42 +11,8 @@ fn server() -> &'static str {
     serve_common_tests::ipc_support::shared_server(HELPER)
 }
 
-struct Members {
-    _dir: tempfile::TempDir,
-    processes: Vec<Proc>,
-}
-
-/// Events processes on the shared server, one config file; each command
-/// line is run through `wrap` (a prefix such as `unshare ...`) if given.
 fn members(wraps: &[&[&str]], config: &str) -> Members {
-    let address = server();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    let processes = wraps
-        .iter()
-        .map(|wrap| {
-            let mut command = match wrap.split_first() {
-                Some((program, args)) => {
-                    let mut command = Command::new(program);
-                    command.args(args).arg(HELPER);
-                    command
-                }
-                None => Command::new(HELPER),
-            };
-            command
-                .arg("events")
-                .env(ipc::ADDR_ENV, address)
-                .env("SERVCOM_TEST_CONFIG", &path);
-            let mut process = Proc::spawn(&mut command, true);
-            process.expect("ready");
-            process
-        })
-        .collect();
-    Members {
-        _dir: dir,
-        processes,
-    }
+    events_members(HELPER, server(), wraps, config, true)
 }
 
 #[test]

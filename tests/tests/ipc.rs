@@ -22,26 +22,11 @@ fn helper(address: &str, args: &[&str]) -> Proc {
     Proc::spawn(&mut command, false)
 }
 
-/// A parent helper with its own server; returns it with the server's pid
-/// and address. Its stderr (and so the server's log) is captured.
 fn parent(flags: &[&str]) -> (Proc, u32, String) {
-    let mut command = Command::new(HELPER);
-    command.arg("parent").args(flags).env_remove(ipc::ADDR_ENV);
-    let mut parent = Proc::spawn(&mut command, true);
-    let line = parent.expect("server ");
-    let mut parts = line.split_whitespace().skip(1);
-    let pid = parts.next().unwrap().parse().unwrap();
-    let address = parts.next().unwrap().to_owned();
-    (parent, pid, address)
+    serve_common_tests::ipc_support::parent(HELPER, flags)
 }
 
-fn stop(mut parent: Proc) -> String {
-    parent.send("shutdown");
-    parent.expect("stopped");
-    let (status, stderr) = parent.finish();
-    assert!(status.success(), "parent failed: {stderr}");
-    stderr
-}
+use serve_common_tests::ipc_support::stop;
 
 #[test]
 fn three_processes_exchange_every_message_once_in_order() {

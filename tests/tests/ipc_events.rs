@@ -1,11 +1,11 @@
 //! Events and config across three real processes joined by IPC.
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use serve_common::ipc;
 use serve_common_tests::Proc;
+use serve_common_tests::ipc_support::{Members, events_members};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_ipc_helper");
 
@@ -13,35 +13,10 @@ fn server() -> &'static str {
     serve_common_tests::ipc_support::shared_server(HELPER)
 }
 
-struct Service {
-    _dir: tempfile::TempDir,
-    config: PathBuf,
-    processes: Vec<Proc>,
-}
-
 /// Three processes of one service: same server, same config file.
-fn service(config: &str) -> Service {
-    let address = server();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    let processes = (0..3)
-        .map(|_| {
-            let mut command = Command::new(HELPER);
-            command
-                .arg("events")
-                .env(ipc::ADDR_ENV, address)
-                .env("SERVCOM_TEST_CONFIG", &path);
-            let mut process = Proc::spawn(&mut command, false);
-            process.expect("ready");
-            process
-        })
-        .collect();
-    Service {
-        _dir: dir,
-        config: path,
-        processes,
-    }
+fn service(config: &str) -> Members {
+    let plain: &[&str] = &[];
+    events_members(HELPER, server(), &[plain, plain, plain], config, false)
 }
 
 fn replace(path: &Path, text: &str) {

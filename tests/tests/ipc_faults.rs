@@ -4,7 +4,6 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,57 +11,19 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serve_common::ipc;
 use serve_common_tests::Proc;
+use serve_common_tests::ipc_support::{Members, events_members, stop};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_ipc_helper");
 
-/// A parent helper that starts (and keeps) its own server; its stderr
-/// holds the server's log and the keeper's.
 fn parent(flags: &[&str]) -> (Proc, u32, String) {
-    let mut command = Command::new(HELPER);
-    command.arg("parent").args(flags).env_remove(ipc::ADDR_ENV);
-    let mut parent = Proc::spawn(&mut command, true);
-    let line = parent.expect("server ");
-    let mut parts = line.split_whitespace().skip(1);
-    let pid = parts.next().unwrap().parse().unwrap();
-    let address = parts.next().unwrap().to_owned();
-    (parent, pid, address)
-}
-
-fn stop(mut parent: Proc) -> String {
-    parent.send("shutdown");
-    parent.expect("stopped");
-    let (status, stderr) = parent.finish();
-    assert!(status.success(), "parent failed: {stderr}");
-    stderr
+    serve_common_tests::ipc_support::parent(HELPER, flags)
 }
 
 /// Events processes of one service on the server at `address`, with one
 /// config file (`[events.ipc]` sets their links' options).
-struct Members {
-    _dir: tempfile::TempDir,
-    processes: Vec<Proc>,
-}
-
 fn members(address: &str, count: usize, config: &str) -> Members {
-    let dir = tempfile::tempdir().unwrap();
-    let path: PathBuf = dir.path().join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    let processes = (0..count)
-        .map(|_| {
-            let mut command = Command::new(HELPER);
-            command
-                .arg("events")
-                .env(ipc::ADDR_ENV, address)
-                .env("SERVCOM_TEST_CONFIG", &path);
-            let mut process = Proc::spawn(&mut command, true);
-            process.expect("ready");
-            process
-        })
-        .collect();
-    Members {
-        _dir: dir,
-        processes,
-    }
+    let plain: &[&str] = &[];
+    events_members(HELPER, address, &vec![plain; count], config, true)
 }
 
 /// Parses `0-4,7` back into numbers.

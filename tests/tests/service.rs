@@ -65,19 +65,21 @@ fn poll_until_all_answer(
     panic!("not every worker answered with {level}: {latest:?}");
 }
 
+/// POSTs `body` to `/manage/logging/level` (a 200) and waits until every
+/// worker of `pids` answers with `level`.
+fn post_level_everywhere(service: &Service, pids: &BTreeSet<u32>, body: &str, level: &str) {
+    let response = post_json(service.address, "/manage/logging/level", body);
+    assert_eq!(response.status, 200, "{}", response.body);
+    poll_until_all_answer(service, pids, level);
+}
+
 #[test]
 fn a_level_change_answered_by_one_worker_reaches_every_worker() {
     let service = start("[server]\nprocesses = 2\nworkers = 1\n");
     let pids = worker_pids(&service, 2);
     poll_until_all_answer(&service, &pids, "INFO");
 
-    let changed = post_json(
-        service.address,
-        "/manage/logging/level",
-        r#"{"level": "WARNING"}"#,
-    );
-    assert_eq!(changed.status, 200, "{}", changed.body);
-    poll_until_all_answer(&service, &pids, "WARNING");
+    post_level_everywhere(&service, &pids, r#"{"level": "WARNING"}"#, "WARNING");
     // The supervisor follows too (it is in the IPC group).
     let supervisor = format!("[{}] config changed path=logging.level", service.pid());
     service.wait_log(&supervisor);
@@ -87,13 +89,7 @@ fn a_level_change_answered_by_one_worker_reaches_every_worker() {
 fn a_killed_worker_is_replaced_and_inherits_the_runtime_level() {
     let service = start("[server]\nprocesses = 2\nworkers = 1\n");
     let pids = worker_pids(&service, 2);
-    let changed = post_json(
-        service.address,
-        "/manage/logging/level",
-        r#"{"level": "debug"}"#,
-    );
-    assert_eq!(changed.status, 200, "{}", changed.body);
-    poll_until_all_answer(&service, &pids, "DEBUG");
+    post_level_everywhere(&service, &pids, r#"{"level": "debug"}"#, "DEBUG");
 
     let victim = *pids.first().unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
@@ -244,13 +240,7 @@ fn a_killed_ipc_server_is_restarted_and_every_process_rejoins() {
         !std::path::Path::new(&format!("/proc/{server}")).exists(),
         "the dead server was reaped"
     );
-    let changed = post_json(
-        service.address,
-        "/manage/logging/level",
-        r#"{"level": "WARNING"}"#,
-    );
-    assert_eq!(changed.status, 200, "{}", changed.body);
-    poll_until_all_answer(&service, &pids, "WARNING");
+    post_level_everywhere(&service, &pids, r#"{"level": "WARNING"}"#, "WARNING");
     let health = get(service.address, "/manage/health");
     assert_eq!(health.status, 200, "{}", health.body);
     assert_eq!(
@@ -326,13 +316,7 @@ fn the_newest_intent_wins_between_a_posted_level_and_the_file() {
             "[server]\nbind = \"127.0.0.1:0\"\nprocesses = 2\nworkers = 1\n[logging]\nlevel = {level}\n[greeting]\ntemplate = \"{greeting}\"\n"
         )
     };
-    let posted = post_json(
-        service.address,
-        "/manage/logging/level",
-        r#"{"level": "DEBUG"}"#,
-    );
-    assert_eq!(posted.status, 200, "{}", posted.body);
-    poll_until_all_answer(&service, &pids, "DEBUG");
+    post_level_everywhere(&service, &pids, r#"{"level": "DEBUG"}"#, "DEBUG");
 
     let before = service.log().len();
     std::fs::write(service.config_path(), config("\"ERROR\"", "hi {name}")).unwrap();
@@ -347,13 +331,7 @@ fn the_newest_intent_wins_between_a_posted_level_and_the_file() {
     }
 
     // A runtime level survives an edit of another key...
-    let posted = post_json(
-        service.address,
-        "/manage/logging/level",
-        r#"{"level": "trace"}"#,
-    );
-    assert_eq!(posted.status, 200, "{}", posted.body);
-    poll_until_all_answer(&service, &pids, "TRACE");
+    post_level_everywhere(&service, &pids, r#"{"level": "trace"}"#, "TRACE");
     let before = service.log().len();
     std::fs::write(service.config_path(), config("\"ERROR\"", "hey {name}")).unwrap();
     for pid in &pids {
@@ -362,13 +340,7 @@ fn the_newest_intent_wins_between_a_posted_level_and_the_file() {
     poll_until_all_answer(&service, &pids, "TRACE");
 
     // ...and goes on a null: back to the file's level everywhere.
-    let reset = post_json(
-        service.address,
-        "/manage/logging/level",
-        r#"{"level": null}"#,
-    );
-    assert_eq!(reset.status, 200, "{}", reset.body);
-    poll_until_all_answer(&service, &pids, "ERROR");
+    post_level_everywhere(&service, &pids, r#"{"level": null}"#, "ERROR");
     let missing = post_json(service.address, "/manage/logging/level", r#"{}"#);
     assert_eq!(missing.status, 400, "{}", missing.body);
 

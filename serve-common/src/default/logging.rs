@@ -182,7 +182,7 @@ pub fn init() -> Result<(), LoggingError> {
     FOLLOWING.get_or_try_init(|| {
         // Guards the section from now on (the main macro registered it at
         // start-up already, with a clear error if it was wrong).
-        if let Err(error) = LoggingSettings::register(config::config()) {
+        if let Err(error) = LoggingSettings::guard_global() {
             tracing::error!(%error, "the [logging] config section is invalid; edits to it are checked from now on");
         }
         if let Err(error) = apply_config() {
@@ -310,6 +310,15 @@ impl LoggingSettings {
     /// checked from now on).
     pub fn register(config: &config::Config) -> Result<config::Section<Self>, config::ConfigError> {
         config.section_with("logging", Self::validate)
+    }
+
+    /// Registers the section on the global config, once (the main macro
+    /// and [`init`] both ask).
+    pub(crate) fn guard_global() -> Result<(), config::ConfigError> {
+        static GUARD: OnceCell<config::Section<LoggingSettings>> = OnceCell::new();
+        GUARD
+            .get_or_try_init(|| Self::register(config::config()))
+            .map(drop)
     }
 }
 

@@ -73,27 +73,32 @@ impl IpcOptions {
     /// defaults. Keys: `buffer_events`, `buffer_bytes`, `incoming_events`,
     /// `incoming_bytes`, `health_grace_ms`, `max_reconnect_delay_ms`.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let settings = config
+            .get_opt::<IpcSettings>("events.ipc")?
+            .unwrap_or_default();
+        Ok(Self::from(&settings))
+    }
+}
+
+impl From<&IpcSettings> for IpcOptions {
+    /// The settings, with the defaults where they say nothing.
+    fn from(settings: &IpcSettings) -> Self {
         let defaults = Self::default();
-        let get = |key: &str, default: u64| -> Result<u64, ConfigError> {
-            Ok(config
-                .get_opt::<u64>(&format!("events.ipc.{key}"))?
-                .unwrap_or(default))
+        let size = |n: Option<u64>, default: usize| {
+            n.map_or(default, |n| usize::try_from(n).unwrap_or(usize::MAX))
         };
-        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-        Ok(Self {
-            buffer_events: size(get("buffer_events", defaults.buffer_events as u64)?),
-            buffer_bytes: size(get("buffer_bytes", defaults.buffer_bytes as u64)?),
-            incoming_events: get("incoming_events", defaults.incoming_events)?,
-            incoming_bytes: size(get("incoming_bytes", defaults.incoming_bytes as u64)?),
-            health_grace: Duration::from_millis(get(
-                "health_grace_ms",
-                defaults.health_grace.as_millis() as u64,
-            )?),
-            max_reconnect_delay: Duration::from_millis(get(
-                "max_reconnect_delay_ms",
-                defaults.max_reconnect_delay.as_millis() as u64,
-            )?),
-        })
+        let millis = |n: Option<u64>, default: Duration| n.map_or(default, Duration::from_millis);
+        Self {
+            buffer_events: size(settings.buffer_events, defaults.buffer_events),
+            buffer_bytes: size(settings.buffer_bytes, defaults.buffer_bytes),
+            incoming_events: settings.incoming_events.unwrap_or(defaults.incoming_events),
+            incoming_bytes: size(settings.incoming_bytes, defaults.incoming_bytes),
+            health_grace: millis(settings.health_grace_ms, defaults.health_grace),
+            max_reconnect_delay: millis(
+                settings.max_reconnect_delay_ms,
+                defaults.max_reconnect_delay,
+            ),
+        }
     }
 }
 

@@ -739,24 +739,20 @@ fn welcome(fd: &OwnedFd, timeout: Duration) -> Result<Welcome, IpcError> {
     let mut buffer = vec![0; frame::MAX_PACKET];
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left < Duration::from_micros(1) {
-            return Err(IpcError::Timeout(timeout));
-        }
-        socket::set_recv_timeout(fd, Some(left))?;
-        match socket::recv(fd, &mut buffer) {
+        match socket::recv_until(fd, &mut buffer, deadline) {
             Ok(Some(len)) => {
                 if let Some(message) = decoder
                     .push(&buffer[..len])
                     .map_err(|e| IpcError::Decode(e.to_string()))?
                 {
-                    socket::set_recv_timeout(fd, None)?;
                     return ciborium::from_reader(&message[..])
                         .map_err(|e| IpcError::Decode(e.to_string()));
                 }
             }
             Ok(None) => return Err(IpcError::Refused),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(IpcError::Timeout(timeout))
+            }
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(IpcError::Refused),
             Err(e) => return Err(IpcError::Io(e)),
         }

@@ -85,6 +85,12 @@ fn messages_in<P: AsRef<[u8]>>(packets: impl IntoIterator<Item = P>) -> u64 {
         .count() as u64
 }
 
+/// The packets copied once, to be shared by every queue and the history
+/// that keep them.
+fn shared_copy<'a>(shared: &'a mut Option<Vec<Arc<[u8]>>>, packets: &[&[u8]]) -> &'a [Arc<[u8]>] {
+    shared.get_or_insert_with(|| packets.iter().map(|p| Arc::from(*p)).collect())
+}
+
 /// Closes `member` (its reader and writer return); the number of messages
 /// its queue held, now discarded. Called with its queue locked.
 fn close_locked(member: &Member, out: &mut Outgoing) -> u64 {
@@ -209,15 +215,7 @@ impl Server {
         let mut decoder = Decoder::new(MAX_GREETING);
         let mut buffer = vec![0; MAX_GREETING + 5];
         let greeting = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            // A zero timeout would mean "none".
-            if left < Duration::from_micros(1) {
-                tracing::warn!(peer_pid = pid, timeout = ?self.options.greeting_timeout,
-                    "no complete greeting in time; connection closed");
-                return None;
-            }
-            let _ = socket::set_recv_timeout(fd, Some(left));
-            match socket::recv(fd, &mut buffer) {
+            match socket::recv_until(fd, &mut buffer, deadline) {
                 Ok(Some(len)) => match decoder.push(&buffer[..len]) {
                     Ok(Some(message)) => break ciborium::from_reader::<Greeting, _>(&message[..]),
                     Ok(None) => continue,
@@ -227,14 +225,17 @@ impl Server {
                     }
                 },
                 Ok(None) => return None,
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+                    tracing::warn!(peer_pid = pid, timeout = ?self.options.greeting_timeout,
+                        "no complete greeting in time; connection closed");
+                    return None;
+                }
                 Err(error) => {
                     tracing::warn!(peer_pid = pid, %error, "no greeting; connection closed");
                     return None;
                 }
             }
         };
-        let _ = socket::set_recv_timeout(fd, None);
         match greeting {
             Ok(greeting) => Some(greeting),
             Err(error) => {
@@ -487,9 +488,9 @@ impl Server {
                     if history.overflowed || history.bytes + bytes > self.options.queue_bytes / 2 {
                         history.overflowed = true;
                     } else {
-                        let shared = shared
-                            .get_or_insert_with(|| packets.iter().map(|p| Arc::from(*p)).collect());
-                        history.packets.extend(shared.iter().cloned());
+                        history
+                            .packets
+                            .extend(shared_copy(&mut shared, packets).iter().cloned());
                         history.bytes += bytes;
                     }
                 }
@@ -545,7 +546,7 @@ impl Server {
             );
             return;
         }
-        let shared = shared.get_or_insert_with(|| packets.iter().map(|p| Arc::from(*p)).collect());
+        let shared = shared_copy(shared, packets);
         let was_empty = out.queue.is_empty();
         out.queue.extend(shared[sent..].iter().cloned());
         out.bytes += bytes;

@@ -186,6 +186,30 @@ fn recv_with(fd: &impl AsFd, buffer: &mut [u8], flags: MsgFlags) -> io::Result<O
     Ok(Some(len))
 }
 
+/// Receives one packet, waiting until `deadline` at most (one deadline for
+/// however many calls): after it, an error of kind `TimedOut`.
+pub(crate) fn recv_until(
+    fd: &impl AsFd,
+    buffer: &mut [u8],
+    deadline: std::time::Instant,
+) -> io::Result<Option<usize>> {
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // A zero timeout would mean "none".
+        if left < Duration::from_micros(1) {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        set_recv_timeout(fd, Some(left))?;
+        match recv(fd, buffer) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => {
+                set_recv_timeout(fd, None)?;
+                return other;
+            }
+        }
+    }
+}
+
 /// The peer's (uid, pid), from SO_PEERCRED.
 pub(crate) fn peer(fd: &impl AsFd) -> io::Result<(u32, i32)> {
     let cred = retry(|| socket::getsockopt(&fd.as_fd(), sockopt::PeerCredentials))?;

@@ -271,12 +271,13 @@ where
     /// [module docs](self)).
     pub async fn run(self) -> io::Result<()> {
         let config = crate::config::config();
+        let server: ServerSettings = config.get_or("server", ServerSettings::default());
         let settings = Settings {
-            bind: config.get_or("server.bind", "127.0.0.1:8000".to_owned()),
-            workers: config.get_opt("server.workers").ok().flatten(),
-            processes: config.get_or("server.processes", 1_usize),
-            backlog: config.get_or("server.backlog", 2048_i32),
-            shutdown_timeout: Duration::from_secs(config.get_or("server.shutdown_timeout", 30_u64)),
+            bind: server.bind.unwrap_or_else(|| "127.0.0.1:8000".to_owned()),
+            workers: server.workers,
+            processes: server.processes.unwrap_or(1),
+            backlog: server.backlog.unwrap_or(2048),
+            shutdown_timeout: Duration::from_secs(server.shutdown_timeout.unwrap_or(30)),
         };
         if let Some(listener) = workers::inherited_listener()? {
             return self.serve_on(listener, &settings).await;
