@@ -64,9 +64,15 @@ fn link_nats() -> bool {
             Ok(Some(options)) => match event::enable_nats(options) {
                 Ok(_link) => {
                     #[cfg(feature = "actix")]
-                    crate::default::management::add_health_check("nats", || {
-                        event::nats::link().map_or(Ok(()), |link| link.health())
-                    });
+                    crate::default::management::add_health_check_with_details(
+                        "nats",
+                        || event::nats::link().map_or(Ok(()), |link| link.health()),
+                        || {
+                            event::nats::link()
+                                .map(|link| link.health_details())
+                                .unwrap_or_default()
+                        },
+                    );
                     true
                 }
                 Err(error) => fail("cannot carry events over NATS", error),

@@ -43,7 +43,13 @@ pub const TAG: &str = "management";
 static VERSION: Lazy<RwLock<Option<String>>> = Lazy::new(|| RwLock::new(None));
 static DEFAULT_VERSION: Lazy<RwLock<String>> = Lazy::new(|| RwLock::new("unknown".to_owned()));
 
-type HealthCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+type Details = serde_json::Map<String, serde_json::Value>;
+
+#[derive(Clone)]
+struct HealthCheck {
+    check: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    details: Option<Arc<dyn Fn() -> Details + Send + Sync>>,
+}
 static CHECKS: Lazy<RwLock<Vec<(String, HealthCheck)>>> = Lazy::new(|| RwLock::new(Vec::new()));
 
 /// Sets the version `/manage/version` answers (the seed's assignment to
@@ -84,10 +90,50 @@ pub fn add_health_check<F>(name: impl Into<String>, check: F)
 where
     F: Fn() -> Result<(), String> + Send + Sync + 'static,
 {
-    let name = name.into();
+    insert_check(
+        name.into(),
+        HealthCheck {
+            check: Arc::new(check),
+            details: None,
+        },
+    );
+}
+
+/// [`add_health_check`], with `details`: what the check reports beside
+/// its result, passing or not (a connection's state, a lag...), as the
+/// check's `details` object in `/manage/health`.
+///
+/// ```
+/// use serve_common::default::management;
+///
+/// management::add_health_check_with_details(
+///     "queue",
+///     || Ok(()),
+///     || {
+///         let mut details = serde_json::Map::new();
+///         details.insert("waiting".into(), 3.into());
+///         details
+///     },
+/// );
+/// ```
+pub fn add_health_check_with_details<F, D>(name: impl Into<String>, check: F, details: D)
+where
+    F: Fn() -> Result<(), String> + Send + Sync + 'static,
+    D: Fn() -> serde_json::Map<String, serde_json::Value> + Send + Sync + 'static,
+{
+    insert_check(
+        name.into(),
+        HealthCheck {
+            check: Arc::new(check),
+            details: Some(Arc::new(details)),
+        },
+    );
+}
+
+fn insert_check(name: String, check: HealthCheck) {
     let mut checks = CHECKS.write();
     checks.retain(|(n, _)| *n != name);
-    checks.push((name, Arc::new(check)));
+    checks.push((name, check));
 }
 
 /// Removes the check named `name`; true if there was one.
@@ -161,6 +207,10 @@ pub struct CheckResult {
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the check reports beside its result (see
+    /// [`add_health_check_with_details`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// The body of `/manage/health`.
@@ -227,8 +277,13 @@ async fn health() -> Result<web::Json<Health>, Unhealthy> {
     let checks: Vec<(String, HealthCheck)> = CHECKS.read().clone();
     let mut results = BTreeMap::new();
     for (name, check) in checks {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check()))
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (check.check)()))
             .unwrap_or_else(|_| Err("the check panicked".to_owned()));
+        let details = check.details.as_ref().and_then(|details| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| details()))
+                .ok()
+                .map(|d| d.into_iter().collect())
+        });
         if let Err(error) = &outcome {
             tracing::warn!(check = %name, %error, "health check failed");
         }
@@ -237,6 +292,7 @@ async fn health() -> Result<web::Json<Health>, Unhealthy> {
             CheckResult {
                 ok: outcome.is_ok(),
                 error: outcome.err(),
+                details,
             },
         );
     }

@@ -146,6 +146,52 @@ pub struct NatsSettings {
     pub buffer: Option<u64>,
     pub max_reconnect_delay_ms: Option<u64>,
     pub name: Option<String>,
+    /// `"jetstream"` (the default) or `"at-most-once"`.
+    pub delivery: Option<Delivery>,
+    pub ack_window: Option<u64>,
+    /// `[events.nats.stream]`.
+    #[serde(default)]
+    pub stream: NatsStreamSettings,
+}
+
+/// `[events.nats.stream]`, typed: the JetStream stream's settings.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct NatsStreamSettings {
+    pub name: Option<String>,
+    pub max_age_s: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub replicas: Option<u64>,
+    pub duplicate_window_s: Option<u64>,
+    pub memory: Option<bool>,
+}
+
+/// How events travel between processes over NATS (config
+/// `events.nats.delivery`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum Delivery {
+    /// Through a JetStream stream: stored (on disk, replicated in a
+    /// cluster), acknowledged to the sender, resent until acknowledged
+    /// and read by every process from where it left off after a fault.
+    /// The default; needs a server with JetStream (`nats-server -js`).
+    #[default]
+    #[serde(rename = "jetstream")]
+    JetStream,
+    /// Core NATS publish/subscribe: nothing stored; a process that is
+    /// disconnected when an event is written does not get it. Events
+    /// notified while this process is disconnected are still buffered
+    /// (up to the link's `buffer`) and sent after the reconnection.
+    #[serde(rename = "at-most-once")]
+    AtMostOnce,
+}
+
+impl std::fmt::Display for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::JetStream => "jetstream",
+            Self::AtMostOnce => "at-most-once",
+        })
+    }
 }
 
 impl EventsSettings {

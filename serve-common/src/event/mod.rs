@@ -137,9 +137,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use self::ipc::{
-    enable_ipc, enable_ipc_with, ipc_link, EventsSettings, IpcEvents, IpcLinkLost, IpcOptions,
-    IpcRejoined, IpcSettings, NatsSettings, EVENTS_GROUP, INCOMING_BACKLOG, LINK_LOST_EVENT,
-    LINK_REJOINED_EVENT, OUTGOING_CAPACITY,
+    enable_ipc, enable_ipc_with, ipc_link, Delivery, EventsSettings, IpcEvents, IpcLinkLost,
+    IpcOptions, IpcRejoined, IpcSettings, NatsSettings, NatsStreamSettings, EVENTS_GROUP,
+    INCOMING_BACKLOG, LINK_LOST_EVENT, LINK_REJOINED_EVENT, OUTGOING_CAPACITY,
 };
 #[cfg(feature = "nats")]
 pub use self::nats::{enable_nats, NatsEvents, NatsOptions};

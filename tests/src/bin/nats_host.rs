@@ -4,14 +4,25 @@
 //! - `notify NAME TEXT`, `local NAME TEXT`: notify (local-only) a string;
 //! - `try NAME BYTES`: `try_notify` a payload of BYTES bytes;
 //! - `set PATH VALUE`: a runtime config set;
+//! - `flood NAME COUNT`: notifies COUNT events `NAME` carrying
+//!   `<pid>-<n>`, n from 0, as fast as it can;
+//! - `tally TIMEOUT_S SENDERS COUNT`: waits (at most TIMEOUT_S) until the
+//!   `bulk.*` handler has seen `COUNT` events from each of SENDERS
+//!   (comma-separated pids), then prints `tally <pid> seen=.. missing=..
+//!   dups=.. disorder=..` (disorder: events from one sender that came
+//!   after a later one);
 //! - `stats`: the link's counters;
+//! - `health`: the link's health check and details;
 //! - `quit`.
 //!
 //! It prints `ready <pid> <ipc address>` once connected to NATS (or
 //! `started` if `--no-wait`), `got <pid> <event> <text>` for every `app.*`
 //! event, `config <pid> <path>=<value>` for `config:app.*` changes.
 
+use std::collections::HashMap;
 use std::io::BufRead;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use serve_common::config::ConfigChange;
 use serve_common::event::{self, nats};
@@ -34,6 +45,62 @@ fn app_config(event: &str, change: &ConfigChange) {
         std::process::id(),
         event.trim_start_matches("config:")
     );
+}
+
+/// Per sender pid: how many times each number arrived, and the last one.
+#[derive(Default)]
+struct Sender {
+    times: HashMap<u64, u32>,
+    last: Option<u64>,
+    disorder: u64,
+}
+
+static BULK: Mutex<Option<HashMap<String, Sender>>> = Mutex::new(None);
+static BULK_CHANGED: Condvar = Condvar::new();
+
+#[on_event("bulk.*")]
+#[allow(clippy::ptr_arg)] // the payload type is `String`
+fn bulk_event(text: &String) {
+    let Some((sender, n)) = text.split_once('-') else {
+        return;
+    };
+    let Ok(n) = n.parse::<u64>() else { return };
+    let mut bulk = BULK.lock().unwrap();
+    let entry = bulk
+        .get_or_insert_with(HashMap::new)
+        .entry(sender.to_owned())
+        .or_default();
+    *entry.times.entry(n).or_default() += 1;
+    if entry.last.is_some_and(|last| n < last) {
+        entry.disorder += 1;
+    }
+    entry.last = Some(n);
+    BULK_CHANGED.notify_all();
+}
+
+/// `seen missing dups disorder` for `count` numbers from each of `senders`.
+fn tally(senders: &[&str], count: u64) -> (u64, u64, u64, u64) {
+    let bulk = BULK.lock().unwrap();
+    let empty = HashMap::new();
+    let bulk = bulk.as_ref().unwrap_or(&empty);
+    let (mut seen, mut missing, mut dups, mut disorder) = (0, 0, 0, 0);
+    for sender in senders {
+        let Some(entry) = bulk.get(*sender) else {
+            missing += count;
+            continue;
+        };
+        disorder += entry.disorder;
+        for n in 0..count {
+            match entry.times.get(&n).copied().unwrap_or(0) {
+                0 => missing += 1,
+                times => {
+                    seen += 1;
+                    dups += u64::from(times - 1);
+                }
+            }
+        }
+    }
+    (seen, missing, dups, disorder)
 }
 
 /// The link's own news: connected, disconnected, errors.
@@ -77,16 +144,58 @@ async fn main() {
             (Some("set"), Some(path), Some(value)) => {
                 serve_common::config::config().set(path, value).unwrap();
             }
+            (Some("flood"), Some(name), Some(count)) => {
+                let pid = std::process::id();
+                for n in 0..count.parse::<u64>().unwrap() {
+                    event::notify(name.to_owned(), format!("{pid}-{n}"));
+                }
+                println!("flooded {pid}");
+            }
+            (Some("tally"), Some(timeout), Some(rest)) => {
+                let (senders, count) = rest.split_once(' ').unwrap();
+                let senders: Vec<&str> = senders.split(',').collect();
+                let count: u64 = count.parse().unwrap();
+                let deadline = Instant::now() + Duration::from_secs(timeout.parse().unwrap());
+                let mut result = tally(&senders, count);
+                while result.1 > 0 && Instant::now() < deadline {
+                    let bulk = BULK.lock().unwrap();
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    drop(
+                        BULK_CHANGED
+                            .wait_timeout(bulk, left.min(Duration::from_millis(500)))
+                            .unwrap(),
+                    );
+                    result = tally(&senders, count);
+                }
+                let (seen, missing, dups, disorder) = result;
+                println!(
+                    "tally {} seen={seen} missing={missing} dups={dups} disorder={disorder}",
+                    std::process::id()
+                );
+            }
+            (Some("health"), _, _) => {
+                let link = nats::link().unwrap();
+                println!(
+                    "health {:?} {}",
+                    link.health(),
+                    serde_json::Value::Object(link.health_details())
+                );
+            }
             (Some("stats"), _, _) => {
                 let link = nats::link().unwrap();
                 println!(
-                    "stats connected={} sent={} received={} dropped={} oversize={} duplicates={} error={}",
+                    "stats connected={} sent={} received={} dropped={} oversize={} duplicates={} buffered={} malformed={} resent={} lag={} dropped_incoming={} error={}",
                     link.connected(),
                     link.sent(),
                     link.received(),
                     link.dropped(),
                     link.oversize(),
                     link.duplicates(),
+                    link.buffered(),
+                    link.malformed(),
+                    link.resent(),
+                    link.lag(),
+                    link.dropped_incoming(),
                     link.last_error().unwrap_or_default().replace(' ', "_"),
                 );
             }

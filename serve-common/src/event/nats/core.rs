@@ -1,0 +1,261 @@
+//! At most once: core NATS publish/subscribe ([`Delivery::AtMostOnce`]).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+
+use super::{count_drop, Link, News, Outgoing, Receiver, BATCH, SEND_TIMEOUT};
+
+/// An event waiting to be written.
+struct Pending {
+    seq: u64,
+    subject: async_nats::Subject,
+    bytes: bytes::Bytes,
+}
+
+struct Core {
+    link: Link,
+    /// Oldest first; the first `sent` were handed to the client.
+    pending: VecDeque<Pending>,
+    sent: usize,
+    subscriptions: HashMap<String, tokio::sync::oneshot::Sender<()>>,
+}
+
+pub(super) async fn run(link: Link) {
+    let mut core = Core {
+        link,
+        pending: VecDeque::new(),
+        sent: 0,
+        subscriptions: HashMap::new(),
+    };
+    core.resubscribe().await;
+    loop {
+        let link = &mut core.link;
+        tokio::select! {
+            biased;
+            _ = link.stopped.changed() => break,
+            Some(event) = link.events.recv() => match link.on_client_event(event).await {
+                News::Connected => core.on_connected().await,
+                News::Disconnected | News::Other => {}
+            },
+            Ok(()) = link.interest.changed() => core.resubscribe().await,
+            Some(first) = link.outgoing.recv() => {
+                core.enqueue(first);
+                while core.pending.len() < core.link.options.buffer + BATCH {
+                    match core.link.outgoing.try_recv() {
+                        Ok(next) => core.enqueue(next),
+                        Err(_) => break,
+                    }
+                }
+                core.publish_pending().await;
+            }
+        }
+    }
+    // Closing: a last chance for what is buffered.
+    while let Ok(next) = core.link.outgoing.try_recv() {
+        core.enqueue(next);
+    }
+    if core.link.is_connected() {
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(2), core.publish_pending()).await;
+    }
+    if !core.pending.is_empty() {
+        tracing::warn!(
+            unsent = core.pending.len(),
+            "NATS link closed with events not sent"
+        );
+    }
+    for (_, stop) in core.subscriptions.drain() {
+        let _ = stop.send(());
+    }
+}
+
+impl Core {
+    async fn on_connected(&mut self) {
+        // Everything not written goes again.
+        self.sent = 0;
+        self.publish_pending().await;
+        // Subscriptions are sent again on reconnection, before
+        // `Connected`: once the server has them, say so.
+        self.barrier().await;
+        self.link.announce_ready();
+    }
+
+    fn enqueue(&mut self, outgoing: Outgoing) {
+        if self.pending.len() >= self.link.options.buffer {
+            count_drop(
+                &self.link.shared.stats.dropped,
+                "buffer full",
+                &outgoing.name,
+            );
+            return;
+        }
+        let (seq, subject, bytes) = self.link.wrap(&outgoing);
+        self.pending.push_back(Pending {
+            seq,
+            subject,
+            bytes,
+        });
+        self.link.shared.update_buffered(self.pending.len());
+    }
+
+    /// Hands what was not sent yet to the client, then flushes (the bytes
+    /// reached the server's socket). Never waits long: while the client
+    /// reconnects it stops taking commands, and this loop must keep
+    /// serving `stop`.
+    async fn publish_pending(&mut self) {
+        if !self.link.is_connected() {
+            return;
+        }
+        let client = self.link.client.clone();
+        let shared = self.link.shared.clone();
+        while self.sent < self.pending.len() {
+            let upto = (self.sent + BATCH).min(self.pending.len());
+            let mut index = self.sent;
+            while index < upto.min(self.pending.len()) {
+                let item = &self.pending[index];
+                let published = tokio::time::timeout(
+                    SEND_TIMEOUT,
+                    client.publish(item.subject.clone(), item.bytes.clone()),
+                )
+                .await;
+                match published {
+                    Ok(Ok(())) => index += 1,
+                    Ok(Err(error))
+                        if matches!(
+                            error.kind(),
+                            async_nats::client::PublishErrorKind::MaxPayloadExceeded
+                                | async_nats::client::PublishErrorKind::InvalidSubject
+                        ) =>
+                    {
+                        // Never sendable: drop it, or it would block the rest.
+                        shared.stats.oversize.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(seq = item.seq, %error, "event not sent over NATS");
+                        self.pending.remove(index);
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "NATS publish failed; kept for a resend");
+                        self.sent = index;
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("NATS publish timed out; kept for a resend");
+                        self.sent = index;
+                        return;
+                    }
+                }
+            }
+            self.sent = index;
+            match tokio::time::timeout(SEND_TIMEOUT, client.flush()).await {
+                Ok(Ok(())) => {
+                    let flushed = self.sent;
+                    self.pending.drain(..flushed);
+                    self.sent = 0;
+                    shared
+                        .stats
+                        .sent
+                        .fetch_add(flushed as u64, Ordering::Relaxed);
+                    shared.update_buffered(self.pending.len());
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "NATS flush failed; events kept for a resend");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("NATS flush timed out; events kept for a resend");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Returns once the server has processed everything this connection
+    /// sent before (a flush only writes): a request nobody answers comes
+    /// back "no responders" after the server went through the earlier
+    /// commands, subscriptions included. The subject is this service's.
+    async fn barrier(&self) {
+        if !self.link.is_connected() {
+            return;
+        }
+        let subject = format!(
+            "_SERVE_COMMON.{}.barrier.{:x}",
+            self.link.options.subject_prefix, self.link.origin
+        );
+        let _ = tokio::time::timeout(
+            SEND_TIMEOUT * 5,
+            self.link.client.request(subject, bytes::Bytes::new()),
+        )
+        .await;
+    }
+
+    /// Makes the subscriptions match the registrations: new ones first,
+    /// in place on the server, then the stale ones unsubscribed and
+    /// drained (an event that comes through both is delivered once: the
+    /// receiver drops a sender's numbers it has seen).
+    async fn resubscribe(&mut self) {
+        let wanted = self.link.wanted_subjects();
+        let current: BTreeSet<String> = self.subscriptions.keys().cloned().collect();
+        let mut added = false;
+        for subject in wanted.difference(&current) {
+            if let Some(stop) = self.subscribe_task(subject.clone()).await {
+                self.subscriptions.insert(subject.clone(), stop);
+                added = true;
+            }
+        }
+        if added {
+            self.barrier().await;
+        }
+        for subject in current.difference(&wanted) {
+            if let Some(stop) = self.subscriptions.remove(subject) {
+                let _ = stop.send(());
+                tracing::debug!(%subject, "NATS subscription removed");
+            }
+        }
+    }
+
+    /// Subscribes to `subject`; a task hands its messages to the receiver
+    /// until told to stop (through the returned sender), then unsubscribes
+    /// and drains what is left.
+    async fn subscribe_task(
+        &mut self,
+        subject: String,
+    ) -> Option<tokio::sync::oneshot::Sender<()>> {
+        let subscribed =
+            tokio::time::timeout(SEND_TIMEOUT, self.link.client.subscribe(subject.clone())).await;
+        let mut subscriber = match subscribed {
+            Ok(Ok(subscriber)) => subscriber,
+            Ok(Err(error)) => {
+                tracing::error!(%subject, %error, "cannot subscribe on NATS");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(%subject, "NATS subscribe timed out; retried at the next change");
+                return None;
+            }
+        };
+        let receiver: Arc<Receiver> = self.link.receiver.clone();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let receive = |message: async_nats::Message| {
+                receiver.receive(&message.subject, message.headers.as_ref(), &message.payload);
+            };
+            loop {
+                tokio::select! {
+                    message = subscriber.next() => match message {
+                        Some(message) => receive(message),
+                        None => return,
+                    },
+                    _ = &mut stopped => break,
+                }
+            }
+            let _ = subscriber.unsubscribe().await;
+            while let Some(message) = subscriber.next().await {
+                receive(message);
+            }
+        });
+        tracing::debug!(%subject, "NATS subscription added");
+        Some(stop)
+    }
+}

@@ -1,0 +1,647 @@
+//! JetStream ([`Delivery::JetStream`](super::Delivery::JetStream)): the
+//! service's stream, publishing with acknowledgements, and this process's
+//! consumer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::context::{GetStreamErrorKind, PublishError, PublishErrorKind};
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self as js, ErrorCode};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt as _;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::options::jittered;
+use super::{count_drop, wire, Link, News, Outgoing, Receiver, SEND_TIMEOUT};
+use crate::event::EventBus;
+
+/// How long the server waits for a publish's acknowledgement to come back.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts at an event the stream refuses with an error (not a lost
+/// acknowledgement) before it is dropped and counted.
+const MAX_REFUSALS: u32 = 10;
+/// How often an unusable stream is looked at again.
+const STREAM_RECHECK: Duration = Duration::from_secs(2);
+/// The consumer's idle heartbeat: two missed, and it is made again.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a pull request waits on the server.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// How long the server keeps a consumer nobody reads.
+const INACTIVE: Duration = Duration::from_secs(60);
+
+/// An event being sent.
+struct Item {
+    seq: u64,
+    subject: async_nats::Subject,
+    bytes: bytes::Bytes,
+    /// Times the stream refused it (not counting lost acknowledgements).
+    refusals: u32,
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = (Item, Result<PublishAck, PublishError>)> + Send>>;
+
+struct Js {
+    link: Link,
+    context: js::Context,
+    stream_name: String,
+    /// The stream, once checked (`None` again when it went missing).
+    stream_ok: bool,
+    /// Not sent yet (or to send again), by sequence number.
+    pending: BTreeMap<u64, Item>,
+    inflight: FuturesUnordered<AckFuture>,
+    /// When to try again after a failure (a lost acknowledgement, a
+    /// stream that cannot be used).
+    retry_at: Option<Instant>,
+    failures: u32,
+    /// The stream sequence this process's consumer reads next (0 before
+    /// the stream was first checked).
+    next_read: Arc<AtomicU64>,
+    consumer: Option<(tokio::task::JoinHandle<()>, watch::Sender<bool>)>,
+}
+
+pub(super) async fn run(link: Link) {
+    let context = js::ContextBuilder::new()
+        .timeout(ACK_TIMEOUT)
+        // Our own window bounds what is in flight: the client's never
+        // makes a publish wait or fail.
+        .max_ack_inflight(link.options.ack_window + 1)
+        .backpressure_on_inflight(true)
+        .build(link.client.clone());
+    let mut js = Js {
+        stream_name: link.options.stream_name(),
+        link,
+        context,
+        stream_ok: false,
+        pending: BTreeMap::new(),
+        inflight: FuturesUnordered::new(),
+        retry_at: None,
+        failures: 0,
+        next_read: Arc::new(AtomicU64::new(0)),
+        consumer: None,
+    };
+    loop {
+        let unconfirmed = js.pending.len() + js.inflight.len();
+        let room = unconfirmed < js.link.options.buffer;
+        let retry_at = js.retry_at;
+        let link = &mut js.link;
+        tokio::select! {
+            biased;
+            _ = link.stopped.changed() => break,
+            Some(event) = link.events.recv() => match link.on_client_event(event).await {
+                News::Connected => js.check_stream().await,
+                News::Disconnected | News::Other => {}
+            },
+            Some((item, result)) = js.inflight.next(), if !js.inflight.is_empty() => {
+                js.on_ack(item, result);
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                js.retry_at = None;
+                if !js.stream_ok {
+                    js.check_stream().await;
+                }
+            }
+            Some(first) = link.outgoing.recv(), if room => {
+                js.enqueue(first);
+                while js.pending.len() + js.inflight.len() < js.link.options.buffer {
+                    match js.link.outgoing.try_recv() {
+                        Ok(next) => js.enqueue(next),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        js.fill().await;
+    }
+    js.close().await;
+}
+
+impl Js {
+    fn enqueue(&mut self, outgoing: Outgoing) {
+        let (seq, subject, bytes) = self.link.wrap(&outgoing);
+        self.pending.insert(
+            seq,
+            Item {
+                seq,
+                subject,
+                bytes,
+                refusals: 0,
+            },
+        );
+        self.update_buffered();
+    }
+
+    fn update_buffered(&self) {
+        self.link
+            .shared
+            .update_buffered(self.pending.len() + self.inflight.len());
+    }
+
+    /// Tries again later, waiting longer after each failure in a row.
+    fn back_off(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let base = Duration::from_millis(50)
+            .saturating_mul(1 << self.failures.min(5))
+            .min(Duration::from_secs(1));
+        self.retry_at = Some(Instant::now() + jittered(base));
+    }
+
+    /// Publishes what waits, oldest first, up to the window.
+    async fn fill(&mut self) {
+        if !self.stream_ok || self.retry_at.is_some() || !self.link.is_connected() {
+            return;
+        }
+        let window = self.link.options.ack_window;
+        while self.inflight.len() < window {
+            let Some((_, item)) = self.pending.pop_first() else {
+                break;
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                wire::message_id(self.link.origin, item.seq).as_str(),
+            );
+            let published = tokio::time::timeout(
+                SEND_TIMEOUT,
+                self.context.publish_with_headers(
+                    item.subject.clone(),
+                    headers,
+                    item.bytes.clone(),
+                ),
+            )
+            .await;
+            match published {
+                Ok(Ok(ack)) => self.inflight.push(Box::pin(async move {
+                    let result = ack.await;
+                    (item, result)
+                })),
+                Ok(Err(error)) if error.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    self.link
+                        .shared
+                        .stats
+                        .oversize
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(seq = item.seq, %error, "event not sent over NATS");
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "JetStream publish failed; kept for a resend");
+                    self.pending.insert(item.seq, item);
+                    self.back_off();
+                    break;
+                }
+                Err(_) => {
+                    tracing::debug!("JetStream publish timed out; kept for a resend");
+                    self.pending.insert(item.seq, item);
+                    self.back_off();
+                    break;
+                }
+            }
+        }
+        self.update_buffered();
+    }
+
+    fn on_ack(&mut self, mut item: Item, result: Result<PublishAck, PublishError>) {
+        let stats = &self.link.shared.stats;
+        match result {
+            Ok(ack) => {
+                self.failures = 0;
+                stats.sent.fetch_add(1, Ordering::Relaxed);
+                if ack.duplicate {
+                    stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(error) => match error.kind() {
+                PublishErrorKind::MaxPayloadExceeded => {
+                    stats.oversize.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(seq = item.seq, %error, "event not sent over NATS");
+                }
+                PublishErrorKind::Other
+                | PublishErrorKind::WrongLastMessageId
+                | PublishErrorKind::WrongLastSequence => {
+                    // The stream answered, with an error: a few more tries
+                    // (a cluster electing a leader answers so), then drop.
+                    item.refusals += 1;
+                    if item.refusals >= MAX_REFUSALS {
+                        tracing::error!(seq = item.seq, %error, "the JetStream stream keeps refusing an event; dropped");
+                        count_drop(&stats.dropped, "stream refused", item.subject.as_str());
+                    } else {
+                        tracing::debug!(seq = item.seq, %error, "the JetStream stream refused an event; sent again");
+                        stats.resent.fetch_add(1, Ordering::Relaxed);
+                        self.pending.insert(item.seq, item);
+                        self.back_off();
+                    }
+                }
+                PublishErrorKind::StreamNotFound
+                | PublishErrorKind::TimedOut
+                | PublishErrorKind::BrokenPipe
+                | PublishErrorKind::MaxAckPending => {
+                    // Lost on the way (or no server has the stream now):
+                    // sent again; the server drops a copy by its id.
+                    tracing::debug!(seq = item.seq, %error, "no JetStream acknowledgement; sent again");
+                    stats.resent.fetch_add(1, Ordering::Relaxed);
+                    self.pending.insert(item.seq, item);
+                    self.back_off();
+                }
+            },
+        }
+        self.update_buffered();
+    }
+
+    /// The stream as the options describe it.
+    fn wanted_stream(&self) -> stream::Config {
+        let options = &self.link.options;
+        stream::Config {
+            name: self.stream_name.clone(),
+            subjects: vec![format!("{}.>", options.subject_prefix)],
+            max_age: options.stream.max_age,
+            max_bytes: options.stream.max_bytes,
+            num_replicas: options.stream.replicas,
+            duplicate_window: options.stream.duplicate_window,
+            storage: if options.stream.memory {
+                StorageType::Memory
+            } else {
+                StorageType::File
+            },
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            description: Some("serve-common events".to_owned()),
+            ..Default::default()
+        }
+    }
+
+    /// Finds (or makes) the stream and checks it is the configured one;
+    /// then starts the consumer and says the link is ready. On a failure:
+    /// logged, on the health check, tried again shortly.
+    async fn check_stream(&mut self) {
+        match self.find_stream().await {
+            Ok(last_sequence) => {
+                *self.link.shared.stream_error.lock() = None;
+                self.stream_ok = true;
+                // A process reads what is written after it first
+                // connected; after that, from where it left off.
+                let _ = self.next_read.compare_exchange(
+                    0,
+                    last_sequence + 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                self.start_consumer();
+                self.link.announce_ready();
+            }
+            Err(error) => {
+                self.stream_ok = false;
+                *self.link.shared.stream_error.lock() = Some(error.clone());
+                self.link.report_error(format!(
+                    "the JetStream stream {:?} cannot be used: {error}",
+                    self.stream_name
+                ));
+                self.retry_at = Some(Instant::now() + jittered(STREAM_RECHECK));
+            }
+        }
+    }
+
+    /// The stream's last sequence number, once it is there and right.
+    async fn find_stream(&self) -> Result<u64, String> {
+        let wanted = self.wanted_stream();
+        let found = self.context.get_stream(&self.stream_name).await;
+        let info = match found {
+            Ok(stream) => stream.cached_info().clone(),
+            Err(error) => match error.kind() {
+                GetStreamErrorKind::JetStream(js_error)
+                    if js_error.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    let created = self
+                        .context
+                        .create_stream(wanted.clone())
+                        .await
+                        .map_err(|e| format!("cannot create it: {e}"))?;
+                    tracing::info!(stream = %self.stream_name, subjects = ?wanted.subjects, replicas = wanted.num_replicas, "JetStream stream created");
+                    created.cached_info().clone()
+                }
+                GetStreamErrorKind::JetStream(js_error) => {
+                    return Err(js_error.to_string());
+                }
+                _ => {
+                    return Err(format!(
+                        "no answer from JetStream ({error}); is the server started with JetStream (`-js`)? With a server without it, set events.nats.delivery = \"at-most-once\""
+                    ));
+                }
+            },
+        };
+        let differences = stream_differences(&wanted, &info.config);
+        if !differences.is_empty() {
+            return Err(format!(
+                "it exists with other settings ({}); change the config, or the stream by hand (`nats stream edit`), serve-common does not reconfigure it",
+                differences.join("; ")
+            ));
+        }
+        Ok(info.state.last_sequence)
+    }
+
+    fn start_consumer(&mut self) {
+        if self
+            .consumer
+            .as_ref()
+            .is_some_and(|(task, _)| !task.is_finished())
+        {
+            return;
+        }
+        let (stop, stopped) = watch::channel(false);
+        let reader = Reader {
+            context: self.context.clone(),
+            stream_name: self.stream_name.clone(),
+            prefix: self.link.options.subject_prefix.clone(),
+            bus: self.link.bus.clone(),
+            receiver: self.link.receiver.clone(),
+            next_read: self.next_read.clone(),
+            interest: self.link.interest.clone(),
+            stopped,
+        };
+        self.consumer = Some((tokio::spawn(reader.run()), stop));
+    }
+
+    /// Sends what waits, for up to two seconds, and stops the consumer.
+    async fn close(&mut self) {
+        while let Ok(next) = self.link.outgoing.try_recv() {
+            self.enqueue(next);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while (!self.pending.is_empty() || !self.inflight.is_empty())
+            && self.stream_ok
+            && Instant::now() < deadline
+        {
+            self.retry_at = None;
+            self.fill().await;
+            match tokio::time::timeout_at(deadline, self.inflight.next()).await {
+                Ok(Some((item, result))) => self.on_ack(item, result),
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
+        let unsent = self.pending.len() + self.inflight.len();
+        if unsent > 0 {
+            tracing::warn!(
+                unsent,
+                "NATS link closed with events the stream has not acknowledged"
+            );
+        }
+        if let Some((task, stop)) = self.consumer.take() {
+            let _ = stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
+    }
+}
+
+/// What differs between the stream we want and the one the server has.
+fn stream_differences(wanted: &stream::Config, found: &stream::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let wanted_subjects: BTreeSet<&String> = wanted.subjects.iter().collect();
+    let found_subjects: BTreeSet<&String> = found.subjects.iter().collect();
+    if wanted_subjects != found_subjects {
+        out.push(format!(
+            "subjects {:?}, configured {:?}",
+            found.subjects, wanted.subjects
+        ));
+    }
+    let seconds = |d: Duration| d.as_secs_f64();
+    if found.max_age != wanted.max_age {
+        out.push(format!(
+            "max_age {} s, configured {} s",
+            seconds(found.max_age),
+            seconds(wanted.max_age)
+        ));
+    }
+    if found.max_bytes != wanted.max_bytes {
+        out.push(format!(
+            "max_bytes {}, configured {}",
+            found.max_bytes, wanted.max_bytes
+        ));
+    }
+    if found.num_replicas.max(1) != wanted.num_replicas {
+        out.push(format!(
+            "replicas {}, configured {}",
+            found.num_replicas, wanted.num_replicas
+        ));
+    }
+    if found.duplicate_window != wanted.duplicate_window {
+        out.push(format!(
+            "duplicate_window {} s, configured {} s",
+            seconds(found.duplicate_window),
+            seconds(wanted.duplicate_window)
+        ));
+    }
+    if found.storage != wanted.storage {
+        out.push(format!(
+            "storage {:?}, configured {:?}",
+            found.storage, wanted.storage
+        ));
+    }
+    if found.retention != wanted.retention {
+        out.push(format!(
+            "retention {:?}, serve-common needs {:?}",
+            found.retention, wanted.retention
+        ));
+    }
+    out
+}
+
+/// This process's consumer: reads the stream from `next_read` on, hands
+/// each event to the bus once, and is made again (from where it left off)
+/// after any fault or when the registrations need another filter.
+struct Reader {
+    context: js::Context,
+    stream_name: String,
+    prefix: String,
+    bus: EventBus,
+    receiver: Arc<Receiver>,
+    next_read: Arc<AtomicU64>,
+    interest: watch::Receiver<()>,
+    stopped: watch::Receiver<bool>,
+}
+
+/// Why a consumer was left.
+enum Leave {
+    Stop,
+    Again,
+}
+
+impl Reader {
+    /// The consumer's filter: the one subject that covers what the
+    /// registrations can match, else the whole prefix (servers before
+    /// 2.10 take one filter; the bus matches each event anyway).
+    fn filter(&self) -> String {
+        let mut interest = self.bus.interest();
+        for name in [crate::config::SET_EVENT, crate::config::SYNC_EVENT] {
+            interest.exact.push(name.into());
+        }
+        let wanted = super::subjects(&self.prefix, &interest);
+        match (wanted.len(), wanted.first()) {
+            (1, Some(only)) => only.clone(),
+            _ => format!("{}.>", self.prefix),
+        }
+    }
+
+    async fn run(mut self) {
+        let mut failures = 0_u32;
+        loop {
+            if *self.stopped.borrow() {
+                return;
+            }
+            let filter = self.filter();
+            let start = self.next_read.load(Ordering::Acquire).max(1);
+            let made = self.make(&filter, start).await;
+            let (name, left) = match made {
+                Ok((name, messages)) => {
+                    let (left, read) = self.read(messages, &filter).await;
+                    if read {
+                        failures = 0;
+                    }
+                    (Some(name), left)
+                }
+                Err(error) => {
+                    if failures == 0 {
+                        tracing::warn!(stream = %self.stream_name, %error, "cannot make this process's JetStream consumer; trying again");
+                    } else {
+                        tracing::debug!(%error, "JetStream consumer not made");
+                    }
+                    (None, Leave::Again)
+                }
+            };
+            if let Some(name) = name {
+                // The server forgets an unread consumer anyway (after
+                // `INACTIVE`): no waiting on this.
+                let context = self.context.clone();
+                let stream = self.stream_name.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        context.delete_consumer_from_stream(&name, &stream),
+                    )
+                    .await;
+                });
+            }
+            if matches!(left, Leave::Stop) {
+                return;
+            }
+            failures = failures.saturating_add(1);
+            let wait = Duration::from_millis(20)
+                .saturating_mul(1 << failures.min(6))
+                .min(Duration::from_secs(1));
+            tokio::select! {
+                _ = self.stopped.changed() => return,
+                _ = tokio::time::sleep(jittered(wait)) => {}
+            }
+        }
+    }
+
+    async fn make(&self, filter: &str, start: u64) -> Result<(String, pull::Stream), String> {
+        let config = pull::Config {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ack_policy: AckPolicy::None,
+            filter_subject: filter.to_owned(),
+            inactive_threshold: INACTIVE,
+            memory_storage: true,
+            num_replicas: 1,
+            description: Some(format!("serve-common pid {}", std::process::id())),
+            ..Default::default()
+        };
+        let consumer: consumer::Consumer<pull::Config> = self
+            .context
+            .create_consumer_on_stream(config, &self.stream_name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = consumer.cached_info().name.clone();
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(1_000)
+            .heartbeat(HEARTBEAT)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::debug!(consumer = %name, start, %filter, "JetStream consumer made");
+        Ok((name, messages))
+    }
+
+    /// Reads until the consumer must be made again; whether it read any.
+    async fn read(&mut self, mut messages: pull::Stream, filter: &str) -> (Leave, bool) {
+        let mut delivered = 0_u64;
+        let mut read = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.stopped.changed() => return (Leave::Stop, read),
+                Ok(()) = self.interest.changed() => {
+                    if self.filter() != filter {
+                        return (Leave::Again, read);
+                    }
+                }
+                message = messages.next() => match message {
+                    Some(Ok(message)) => {
+                        let Ok(info) = message.info() else {
+                            self.receiver.refuse(&message.subject, "a JetStream message without its metadata");
+                            continue;
+                        };
+                        let (stream_seq, consumer_seq, pending) =
+                            (info.stream_sequence, info.consumer_sequence, info.pending);
+                        if consumer_seq != delivered + 1 {
+                            // The server skipped some for us: start again
+                            // from the last one handled.
+                            tracing::debug!(consumer_seq, delivered, "JetStream consumer out of step; made again");
+                            return (Leave::Again, read);
+                        }
+                        delivered = consumer_seq;
+                        read = true;
+                        let next = self.next_read.load(Ordering::Acquire);
+                        if stream_seq < next {
+                            continue;
+                        }
+                        self.next_read.store(stream_seq.saturating_add(1), Ordering::Release);
+                        self.receiver.shared.lag.store(pending, Ordering::Relaxed);
+                        self.receiver.receive(&message.subject, message.headers.as_ref(), &message.payload);
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "JetStream consumer interrupted; made again");
+                        return (Leave::Again, read);
+                    }
+                    None => return (Leave::Again, read),
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differing_streams_are_named_field_by_field() {
+        let wanted = stream::Config {
+            name: "s".into(),
+            subjects: vec!["p.>".into()],
+            max_age: Duration::from_secs(60),
+            num_replicas: 1,
+            ..Default::default()
+        };
+        assert!(stream_differences(&wanted, &wanted).is_empty());
+        let found = stream::Config {
+            max_age: Duration::from_secs(30),
+            subjects: vec!["q.>".into()],
+            ..wanted.clone()
+        };
+        let differences = stream_differences(&wanted, &found);
+        assert_eq!(differences.len(), 2, "{differences:?}");
+        assert!(differences[0].contains("subjects"));
+        assert!(differences[1].contains("max_age 30 s, configured 60 s"));
+    }
+}
