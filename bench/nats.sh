@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Events over NATS vs bare async-nats on the same nats-server, same run.
-# Metrics: see serve-common/benches/nats.rs.
+# Events over NATS (JetStream and at most once) vs bare async-nats on the
+# same nats-server, same run, alternating. Metrics: see
+# serve-common/benches/nats.rs.
 source "$(dirname "$0")/lib.sh"
 if ! command -v nats-server >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -11,4 +12,4 @@ fi
 echo "+ cargo bench -q -p serve-common --features nats --bench nats --no-run"
 cargo bench -q -p serve-common --features nats --bench nats --no-run
 echo "+ cargo bench -q -p serve-common --features nats --bench nats"
-cargo bench -q -p serve-common --features nats --bench nats 2>/dev/null | grep -E '^[a-z_0-9]+: .* baseline: .* ratio: '
+cargo bench -q -p serve-common --features nats --bench nats 2>/dev/null | grep -E '^([a-z_0-9]+: .* baseline: .* ratio: |# )'

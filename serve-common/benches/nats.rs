@@ -1,14 +1,27 @@
-//! Events over NATS against bare async-nats, on one `nats-server` started
-//! here (from PATH). "Host A" and "host B" are two event buses, each with
-//! its own NATS connection (what two processes would have), in this
-//! process so one clock times both ends.
+//! Events over NATS against bare async-nats, on `nats-server` processes
+//! started here (from PATH). "Host A" and "host B" are two event buses,
+//! each with its own NATS connection (what two processes would have), in
+//! this process so one clock times both ends. Ours and the baseline
+//! alternate (`NATS_BENCH_ROUNDS`, default 4; each pair runs in both
+//! orders) and the medians are printed.
 //!
-//! - `nats_event_us`: median time from `notify` on A until B's handler
-//!   ran; baseline: a bare publish/subscribe round trip (A publishes, B's
-//!   subscriber answers, A receives) halved.
-//! - `nats_events_per_s`: events per second from A's `notify` to B's
-//!   handler; baseline: bare async-nats publish of the same payloads to a
-//!   subscriber on another connection.
+//! JetStream (`delivery = "jetstream"`):
+//! - `nats_js_events_per_s`: events per second from A's `notify` until
+//!   B's handler ran for all; baseline: bare async-nats JetStream, publish
+//!   with acknowledgements awaited in a window of the same size
+//!   ([`DEFAULT_ACK_WINDOW`]), one pull consumer on another connection
+//!   reading the same kind of stream.
+//! - `nats_js_event_us`: median time from `notify` on A until B's handler
+//!   ran; baseline: bare JetStream publish until the consumer has it.
+//! - `nats_js_restart_loss`: events B never got when the server is killed
+//!   (`SIGKILL`) and restarted while A sends 20,000 (report only).
+//!
+//! At most once (`delivery = "at-most-once"`):
+//! - `nats_event_us`: as `nats_js_event_us`; baseline: a bare
+//!   publish/subscribe round trip (A publishes, B's subscriber answers, A
+//!   receives) halved.
+//! - `nats_events_per_s`: baseline: bare async-nats publish of the same
+//!   payloads to a subscriber on another connection.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -17,11 +30,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use serve_common::event::nats::{NatsOptions, CONNECTED_EVENT};
+use serve_common::event::nats::{Delivery, NatsOptions, CONNECTED_EVENT, DEFAULT_ACK_WINDOW};
 use serve_common::event::EventBus;
 
-const ROUND_TRIPS: usize = 3_000;
-const THROUGHPUT_EVENTS: u64 = 200_000;
+const ROUND_TRIPS: usize = 2_000;
+const THROUGHPUT_EVENTS: u64 = 100_000;
+const RESTART_EVENTS: u64 = 20_000;
 const PAYLOAD: u64 = 42;
 
 fn free_port() -> u16 {
@@ -32,18 +46,55 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Server(Child);
+struct Server {
+    child: Child,
+    args: Vec<String>,
+    _store: tempfile::TempDir,
+}
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl Server {
+    fn start(port: u16) -> Self {
+        let store = tempfile::tempdir().unwrap();
+        let args: Vec<String> = [
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-js",
+            "-sd",
+            store.path().to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        println!("# + nats-server {}", args.join(" "));
+        Self {
+            child: spawn(&args),
+            args,
+            _store: store,
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(&self.args);
     }
 }
 
-fn start_server(port: u16) -> Server {
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(args: &[String]) -> Child {
     let mut child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -56,7 +107,7 @@ fn start_server(port: u16) -> Server {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    Server(child)
+    child
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -71,32 +122,37 @@ fn line(metric: &str, value: f64, baseline: f64) {
     );
 }
 
-/// A bus linked to NATS, connected.
-fn linked_bus(url: &str) -> (EventBus, serve_common::event::NatsEvents) {
+/// A bus linked to NATS, carrying events.
+fn linked_bus(url: &str, delivery: Delivery) -> (EventBus, serve_common::event::NatsEvents) {
     let bus = EventBus::new();
     let connected = bus.wait_for(CONNECTED_EVENT).unwrap();
     let mut options = NatsOptions::new(url);
-    options.subject_prefix = "bench".into();
+    options.subject_prefix = match delivery {
+        Delivery::JetStream => "bench.js".into(),
+        Delivery::AtMostOnce => "bench.amo".into(),
+    };
+    options.delivery = delivery;
     options.buffer = 1 << 20;
     let link = bus.enable_nats(options).unwrap();
     connected.wait(Duration::from_secs(30)).unwrap();
     (bus, link)
 }
 
-/// Our latency and throughput.
-fn ours(url: &str) -> (f64, f64) {
-    let (a, _link_a) = linked_bus(url);
-    let (b, _link_b) = linked_bus(url);
+/// B counts the `bench.ping` events it handles.
+fn counting(b: &EventBus) -> (Arc<AtomicU64>, serve_common::event::Registration) {
     let count = Arc::new(AtomicU64::new(0));
     let seen = count.clone();
-    let _registration = b
+    let registration = b
         .on("bench.ping")
         .call_data(move |_: &u64| {
             seen.fetch_add(1, Ordering::Release);
         })
         .unwrap();
-    // B's subscription reaches the server before the first ping: wait for
-    // one to arrive.
+    (count, registration)
+}
+
+/// Notifies until B has one: B's subscription (or consumer) is in place.
+fn until_heard(a: &EventBus, count: &AtomicU64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while count.load(Ordering::Acquire) == 0 {
         a.notify("bench.ping", PAYLOAD);
@@ -106,8 +162,31 @@ fn ours(url: &str) -> (f64, f64) {
         }
         assert!(Instant::now() < deadline, "B never heard A");
     }
-    let flushed = count.load(Ordering::Acquire);
-    let _ = flushed;
+}
+
+/// Waits until `count` reaches `target`: how long since `started`.
+fn until_count(count: &AtomicU64, target: u64, started: Instant) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while count.load(Ordering::Acquire) < target {
+        // Not a spin: the cores are the links' and the server's.
+        std::thread::sleep(Duration::from_micros(200));
+        assert!(
+            Instant::now() < deadline,
+            "B got {} of {target}",
+            count.load(Ordering::Acquire)
+        );
+    }
+    started.elapsed().as_secs_f64()
+}
+
+/// Our latency (µs) and throughput (events/s).
+fn ours(url: &str, delivery: Delivery) -> (f64, f64) {
+    let (a, _link_a) = linked_bus(url, delivery);
+    let (b, _link_b) = linked_bus(url, delivery);
+    let (count, _registration) = counting(&b);
+    until_heard(&a, &count);
+    // What arrived late from the warm-up.
+    std::thread::sleep(Duration::from_millis(200));
 
     let mut latencies = Vec::with_capacity(ROUND_TRIPS);
     for _ in 0..ROUND_TRIPS {
@@ -125,40 +204,38 @@ fn ours(url: &str) -> (f64, f64) {
     for _ in 0..THROUGHPUT_EVENTS {
         a.notify("bench.ping", PAYLOAD);
     }
-    let target = start_count + THROUGHPUT_EVENTS;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while count.load(Ordering::Acquire) < target {
-        // Not a spin: the cores are the link's and the server's.
-        std::thread::sleep(Duration::from_micros(200));
-        assert!(
-            Instant::now() < deadline,
-            "B got {} of {THROUGHPUT_EVENTS}",
-            count.load(Ordering::Acquire) - start_count
-        );
-    }
-    let rate = THROUGHPUT_EVENTS as f64 / started.elapsed().as_secs_f64();
-    (median(latencies), rate)
+    let seconds = until_count(&count, start_count + THROUGHPUT_EVENTS, started);
+    (median(latencies), THROUGHPUT_EVENTS as f64 / seconds)
 }
 
-/// Bare async-nats: round trip halved, and publish throughput.
-fn bare(url: &str) -> (f64, f64) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// The payload our events carry: a CBOR u64 in a CBOR envelope of about
+/// the same size.
+fn bare_payload() -> bytes::Bytes {
+    bytes::Bytes::from(vec![7u8; 40])
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
-    runtime.block_on(async {
-        let connect = || {
-            async_nats::ConnectOptions::new()
-                .subscription_capacity(1 << 20)
-                .connect(url)
-        };
-        let a = connect().await.unwrap();
-        let b = connect().await.unwrap();
-        // The payload our events carry: a CBOR u64 in a CBOR envelope of
-        // about the same size.
-        let payload = bytes::Bytes::from(vec![7u8; 40]);
+        .unwrap()
+}
 
+async fn bare_connect(url: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .subscription_capacity(1 << 20)
+        .connect(url)
+        .await
+        .unwrap()
+}
+
+/// Bare core NATS: round trip halved, and publish throughput.
+fn bare_core(url: &str) -> (f64, f64) {
+    runtime().block_on(async {
+        let a = bare_connect(url).await;
+        let b = bare_connect(url).await;
+        let payload = bare_payload();
         let mut pings = b.subscribe("bare.ping").await.unwrap();
         let replier = b.clone();
         tokio::spawn(async move {
@@ -200,15 +277,211 @@ fn bare(url: &str) -> (f64, f64) {
     })
 }
 
+/// Bare JetStream: publish-to-consumer latency, and throughput with
+/// acknowledgements awaited in a window of [`DEFAULT_ACK_WINDOW`].
+fn bare_jetstream(url: &str, round: usize) -> (f64, f64) {
+    use async_nats::jetstream::{self, consumer, stream};
+    runtime().block_on(async {
+        let a = bare_connect(url).await;
+        let b = bare_connect(url).await;
+        let js_a = jetstream::ContextBuilder::new()
+            .max_ack_inflight(DEFAULT_ACK_WINDOW + 1)
+            .backpressure_on_inflight(true)
+            .build(a);
+        let js_b = jetstream::new(b);
+        let name = format!("BARE{round}");
+        let subject = format!("bare{round}.ping");
+        let stream = js_a
+            .get_or_create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("bare{round}.>")],
+                max_bytes: 1 << 30,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let _ = stream;
+        let reader = js_b.get_stream(&name).await.unwrap();
+        let consumer = reader
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::New,
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(60),
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(1_000)
+            .heartbeat(Duration::from_secs(1))
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .unwrap();
+        let count = Arc::new(AtomicU64::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(_message)) = messages.next().await {
+                seen.fetch_add(1, Ordering::Release);
+            }
+        });
+        let payload = bare_payload();
+        // Warm-up: the consumer has one.
+        js_a.publish(subject.clone(), payload.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        while count.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let mut latencies = Vec::with_capacity(ROUND_TRIPS);
+        for n in 0..ROUND_TRIPS {
+            let before = count.load(Ordering::Acquire);
+            let started = Instant::now();
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("w{n}").as_str(),
+            );
+            let ack = js_a
+                .publish_with_headers(subject.clone(), headers, payload.clone())
+                .await
+                .unwrap();
+            while count.load(Ordering::Acquire) == before {
+                tokio::task::yield_now().await;
+            }
+            latencies.push(started.elapsed().as_secs_f64() * 1e6);
+            ack.await.unwrap();
+        }
+
+        let start_count = count.load(Ordering::Acquire);
+        let started = Instant::now();
+        let mut inflight = futures_util::stream::FuturesUnordered::new();
+        for n in 0..THROUGHPUT_EVENTS {
+            if inflight.len() >= DEFAULT_ACK_WINDOW {
+                let acked: Result<_, _> = inflight.next().await.unwrap();
+                acked.unwrap();
+            }
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("t{n}").as_str(),
+            );
+            let ack = js_a
+                .publish_with_headers(subject.clone(), headers, payload.clone())
+                .await
+                .unwrap();
+            inflight.push(std::future::IntoFuture::into_future(ack));
+        }
+        while let Some(acked) = inflight.next().await {
+            let _: async_nats::jetstream::publish::PublishAck = acked.unwrap();
+        }
+        while count.load(Ordering::Acquire) < start_count + THROUGHPUT_EVENTS {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let rate = THROUGHPUT_EVENTS as f64 / started.elapsed().as_secs_f64();
+        (median(latencies), rate)
+    })
+}
+
+/// Events B never got when the server is killed and restarted while A
+/// sends [`RESTART_EVENTS`].
+fn restart_loss(server: &mut Server, url: &str) -> u64 {
+    let (a, link_a) = linked_bus(url, Delivery::JetStream);
+    let (b, _link_b) = linked_bus(url, Delivery::JetStream);
+    let seen = Arc::new(parking_lot::Mutex::new(std::collections::HashSet::new()));
+    let record = seen.clone();
+    let _registration = b
+        .on("bench.restart")
+        .call_data(move |n: &u64| {
+            record.lock().insert(*n);
+        })
+        .unwrap();
+    // B's consumer is in place once it hears one.
+    a.notify("bench.restart", u64::MAX);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.lock().is_empty() {
+        assert!(Instant::now() < deadline, "B never heard A");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for n in 0..RESTART_EVENTS {
+        a.notify("bench.restart", n);
+    }
+    // Mid-stream: the link has some and is sending.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while link_a.buffered() == 0 && Instant::now() < deadline {
+        std::hint::spin_loop();
+    }
+    let unconfirmed = link_a.buffered();
+    server.kill();
+    server.restart();
+    println!("# restart: {unconfirmed} events unconfirmed when the server was killed");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = seen.lock().len() as u64 - 1;
+        if got >= RESTART_EVENTS || Instant::now() > deadline {
+            return RESTART_EVENTS - got.min(RESTART_EVENTS);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    let rounds: usize = std::env::var("NATS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(4);
     let port = free_port();
-    let _server = start_server(port);
+    let mut server = Server::start(port);
     let url = format!("nats://127.0.0.1:{port}");
-    let (bare_latency, bare_rate) = bare(&url);
-    let (latency, rate) = ours(&url);
-    line("nats_event_us", latency, bare_latency);
-    line("nats_events_per_s", rate, bare_rate);
+    let mut figures: [Vec<f64>; 8] = Default::default();
+    for round in 0..rounds {
+        // Each pair runs in one order, then the other: what one leaves
+        // the server doing (a stream's writes) weighs on both alike.
+        let ((js_latency, js_rate), (bare_js_latency, bare_js_rate)) = if round % 2 == 0 {
+            let ours = ours(&url, Delivery::JetStream);
+            (ours, bare_jetstream(&url, round))
+        } else {
+            let bare = bare_jetstream(&url, round);
+            (ours(&url, Delivery::JetStream), bare)
+        };
+        let ((latency, rate), (bare_latency, bare_rate)) = if round % 2 == 1 {
+            let ours = ours(&url, Delivery::AtMostOnce);
+            (ours, bare_core(&url))
+        } else {
+            let bare = bare_core(&url);
+            (ours(&url, Delivery::AtMostOnce), bare)
+        };
+        println!(
+            "# round {round}: js {js_latency:.1} us {js_rate:.0}/s, bare js {bare_js_latency:.1} us {bare_js_rate:.0}/s; at most once {latency:.1} us {rate:.0}/s, bare {bare_latency:.1} us {bare_rate:.0}/s"
+        );
+        for (i, value) in [
+            js_rate,
+            bare_js_rate,
+            js_latency,
+            bare_js_latency,
+            latency,
+            bare_latency,
+            rate,
+            bare_rate,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            figures[i].push(value);
+        }
+    }
+    let m = |i: usize| median(figures[i].clone());
+    line("nats_js_events_per_s", m(0), m(1));
+    line("nats_js_event_us", m(2), m(3));
+    line("nats_event_us", m(4), m(5));
+    line("nats_events_per_s", m(6), m(7));
+    let loss = restart_loss(&mut server, &url);
+    println!("nats_js_restart_loss: {loss} baseline: - ratio: -");
 }

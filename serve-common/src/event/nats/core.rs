@@ -114,37 +114,46 @@ impl Core {
         while self.sent < self.pending.len() {
             let upto = (self.sent + BATCH).min(self.pending.len());
             let mut index = self.sent;
-            while index < upto.min(self.pending.len()) {
-                let item = &self.pending[index];
-                let published = tokio::time::timeout(
-                    SEND_TIMEOUT,
-                    client.publish(item.subject.clone(), item.bytes.clone()),
-                )
-                .await;
-                match published {
-                    Ok(Ok(())) => index += 1,
-                    Ok(Err(error))
-                        if matches!(
-                            error.kind(),
-                            async_nats::client::PublishErrorKind::MaxPayloadExceeded
-                                | async_nats::client::PublishErrorKind::InvalidSubject
-                        ) =>
+            let pending = &mut self.pending;
+            // One deadline for the batch (a timer per event costs more
+            // than the publish).
+            let published = tokio::time::timeout(SEND_TIMEOUT, async {
+                while index < upto.min(pending.len()) {
+                    let item = &pending[index];
+                    match client
+                        .publish(item.subject.clone(), item.bytes.clone())
+                        .await
                     {
-                        // Never sendable: drop it, or it would block the rest.
-                        shared.stats.oversize.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(seq = item.seq, %error, "event not sent over NATS");
-                        self.pending.remove(index);
+                        Ok(()) => index += 1,
+                        Err(error)
+                            if matches!(
+                                error.kind(),
+                                async_nats::client::PublishErrorKind::MaxPayloadExceeded
+                                    | async_nats::client::PublishErrorKind::InvalidSubject
+                            ) =>
+                        {
+                            // Never sendable: drop it, or it would block the rest.
+                            shared.stats.oversize.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(seq = item.seq, %error, "event not sent over NATS");
+                            pending.remove(index);
+                        }
+                        Err(error) => return Err(error),
                     }
-                    Ok(Err(error)) => {
-                        tracing::debug!(%error, "NATS publish failed; kept for a resend");
-                        self.sent = index;
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!("NATS publish timed out; kept for a resend");
-                        self.sent = index;
-                        return;
-                    }
+                }
+                Ok(())
+            })
+            .await;
+            match published {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "NATS publish failed; kept for a resend");
+                    self.sent = index;
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("NATS publish timed out; kept for a resend");
+                    self.sent = index;
+                    return;
                 }
             }
             self.sent = index;

