@@ -66,6 +66,8 @@ pub struct OnEventHandler {
     pub ack: AckDef,
     /// Runs in a supervisor process too.
     pub supervisor: bool,
+    /// Runs in one process of the service per event.
+    pub one_per_service: bool,
     /// `module::path::fn_name`, for logs.
     pub name: &'static str,
     /// `module_path!()`, for ordering.

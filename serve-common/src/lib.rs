@@ -74,10 +74,17 @@ pub use outcome::HandlerOutcome;
 ///
 /// // Options: `once` (run for the first matching event only),
 /// // `ack` / `ack = "name"` (notify `completed:<event>` or `name` after it
-/// // ran) and `supervisor` (run in the supervisor process too).
+/// // ran), `supervisor` (run in the supervisor process too) and
+/// // `one_per_service` (run in one process of the service per event).
 /// #[on_event("re:shutdown|stop", once, ack)]
 /// fn on_stop() -> Result<(), String> {
 ///     Ok(())
+/// }
+///
+/// // A work queue: each job runs in one process, whichever it is.
+/// #[on_event("job.submitted", one_per_service)]
+/// fn run_job(job: &Job) {
+///     tracing::info!(id = job.id, "running the job");
 /// }
 /// ```
 ///
@@ -92,7 +99,9 @@ pub use outcome::HandlerOutcome;
 /// It runs in every process of the service that handles requests: with
 /// `server.processes = N`, once in each of the N workers and not in their
 /// supervisor, unless it says `supervisor`. See [which processes run
-/// handlers](event#which-processes-run-handlers).
+/// handlers](event#which-processes-run-handlers). With `one_per_service`
+/// it runs in one of them per event (see [one per
+/// service](event#one-per-service)).
 ///
 /// Handlers are collected with `inventory` and registered on the global bus
 /// ([`event::bus`]) when it is first used. A crate that only contains

@@ -262,7 +262,7 @@ impl Host {
             command.env("SERVCOM_IPC_ADDR", &group.ipc);
         }
         let mut proc = Proc::spawn(&mut command, true);
-        let line = proc.expect(if args.contains(&"--no-wait") {
+        let line = proc.expect(if args.contains(&"--no-wait") || args.contains(&"--ipc") {
             "started "
         } else {
             "ready "
@@ -314,6 +314,15 @@ impl Host {
     /// Notifies `count` `bulk.<name>` events as fast as it can.
     fn flood(&mut self, name: &str, count: u64) {
         self.send(&format!("flood bulk.{name} {count}"));
+    }
+
+    /// The `job.*` payloads this process handled (one-per-service).
+    fn jobs(&self) -> Vec<String> {
+        std::fs::read_to_string(self._dir.path().join("jobs.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Waits for `count` events from each of `senders`: (missing, dups,
@@ -1064,4 +1073,189 @@ fn an_oversize_event_is_an_error_to_the_notifier() {
     host.send("try app.small 10");
     host.proc.expect("tried ok");
     host.quit();
+}
+
+/// The `job.*` payloads handled across `hosts` (and the logs of hosts
+/// already killed, in `killed`), waiting until `count` distinct ones from
+/// `sender` are there: (missing, duplicates, per-process counts).
+fn jobs_handled(
+    hosts: &[&Host],
+    killed: &[Vec<String>],
+    sender: u32,
+    count: u64,
+) -> (u64, u64, Vec<usize>) {
+    jobs_handled_but(hosts, killed, sender, count, 0)
+}
+
+/// [`jobs_handled`], done once at most `allowed` are missing.
+fn jobs_handled_but(
+    hosts: &[&Host],
+    killed: &[Vec<String>],
+    sender: u32,
+    count: u64,
+    allowed: u64,
+) -> (u64, u64, Vec<usize>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut all: Vec<Vec<String>> = hosts.iter().map(|h| h.jobs()).collect();
+        all.extend(killed.iter().cloned());
+        let mut times = std::collections::HashMap::<String, u64>::new();
+        for line in all.iter().flatten() {
+            *times.entry(line.clone()).or_default() += 1;
+        }
+        let missing = (0..count)
+            .filter(|n| !times.contains_key(&format!("{sender}-{n}")))
+            .count() as u64;
+        let dups = times.values().map(|t| t - 1).sum();
+        if missing <= allowed || Instant::now() > deadline {
+            return (missing, dups, all.iter().map(Vec::len).collect());
+        }
+        // The handlers write files: nothing to wait on but the files.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn three_processes(config: &str) -> Vec<Host> {
+    (0..3).map(|_| Host::start(config, None, &[])).collect()
+}
+
+#[test]
+fn one_per_service_handlers_run_once_in_the_whole_service_over_jetstream() {
+    let server = NatsServer::start(&[]);
+    let mut hosts = three_processes(&config(&server.url(), ""));
+    let sender = hosts[0].pid;
+    hosts[0].send("flood job.run 3000");
+    hosts[0].proc.expect("flooded ");
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let (missing, dups, per_process) = jobs_handled(&refs, &[], sender, 3_000);
+    assert_eq!((missing, dups), (0, 0), "{per_process:?}");
+    assert!(
+        per_process.iter().filter(|n| **n > 0).count() >= 2,
+        "the work was not shared: {per_process:?}"
+    );
+    for host in hosts {
+        host.quit();
+    }
+}
+
+#[test]
+fn a_process_killed_mid_job_loses_none_of_its_one_per_service_events() {
+    let server = NatsServer::start(&[]);
+    let mut hosts = three_processes(&config(&server.url(), "ack_wait_s = 2"));
+    let sender = hosts[0].pid;
+    hosts[0].send("flood job.run 3000");
+    hosts[0].proc.expect("flooded ");
+    // Once the victim is busy with jobs, kill it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while hosts[2].jobs().len() < 20 {
+        assert!(Instant::now() < deadline, "the third process got no job");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut victim = hosts.pop().unwrap();
+    victim.proc.kill();
+    let killed = vec![victim.jobs()];
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let (missing, dups, per_process) = jobs_handled(&refs, &killed, sender, 3_000);
+    assert_eq!(missing, 0, "{per_process:?}");
+    // Only what the victim had handled and not acknowledged when it died
+    // may run twice.
+    assert!(dups <= 1_024, "{dups} duplicates: {per_process:?}");
+    eprintln!("killed mid-job: {dups} ran twice; per process {per_process:?}");
+    for host in hosts {
+        host.quit();
+    }
+}
+
+#[test]
+fn one_per_service_handlers_run_once_in_the_whole_service_at_most_once() {
+    let server = NatsServer::start_plain(&[]);
+    let mut hosts = three_processes(&amo(&server.url(), ""));
+    let sender = hosts[0].pid;
+    // The queue groups are in place once every process hears an event.
+    hosts[0].send("notify app.sentinel groups");
+    for host in hosts.iter_mut() {
+        host.expect_got("app.sentinel", "groups");
+    }
+    hosts[0].send("flood job.run 3000");
+    hosts[0].proc.expect("flooded ");
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let (missing, dups, per_process) = jobs_handled(&refs, &[], sender, 3_000);
+    assert_eq!((missing, dups), (0, 0), "{per_process:?}");
+    assert!(
+        per_process.iter().filter(|n| **n > 0).count() >= 2,
+        "the work was not shared: {per_process:?}"
+    );
+    for host in hosts {
+        host.quit();
+    }
+}
+
+/// Three processes of one service over IPC (no NATS): the first starts the
+/// IPC server, the others join it.
+fn three_over_ipc() -> Vec<Host> {
+    let config = "[logging]\nlevel = \"INFO\"\n";
+    let first = Host::start(config, None, &["--ipc"]);
+    let second = Host::start(config, Some(&first), &["--ipc"]);
+    let third = Host::start(config, Some(&first), &["--ipc"]);
+    vec![first, second, third]
+}
+
+#[test]
+fn one_per_service_handlers_run_once_in_the_whole_service_over_ipc() {
+    let mut hosts = three_over_ipc();
+    let sender = hosts[1].pid;
+    hosts[1].send("flood job.run 3000");
+    hosts[1].proc.expect("flooded ");
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let (missing, dups, per_process) = jobs_handled(&refs, &[], sender, 3_000);
+    assert_eq!((missing, dups), (0, 0), "{per_process:?}");
+    assert!(
+        per_process.iter().all(|n| *n > 0),
+        "the work was not shared: {per_process:?}"
+    );
+    for host in hosts {
+        host.quit();
+    }
+}
+
+#[test]
+fn a_process_killed_mid_job_over_ipc_loses_events_and_the_loss_is_counted() {
+    let mut hosts = three_over_ipc();
+    let sender = hosts[1].pid;
+    hosts[1].send("flood job.run 3000");
+    hosts[1].proc.expect("flooded ");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while hosts[2].jobs().len() < 20 {
+        assert!(Instant::now() < deadline, "the third process got no job");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut victim = hosts.pop().unwrap();
+    let victim_pid = victim.pid;
+    victim.proc.kill();
+    let killed = vec![victim.jobs()];
+    // What the server had handed to the victim and not had acknowledged is
+    // lost, and the server says how much (its log is the first process's).
+    let (_, line) = hosts[0]
+        .proc
+        .expect_stderr(0, &["queue group", &format!("pid {victim_pid}"), "lost"]);
+    let lost: u64 = line
+        .split("lost=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line}"));
+    // The survivors finish what was theirs.
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let (missing, dups, per_process) = jobs_handled_but(&refs, &killed, sender, 3_000, lost);
+    assert_eq!(dups, 0, "{per_process:?}");
+    // Counted: what was handed to it and not acknowledged, the few it
+    // handled and died before acknowledging included.
+    assert!(
+        lost >= missing && lost <= missing + 64,
+        "lost={lost} missing={missing}: {line}"
+    );
+    eprintln!("killed over IPC: {missing} missing; per process {per_process:?}");
+    for host in hosts {
+        host.quit();
+    }
 }

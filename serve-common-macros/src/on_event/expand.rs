@@ -12,6 +12,7 @@ pub(crate) fn handler(args: &Args, func: &ItemFn, signature: &Signature) -> Toke
     let pattern = &args.pattern;
     let once = args.once;
     let supervisor = args.supervisor;
+    let one_per_service = args.one_per_service;
     let ack = match &args.ack {
         Ack::None => quote!(::serve_common::__private::AckDef::None),
         Ack::Completed => quote!(::serve_common::__private::AckDef::Completed),
@@ -57,6 +58,7 @@ pub(crate) fn handler(args: &Args, func: &ItemFn, signature: &Signature) -> Toke
                     once: #once,
                     ack: #ack,
                     supervisor: #supervisor,
+                    one_per_service: #one_per_service,
                     name: ::core::concat!(::core::module_path!(), "::", #name_str),
                     module: ::core::module_path!(),
                     line: ::core::line!(),

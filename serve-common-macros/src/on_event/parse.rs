@@ -6,6 +6,7 @@ mod kw {
     syn::custom_keyword!(once);
     syn::custom_keyword!(ack);
     syn::custom_keyword!(supervisor);
+    syn::custom_keyword!(one_per_service);
 }
 
 pub(crate) enum Ack {
@@ -19,6 +20,7 @@ pub(crate) struct Args {
     pub(crate) once: bool,
     pub(crate) ack: Ack,
     pub(crate) supervisor: bool,
+    pub(crate) one_per_service: bool,
 }
 
 impl Args {
@@ -49,8 +51,11 @@ impl Args {
             once: false,
             ack: Ack::None,
             supervisor: false,
+            one_per_service: false,
         };
         let (mut seen_once, mut seen_ack, mut seen_supervisor) = (false, false, false);
+        let mut once_span = None;
+        let mut one_per_service_span = None;
         while !input.is_empty() {
             input.parse::<Token![,]>()?;
             if input.is_empty() {
@@ -62,6 +67,7 @@ impl Args {
                 if std::mem::replace(&mut seen_once, true) {
                     return Err(syn::Error::new(token.span, "duplicate option `once`"));
                 }
+                once_span = Some(token.span);
                 args.once = true;
             } else if lookahead.peek(kw::ack) {
                 let token = input.parse::<kw::ack>()?;
@@ -86,26 +92,24 @@ impl Args {
                 if std::mem::replace(&mut seen_supervisor, true) {
                     return Err(syn::Error::new(token.span, "duplicate option `supervisor`"));
                 }
-                if input.peek(Token![=]) || input.peek(syn::token::Paren) {
-                    let value: TokenStream = input.step(|cursor| {
-                        let mut rest = *cursor;
-                        let mut tokens = TokenStream::new();
-                        while let Some((tt, next)) = rest.token_tree() {
-                            if matches!(&tt, proc_macro2::TokenTree::Punct(p) if p.as_char() == ',')
-                            {
-                                break;
-                            }
-                            tokens.extend([tt]);
-                            rest = next;
-                        }
-                        Ok((tokens, rest))
-                    })?;
-                    return Err(syn::Error::new_spanned(
-                        value,
-                        "`supervisor` takes no value: write `supervisor` to run the handler in the supervisor process too, or leave it out",
+                no_value(
+                    input,
+                    "`supervisor` takes no value: write `supervisor` to run the handler in the supervisor process too, or leave it out",
+                )?;
+                args.supervisor = true;
+            } else if lookahead.peek(kw::one_per_service) {
+                let token = input.parse::<kw::one_per_service>()?;
+                if one_per_service_span.replace(token.span).is_some() {
+                    return Err(syn::Error::new(
+                        token.span,
+                        "duplicate option `one_per_service`",
                     ));
                 }
-                args.supervisor = true;
+                no_value(
+                    input,
+                    "`one_per_service` takes no value: write `one_per_service` to run the handler in one process of the service per event, or leave it out",
+                )?;
+                args.one_per_service = true;
             } else {
                 let mut error = lookahead.error();
                 if input.peek(syn::Ident) {
@@ -113,13 +117,40 @@ impl Args {
                     error = syn::Error::new(
                         ident.span(),
                         format!(
-                            "unknown option `{ident}`; expected `once`, `ack`, `ack = \"name\"` or `supervisor`"
+                            "unknown option `{ident}`; expected `once`, `ack`, `ack = \"name\"`, `supervisor` or `one_per_service`"
                         ),
                     );
                 }
                 return Err(error);
             }
         }
+        if let (Some(_), Some(span)) = (once_span, one_per_service_span) {
+            return Err(syn::Error::new(
+                span,
+                "`once` and `one_per_service` cannot be combined: `once` unregisters the handler in the process that ran it, while the others keep theirs; register it with `EventBus::on(..).once()` in one process instead",
+            ));
+        }
         Ok(args)
     }
+}
+
+/// Refuses a value after a flag option (`flag = x`, `flag(x)`), spanned
+/// on the value.
+fn no_value(input: ParseStream<'_>, message: &str) -> syn::Result<()> {
+    if !(input.peek(Token![=]) || input.peek(syn::token::Paren)) {
+        return Ok(());
+    }
+    let value: TokenStream = input.step(|cursor| {
+        let mut rest = *cursor;
+        let mut tokens = TokenStream::new();
+        while let Some((tt, next)) = rest.token_tree() {
+            if matches!(&tt, proc_macro2::TokenTree::Punct(p) if p.as_char() == ',') {
+                break;
+            }
+            tokens.extend([tt]);
+            rest = next;
+        }
+        Ok((tokens, rest))
+    })?;
+    Err(syn::Error::new_spanned(value, message))
 }

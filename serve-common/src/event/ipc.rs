@@ -149,6 +149,7 @@ pub struct NatsSettings {
     /// `"jetstream"` (the default) or `"at-most-once"`.
     pub delivery: Option<Delivery>,
     pub ack_window: Option<u64>,
+    pub ack_wait_s: Option<u64>,
     /// `[events.nats.stream]`.
     #[serde(default)]
     pub stream: NatsStreamSettings,
@@ -231,10 +232,10 @@ pub struct IpcRejoined {
 }
 
 #[derive(Serialize, Deserialize)]
-struct WireEvent {
-    name: String,
+pub(crate) struct WireEvent {
+    pub(crate) name: String,
     #[serde(with = "serde_bytes")]
-    payload: Vec<u8>,
+    pub(crate) payload: Vec<u8>,
 }
 
 /// [`WireEvent`]'s encoding without copying the payload.
@@ -306,6 +307,7 @@ impl Shared {
 
 struct IpcTransport {
     shared: Arc<Shared>,
+    groups: Arc<super::ipc_groups::Groups>,
 }
 
 /// CBOR's overhead around a wire event's name and payload, at most.
@@ -333,6 +335,8 @@ impl EventTransport for IpcTransport {
             tracing::error!(%error, event = event.name(), "event not sent to other processes");
             return;
         }
+        // One-per-service handlers: to their queue groups.
+        self.groups.route(event.name(), &wire[1..]);
         let shared = &self.shared;
         let max = shared.max_message.load(Ordering::Relaxed);
         if wire.len() - 1 > max {
@@ -406,6 +410,8 @@ impl EventTransport for IpcTransport {
 pub struct IpcEvents {
     shared: Arc<Shared>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    groups: Arc<super::ipc_groups::Groups>,
+    bus: EventBus,
 }
 
 impl std::fmt::Debug for IpcEvents {
@@ -445,6 +451,12 @@ impl IpcEvents {
     /// Events waiting to be sent now.
     pub fn waiting(&self) -> usize {
         self.shared.out.lock().queue.len()
+    }
+
+    /// One-per-service events not handed to their group (no connection
+    /// to it when they were notified): lost, and logged.
+    pub fn dropped_shared(&self) -> u64 {
+        self.groups.dropped()
     }
 
     /// Events not sent: the outgoing buffer was full, or an event was over
@@ -503,6 +515,8 @@ impl IpcEvents {
     /// reconnect. (Dropping this handle does not close the link: it lives
     /// as long as the process.)
     pub fn close(&self) {
+        self.groups.close();
+        self.bus.route_shared(false);
         let mut out = self.shared.out.lock();
         out.closing = true;
         self.shared.changed.notify_all();
@@ -588,12 +602,17 @@ impl EventBus {
                 shared.out.lock().ended = true;
                 shared.changed.notify_all();
             })?;
+        let groups = super::ipc_groups::Groups::start(self)?;
+        self.route_shared(true);
         self.set_transport(Some(Arc::new(IpcTransport {
             shared: shared.clone(),
+            groups: groups.clone(),
         })));
         Ok(IpcEvents {
             shared,
             thread: Mutex::new(Some(thread)),
+            groups,
+            bus: self.clone(),
         })
     }
 }

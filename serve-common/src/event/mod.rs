@@ -115,6 +115,7 @@
 //! every handler runs.
 
 mod ipc;
+mod ipc_groups;
 #[cfg(feature = "nats")]
 pub mod nats;
 mod pattern;
@@ -296,7 +297,22 @@ pub enum NotifyError {
 enum Item {
     Event(Event),
     Barrier(Arc<WaitSlot>),
+    /// A link hands this process a one-per-service event for the handlers
+    /// of one group.
+    Shared(Event, Arc<str>, SharedDone),
 }
+
+/// How a one-per-service delivery ended, for the link's acknowledgement.
+pub(crate) enum SharedOutcome {
+    /// The group's handlers ran (a failure or a panic was logged: the
+    /// event is not handed to another process for it).
+    Ran,
+    /// This process has no handler of the group for this event (it was
+    /// unregistered): another process should have it.
+    NotHere,
+}
+
+pub(crate) type SharedDone = Box<dyn FnOnce(SharedOutcome) + Send>;
 
 struct QueueState {
     items: VecDeque<Item>,
@@ -327,6 +343,9 @@ pub(crate) struct Core {
     application_handlers: std::sync::atomic::AtomicBool,
     /// Bytes of events from other processes queued and not dispatched yet.
     remote_bytes: std::sync::atomic::AtomicUsize,
+    /// Whether a link hands out the one-per-service events: then the
+    /// normal dispatch skips their handlers.
+    shared_routed: std::sync::atomic::AtomicBool,
 }
 
 impl Core {
@@ -405,6 +424,9 @@ impl Core {
                 match item {
                     Item::Event(event) => self.dispatch(&event, &mut matched),
                     Item::Barrier(slot) => slot.fill(&Event::new("", ())),
+                    Item::Shared(event, key, done) => {
+                        self.dispatch_shared(&event, &key, done, &mut matched)
+                    }
                 }
             }
         }
@@ -436,43 +458,100 @@ impl Core {
         }
         self.registry.lock().collect(&event.name, matched);
         let application = self.application_handlers.load(Ordering::Relaxed);
+        // One-per-service handlers run where a link hands their events,
+        // unless the event stays in this process.
+        let routed = self.shared_routed.load(Ordering::Relaxed) && !event.local_only;
         for entry in matched.drain(..) {
             if !application && !entry.in_supervisor {
                 continue;
             }
-            let outcome = match catch_unwind(AssertUnwindSafe(|| (entry.handler)(event))) {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => {
-                    tracing::error!(event = %event.name, handler = %entry.label, %error,
-                        "event handler failed");
-                    Err(error)
-                }
-                Err(panic) => {
-                    let error = format!("panicked: {}", panic_message(&*panic));
-                    tracing::error!(event = %event.name, handler = %entry.label, %error,
-                        "event handler panicked");
-                    Err(error)
-                }
-            };
-            if outcome.is_err() {
-                self.failures.fetch_add(1, Ordering::Relaxed);
+            if routed && entry.shared.is_some() {
+                continue;
             }
-            if let Some(ack) = &entry.ack {
-                let name: Arc<str> = match ack {
-                    Ack::Completed => format!("completed:{}", event.name).into(),
-                    Ack::Named(name) => name.clone(),
-                };
-                let completion = Completion {
-                    event: event.name.to_string(),
-                    error: outcome.err(),
-                };
-                self.enqueue(Item::Event(
-                    Event::new(name, completion).with_local_only(event.local_only),
-                ));
-            }
+            let _ = self.run_entry(&entry, event);
         }
         self.dispatched.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Runs the handlers of the one-per-service group `key` that match
+    /// `event` (only those: the event's other handlers ran at its normal
+    /// delivery), then tells the link how it went.
+    fn dispatch_shared(
+        &self,
+        event: &Event,
+        key: &str,
+        done: SharedDone,
+        matched: &mut Vec<Arc<Entry>>,
+    ) {
+        self.remote_bytes
+            .fetch_sub(event.remote_size(), Ordering::Relaxed);
+        self.registry.lock().collect(&event.name, matched);
+        let application = self.application_handlers.load(Ordering::Relaxed);
+        let mut outcome = SharedOutcome::NotHere;
+        for entry in matched.drain(..) {
+            if entry.shared.as_deref() != Some(key) || (!application && !entry.in_supervisor) {
+                continue;
+            }
+            let _ = self.run_entry(&entry, event);
+            outcome = SharedOutcome::Ran;
+        }
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| done(outcome))) {
+            tracing::error!(event = %event.name, panic = %panic_message(&*panic),
+                "one-per-service acknowledgement panicked");
+        }
+        self.dispatched.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs one handler: a failure or a panic is logged and counted, and
+    /// the acknowledgement it asked for is notified.
+    fn run_entry(&self, entry: &Entry, event: &Event) -> Result<(), String> {
+        let outcome = match catch_unwind(AssertUnwindSafe(|| (entry.handler)(event))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                tracing::error!(event = %event.name, handler = %entry.label, %error,
+                    "event handler failed");
+                Err(error)
+            }
+            Err(panic) => {
+                let error = format!("panicked: {}", panic_message(&*panic));
+                tracing::error!(event = %event.name, handler = %entry.label, %error,
+                    "event handler panicked");
+                Err(error)
+            }
+        };
+        if outcome.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(ack) = &entry.ack {
+            let name: Arc<str> = match ack {
+                Ack::Completed => format!("completed:{}", event.name).into(),
+                Ack::Named(name) => name.clone(),
+            };
+            let completion = Completion {
+                event: event.name.to_string(),
+                error: outcome.clone().err(),
+            };
+            self.enqueue(Item::Event(
+                Event::new(name, completion).with_local_only(event.local_only),
+            ));
+        }
+        outcome
+    }
+}
+
+/// A wait between `base / 2` and `base`, picked at random ("equal
+/// jitter"), so processes that lost the same server come back spread out.
+pub(crate) fn jittered(base: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    let fraction = (hasher.finish() >> 11) as f64 / (1_u64 << 53) as f64;
+    base.mul_f64(0.5 + fraction / 2.0)
 }
 
 /// How long a thread spins for work before it sleeps.
@@ -576,6 +655,7 @@ impl EventBus {
             ipc_linked: std::sync::atomic::AtomicBool::new(false),
             application_handlers: std::sync::atomic::AtomicBool::new(true),
             remote_bytes: std::sync::atomic::AtomicUsize::new(0),
+            shared_routed: std::sync::atomic::AtomicBool::new(false),
         });
         let thread_core = core.clone();
         let handle = thread::Builder::new()
@@ -606,6 +686,41 @@ impl EventBus {
         !self.core().ipc_linked.swap(true, Ordering::AcqRel)
     }
 
+    /// A link hands out the one-per-service events from now on (or, with
+    /// `false`, no longer: they run in every process again).
+    pub(crate) fn route_shared(&self, routed: bool) {
+        self.core().shared_routed.store(routed, Ordering::Relaxed);
+    }
+
+    /// The one-per-service groups whose handlers run here.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn shared_interest(&self) -> Vec<registry::SharedInterest> {
+        let application = self.core().application_handlers.load(Ordering::Relaxed);
+        self.core().registry.lock().shared(application)
+    }
+
+    /// Every one-per-service group key registered here, and whether its
+    /// handlers run here (not in a supervisor, unless they ask).
+    pub(crate) fn shared_keys(&self) -> Vec<(Arc<str>, bool)> {
+        let application = self.core().application_handlers.load(Ordering::Relaxed);
+        self.core().registry.lock().shared_keys(application)
+    }
+
+    /// The one-per-service group keys whose handlers match `name`.
+    pub(crate) fn shared_keys_for(&self, name: &str) -> Vec<Arc<str>> {
+        self.core().registry.lock().shared_keys_for(name)
+    }
+
+    /// Hands `event` (from another process, or this one's own through the
+    /// link) to the handlers of the one-per-service group `key`; `done`
+    /// runs on the dispatcher thread once they returned.
+    pub(crate) fn deliver_shared(&self, event: Event, key: Arc<str>, done: SharedDone) {
+        self.core()
+            .remote_bytes
+            .fetch_add(event.remote_size(), Ordering::Relaxed);
+        self.core().enqueue(Item::Shared(event, key, done));
+    }
+
     /// Releases the claim after a link failed to start.
     pub(crate) fn release_ipc_link(&self) {
         self.core().ipc_linked.store(false, Ordering::Release);
@@ -627,6 +742,7 @@ impl EventBus {
             ack: None,
             label: None,
             in_supervisor: false,
+            one_per_service: false,
         }
     }
 
@@ -709,6 +825,7 @@ impl EventBus {
     /// handlers marked [`in_supervisor`](HandlerBuilder::in_supervisor)
     /// (serve-common's own, and those that ask). See [which processes run
     /// handlers](crate::event#which-processes-run-handlers).
+    #[cfg_attr(not(feature = "actix"), allow(dead_code))]
     pub(crate) fn become_supervisor(&self) {
         self.core()
             .application_handlers
@@ -748,6 +865,7 @@ impl EventBus {
             label: label.into(),
             // A wait is this process's own code asking: it always runs.
             in_supervisor: true,
+            shared: None,
         })?;
         Ok(EventWaiter {
             slot,
@@ -830,6 +948,9 @@ impl EventBus {
                 if def.supervisor {
                     builder = builder.in_supervisor();
                 }
+                if def.one_per_service {
+                    builder = builder.one_per_service();
+                }
                 builder = match def.ack {
                     crate::__private::AckDef::None => builder,
                     crate::__private::AckDef::Completed => builder.ack(),
@@ -857,9 +978,23 @@ pub struct HandlerBuilder<'a> {
     ack: Option<Ack>,
     label: Option<Cow<'static, str>>,
     in_supervisor: bool,
+    one_per_service: bool,
 }
 
 impl HandlerBuilder<'_> {
+    /// Runs the handler in one process of the service for each event,
+    /// not in every process: the way a work queue hands each job to one
+    /// worker. The registrations of the same pattern and
+    /// [`label`](Self::label) (by default the handler's type name) in the
+    /// service's processes form one group; each event goes to one of them.
+    /// See [one per service](crate::event#one-per-service) for how each
+    /// link chooses, and what happens when a process dies mid-handler.
+    /// Without a link to other processes it runs here.
+    pub fn one_per_service(mut self) -> Self {
+        self.one_per_service = true;
+        self
+    }
+
     /// Runs the handler in the supervisor process too, when the service
     /// runs worker processes (`server.processes > 1`). By default a
     /// supervisor runs no application handler: see [which processes run
@@ -903,6 +1038,11 @@ impl HandlerBuilder<'_> {
         let core = self.bus.core();
         let (once, ack, in_supervisor) = (self.once, self.ack, self.in_supervisor);
         let label = self.label.unwrap_or(Cow::Borrowed(label));
+        // The group: the same registration in every process of the
+        // service (same pattern, same handler) is the same group.
+        let shared = self
+            .one_per_service
+            .then(|| Arc::<str>::from(format!("{} {label}", self.pattern)));
         let id = core.register(self.pattern, |id| Entry {
             id,
             handler,
@@ -910,6 +1050,7 @@ impl HandlerBuilder<'_> {
             ack,
             label,
             in_supervisor,
+            shared,
         })?;
         Ok(Registration {
             id,

@@ -28,6 +28,8 @@ pub(crate) struct Entry {
     pub(crate) label: Cow<'static, str>,
     /// Runs in a supervisor process too (see the event module's docs).
     pub(crate) in_supervisor: bool,
+    /// Runs in one process of the service per event: the group's key.
+    pub(crate) shared: Option<Arc<str>>,
 }
 
 enum Matcher {
@@ -54,6 +56,14 @@ pub(crate) struct Registry {
     /// Each pattern's literal prefix (every name it matches starts so):
     /// what a transport subscribes to.
     prefixes: HashMap<u64, Arc<str>>,
+}
+
+/// A one-per-service registration, as a link routes it: its group's key
+/// and what it can match (as in [`Interest`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SharedInterest {
+    pub(crate) key: Arc<str>,
+    pub(crate) interest: Interest,
 }
 
 /// Which names this process's handlers can match: exact names, and
@@ -111,6 +121,81 @@ impl Registry {
         let mut exact: Vec<Arc<str>> = self.exact.keys().cloned().collect();
         exact.sort();
         Interest { exact, prefixes }
+    }
+
+    /// The one-per-service registrations that run here (all of them with
+    /// `application`, else those that run in a supervisor), by key.
+    pub(crate) fn shared(&self, application: bool) -> Vec<SharedInterest> {
+        let runs = |e: &Entry| application || e.in_supervisor;
+        let mut out: std::collections::BTreeMap<Arc<str>, Interest> = Default::default();
+        for (name, entries) in &self.exact {
+            for key in entries
+                .iter()
+                .filter(|e| runs(e))
+                .filter_map(|e| e.shared.clone())
+            {
+                out.entry(key).or_default().exact.push(name.clone());
+            }
+        }
+        for (entry, _) in &self.patterns {
+            if !runs(entry) {
+                continue;
+            }
+            if let (Some(key), Some(prefix)) = (&entry.shared, self.prefixes.get(&entry.id)) {
+                out.entry(key.clone())
+                    .or_default()
+                    .prefixes
+                    .push(prefix.clone());
+            }
+        }
+        out.into_iter()
+            .map(|(key, mut interest)| {
+                interest.exact.sort();
+                interest.exact.dedup();
+                interest.prefixes.sort();
+                interest.prefixes.dedup();
+                SharedInterest { key, interest }
+            })
+            .collect()
+    }
+
+    /// Every one-per-service group key, and whether it runs here.
+    pub(crate) fn shared_keys(&self, application: bool) -> Vec<(Arc<str>, bool)> {
+        let mut keys: std::collections::BTreeMap<Arc<str>, bool> = Default::default();
+        let entries = self
+            .exact
+            .values()
+            .flatten()
+            .chain(self.patterns.iter().map(|(e, _)| e));
+        for entry in entries {
+            if let Some(key) = &entry.shared {
+                *keys.entry(key.clone()).or_default() |= application || entry.in_supervisor;
+            }
+        }
+        keys.into_iter().collect()
+    }
+
+    /// The one-per-service group keys whose handlers match `name`
+    /// (single-use ones are left registered: this is not a dispatch).
+    pub(crate) fn shared_keys_for(&mut self, name: &str) -> Vec<Arc<str>> {
+        let mut keys: Vec<Arc<str>> = self
+            .exact
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.shared.clone())
+            .collect();
+        if self.patterns.iter().any(|(e, _)| e.shared.is_some()) {
+            let found = self.pattern_matches(name);
+            keys.extend(
+                found
+                    .iter()
+                    .filter_map(|&i| self.patterns[i as usize].0.shared.clone()),
+            );
+        }
+        keys.sort();
+        keys.dedup();
+        keys
     }
 
     pub(crate) fn contains(&self, id: u64) -> bool {

@@ -142,9 +142,19 @@ pub(crate) enum Greeting {
         /// server replays to it what it forwarded since it started.
         #[serde(default)]
         rejoin: bool,
+        /// Sends only: in a [queue group](QUEUE_GROUP_PREFIX), never the
+        /// member a message is handed to.
+        #[serde(default)]
+        send_only: bool,
     },
     Shutdown,
 }
+
+/// Groups whose name starts so are queue groups: the server hands each
+/// message to one member (round robin over those that did not join to
+/// send only, the sender included), not to every other member.
+pub(crate) const QUEUE_GROUP_PREFIX: &str = "queue:";
+pub(crate) use self::server::QUEUE_ACK;
 
 /// The server's answer to a `Join`, sent once the member is in the group:
 /// `join_group` returns only then, so the group includes it.
@@ -774,9 +784,20 @@ pub(crate) fn join<T>(
     rejoin: bool,
     timeout: Duration,
 ) -> Result<(GroupSocket<T>, Welcome), IpcError> {
+    join_as(group, rejoin, false, timeout)
+}
+
+/// [`join`], as a sender only when `send_only` (see [`QUEUE_GROUP_PREFIX`]).
+pub(crate) fn join_as<T>(
+    group: &str,
+    rejoin: bool,
+    send_only: bool,
+    timeout: Duration,
+) -> Result<(GroupSocket<T>, Welcome), IpcError> {
     let (fd, _) = connect(&Greeting::Join {
         group: group.to_owned(),
         rejoin,
+        send_only,
     })?;
     // Wait until the server has put us in the group; its limit is ours.
     let welcome = welcome(&fd, timeout)?;

@@ -21,7 +21,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,12 @@ struct Outgoing {
 struct Member {
     id: u64,
     pid: i32,
+    /// In a queue group: never handed a message.
+    send_only: bool,
+    /// In a queue group: messages handed to it, and those it said it
+    /// handled (see [`QUEUE_ACK`]).
+    handed: AtomicU64,
+    acked: AtomicU64,
     group: Arc<Group>,
     fd: OwnedFd,
     out: Mutex<Outgoing>,
@@ -74,6 +80,22 @@ impl Member {
             "member {} (pid {}) of group {:?}",
             self.id, self.pid, self.group.name
         )
+    }
+}
+
+/// A queue group member's acknowledgement: `[QUEUE_ACK][u64 LE n]`, "n
+/// more messages handed to me are handled" (never forwarded). No CBOR
+/// item starts with this byte, so no event is taken for one.
+pub(crate) const QUEUE_ACK: u8 = 0xff;
+
+/// The count of an acknowledgement, if `message` (one message's packets)
+/// is one.
+fn queue_ack(message: &[&[u8]]) -> Option<u64> {
+    match message {
+        [packet] if packet.len() == 10 && packet[0] == frame::WHOLE && packet[1] == QUEUE_ACK => {
+            Some(u64::from_le_bytes(packet[2..10].try_into().ok()?))
+        }
+        _ => None,
     }
 }
 
@@ -117,6 +139,12 @@ struct History {
 
 struct Group {
     name: String,
+    /// A queue group: each message goes to one member.
+    queue: bool,
+    /// A queue group's round robin.
+    next: AtomicUsize,
+    /// A queue group's messages no member could take.
+    unrouted: AtomicU64,
     members: RwLock<Vec<Arc<Member>>>,
     /// Whether `history` may still grow (checked without its lock).
     recording: AtomicBool,
@@ -203,7 +231,11 @@ impl Server {
             None => return,
         };
         match greeting {
-            Greeting::Join { group, rejoin } => self.member(fd, pid, group, rejoin),
+            Greeting::Join {
+                group,
+                rejoin,
+                send_only,
+            } => self.member(fd, pid, group, rejoin, send_only),
             Greeting::Shutdown => self.shutdown(pid),
         }
     }
@@ -252,7 +284,14 @@ impl Server {
             .is_some_and(|until| Instant::now() < until)
     }
 
-    fn member(self: Arc<Self>, fd: OwnedFd, pid: i32, group: String, rejoin: bool) {
+    fn member(
+        self: Arc<Self>,
+        fd: OwnedFd,
+        pid: i32,
+        group: String,
+        rejoin: bool,
+        send_only: bool,
+    ) {
         let key = (pid, group.clone());
         let missed = self.cut_offs.lock().remove(&key);
         // Lock order: the group map, then a group's members. Holding the
@@ -267,16 +306,22 @@ impl Server {
             .entry(group.clone())
             .or_insert_with(|| {
                 Arc::new(Group {
+                    queue: group.starts_with(super::QUEUE_GROUP_PREFIX),
                     name: group,
                     members: RwLock::new(Vec::new()),
                     recording: AtomicBool::new(replaying),
                     history: Mutex::new(replaying.then(History::default)),
+                    next: AtomicUsize::new(0),
+                    unrouted: AtomicU64::new(0),
                 })
             })
             .clone();
         let member = Arc::new(Member {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             pid,
+            send_only,
+            handed: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
             group: group.clone(),
             fd,
             out: Mutex::new(Outgoing {
@@ -370,6 +415,14 @@ impl Server {
             drop((members, groups));
             let mut out = member.out.lock();
             close_locked(&member, &mut out);
+            let lost = member
+                .handed
+                .load(Ordering::Relaxed)
+                .saturating_sub(member.acked.load(Ordering::Relaxed));
+            if group.queue && lost > 0 {
+                tracing::warn!(member = %member.describe(), lost,
+                    "a queue group's member left with {lost} messages handed to it and not handled: lost");
+            }
             if out.cut_off && out.late > 0 {
                 *self.cut_offs.lock().entry(key).or_default() += out.late;
             }
@@ -470,6 +523,9 @@ impl Server {
     /// Forwards whole messages' packets, in order, to every other member
     /// of the group.
     fn fan_out(&self, from: &Member, packets: &[&[u8]]) {
+        if from.group.queue {
+            return self.hand_out(from, packets);
+        }
         // Shared by every member that has to queue it: copied once.
         let mut shared: Option<Vec<Arc<[u8]>>> = None;
         let members = from.group.members.read();
@@ -498,6 +554,41 @@ impl Server {
                     *history = None;
                     from.group.recording.store(false, Ordering::Relaxed);
                 }
+            }
+        }
+    }
+
+    /// A queue group's fan-out: each message to one member, in turn.
+    /// `packets` are whole messages, or the parts of one.
+    fn hand_out(&self, from: &Member, packets: &[&[u8]]) {
+        let whole = packets
+            .first()
+            .is_some_and(|p| p.first() == Some(&frame::WHOLE));
+        let messages: Vec<&[&[u8]]> = if whole {
+            packets.chunks(1).collect()
+        } else {
+            vec![packets]
+        };
+        let members = from.group.members.read();
+        for message in messages {
+            if let Some(n) = queue_ack(message) {
+                from.acked.fetch_add(n, Ordering::Relaxed);
+                continue;
+            }
+            let open = |m: &&Arc<Member>| !m.send_only && !m.out.lock().closed;
+            let takers = members.iter().filter(open).count();
+            if takers == 0 {
+                let n = from.group.unrouted.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(group = %from.group.name, unrouted = n,
+                        "no member of a queue group can take a message: dropped ({n} so far)");
+                }
+                continue;
+            }
+            let turn = from.group.next.fetch_add(1, Ordering::Relaxed) % takers;
+            if let Some(to) = members.iter().filter(open).nth(turn) {
+                to.handed.fetch_add(1, Ordering::Relaxed);
+                self.forward(to, message, &mut None);
             }
         }
     }

@@ -103,6 +103,22 @@ fn tally(senders: &[&str], count: u64) -> (u64, u64, u64, u64) {
     (seen, missing, dups, disorder)
 }
 
+/// One per service: each `job.*` event runs here or in another process,
+/// not both. Appends the payload to `jobs.log` (in the current directory)
+/// after a millisecond of "work", so a test can count across processes,
+/// a killed one included.
+#[on_event("job.*", one_per_service)]
+#[allow(clippy::ptr_arg)] // the payload type is `String`
+fn job(text: &String) {
+    std::thread::sleep(Duration::from_millis(1));
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("jobs.log")
+        .unwrap();
+    std::io::Write::write_all(&mut log, format!("{text}\n").as_bytes()).unwrap();
+}
+
 /// The link's own news: connected, disconnected, errors.
 #[on_event("nats:*")]
 fn nats_news(event: &str, text: &String) {
@@ -111,7 +127,8 @@ fn nats_news(event: &str, text: &String) {
 
 #[serve_common::main(logging = true)]
 async fn main() {
-    let no_wait = std::env::args().any(|a| a == "--no-wait");
+    // `--ipc`: no NATS; events go over IPC.
+    let no_wait = std::env::args().any(|a| a == "--no-wait" || a == "--ipc");
     let address = serve_common::ipc::address().unwrap_or_default();
     if no_wait {
         println!("started {} {address}", std::process::id());

@@ -21,6 +21,8 @@ struct Core {
     pending: VecDeque<Pending>,
     sent: usize,
     subscriptions: HashMap<String, tokio::sync::oneshot::Sender<()>>,
+    /// One-per-service groups: a queue subscription per (group, subject).
+    queue_subscriptions: HashMap<(Arc<str>, String), tokio::sync::oneshot::Sender<()>>,
 }
 
 pub(super) async fn run(link: Link) {
@@ -29,6 +31,7 @@ pub(super) async fn run(link: Link) {
         pending: VecDeque::new(),
         sent: 0,
         subscriptions: HashMap::new(),
+        queue_subscriptions: HashMap::new(),
     };
     core.resubscribe().await;
     loop {
@@ -68,6 +71,9 @@ pub(super) async fn run(link: Link) {
         );
     }
     for (_, stop) in core.subscriptions.drain() {
+        let _ = stop.send(());
+    }
+    for (_, stop) in core.queue_subscriptions.drain() {
         let _ = stop.send(());
     }
 }
@@ -222,6 +228,88 @@ impl Core {
                 tracing::debug!(%subject, "NATS subscription removed");
             }
         }
+        self.resubscribe_groups().await;
+    }
+
+    /// One queue subscription per one-per-service group and subject: the
+    /// server hands each message to one member of the queue group.
+    async fn resubscribe_groups(&mut self) {
+        let prefix = self.link.options.subject_prefix.clone();
+        let wanted: BTreeSet<(Arc<str>, String)> = self
+            .link
+            .bus
+            .shared_interest()
+            .into_iter()
+            .flat_map(|group| {
+                super::subjects(&prefix, &group.interest)
+                    .into_iter()
+                    .map(move |subject| (group.key.clone(), subject))
+            })
+            .collect();
+        let current: BTreeSet<(Arc<str>, String)> =
+            self.queue_subscriptions.keys().cloned().collect();
+        for (key, subject) in wanted.difference(&current) {
+            if let Some(stop) = self.queue_task(key.clone(), subject.clone()).await {
+                self.queue_subscriptions
+                    .insert((key.clone(), subject.clone()), stop);
+            }
+        }
+        for stale in current.difference(&wanted) {
+            if let Some(stop) = self.queue_subscriptions.remove(stale) {
+                let _ = stop.send(());
+            }
+        }
+    }
+
+    async fn queue_task(
+        &mut self,
+        key: Arc<str>,
+        subject: String,
+    ) -> Option<tokio::sync::oneshot::Sender<()>> {
+        let group = super::group_name(&key);
+        let subscribed = tokio::time::timeout(
+            SEND_TIMEOUT,
+            self.link
+                .client
+                .queue_subscribe(subject.clone(), group.clone()),
+        )
+        .await;
+        let mut subscriber = match subscribed {
+            Ok(Ok(subscriber)) => subscriber,
+            Ok(Err(error)) => {
+                tracing::error!(%subject, %error, "cannot subscribe on NATS for a one-per-service handler");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(%subject, "NATS subscribe timed out; retried at the next change");
+                return None;
+            }
+        };
+        let receiver: Arc<Receiver> = self.link.receiver.clone();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    message = subscriber.next() => match message {
+                        Some(message) => {
+                            // At most once: nothing to acknowledge.
+                            let _ = receiver.receive_shared(
+                                &key,
+                                &message.subject,
+                                message.headers.as_ref(),
+                                &message.payload,
+                                Box::new(|_| {}),
+                            );
+                        }
+                        None => return,
+                    },
+                    _ = &mut stopped => break,
+                }
+            }
+            let _ = subscriber.unsubscribe().await;
+        });
+        tracing::debug!(%subject, %group, "NATS queue subscription added");
+        Some(stop)
     }
 
     /// Subscribes to `subject`; a task hands its messages to the receiver

@@ -2,7 +2,7 @@
 //! service's stream, publishing with acknowledgements, and this process's
 //! consumer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +13,7 @@ use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::{GetStreamErrorKind, PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
-use async_nats::jetstream::{self as js, ErrorCode};
+use async_nats::jetstream::{self as js, AckKind, ErrorCode};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt as _;
 use tokio::sync::watch;
@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::options::jittered;
 use super::{count_drop, wire, Link, News, Outgoing, Receiver, SEND_TIMEOUT};
-use crate::event::EventBus;
+use crate::event::{EventBus, SharedOutcome};
 
 /// How long the server waits for a publish's acknowledgement to come back.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,6 +65,8 @@ struct Js {
     /// the stream was first checked).
     next_read: Arc<AtomicU64>,
     consumer: Option<(tokio::task::JoinHandle<()>, watch::Sender<bool>)>,
+    /// One-per-service groups: a reader of each group's shared consumer.
+    groups: HashMap<Arc<str>, (tokio::task::JoinHandle<()>, watch::Sender<bool>)>,
 }
 
 pub(super) async fn run(link: Link) {
@@ -86,6 +88,7 @@ pub(super) async fn run(link: Link) {
         failures: 0,
         next_read: Arc::new(AtomicU64::new(0)),
         consumer: None,
+        groups: HashMap::new(),
     };
     loop {
         let unconfirmed = js.pending.len() + js.inflight.len();
@@ -99,6 +102,11 @@ pub(super) async fn run(link: Link) {
                 News::Connected => js.check_stream().await,
                 News::Disconnected | News::Other => {}
             },
+            Ok(()) = link.interest.changed() => {
+                if js.stream_ok {
+                    js.sync_groups();
+                }
+            }
             Some((item, result)) = js.inflight.next(), if !js.inflight.is_empty() => {
                 js.on_ack(item, result);
             }
@@ -301,6 +309,7 @@ impl Js {
                     Ordering::Acquire,
                 );
                 self.start_consumer();
+                self.sync_groups();
                 self.link.announce_ready();
             }
             Err(error) => {
@@ -403,6 +412,169 @@ impl Js {
         if let Some((task, stop)) = self.consumer.take() {
             let _ = stop.send(true);
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
+        for (_, (task, stop)) in self.groups.drain() {
+            let _ = stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
+    }
+
+    /// A reader for each one-per-service group registered here (and none
+    /// for a group no longer registered).
+    fn sync_groups(&mut self) {
+        let wanted = self.link.bus.shared_interest();
+        let keys: BTreeSet<Arc<str>> = wanted.iter().map(|g| g.key.clone()).collect();
+        self.groups.retain(|key, (task, stop)| {
+            let keep = keys.contains(key) && !task.is_finished();
+            if !keep {
+                let _ = stop.send(true);
+            }
+            keep
+        });
+        let prefix = &self.link.options.subject_prefix;
+        for group in wanted {
+            if self.groups.contains_key(&group.key) {
+                continue;
+            }
+            let subjects = super::subjects(prefix, &group.interest);
+            let filter = match (subjects.len(), subjects.first()) {
+                (1, Some(only)) => only.clone(),
+                _ => format!("{prefix}.>"),
+            };
+            let (stop, stopped) = watch::channel(false);
+            let reader = GroupReader {
+                context: self.context.clone(),
+                stream_name: self.stream_name.clone(),
+                receiver: self.link.receiver.clone(),
+                key: group.key.clone(),
+                filter,
+                ack_wait: self.link.options.ack_wait,
+                stopped,
+            };
+            self.groups
+                .insert(group.key, (tokio::spawn(reader.run()), stop));
+        }
+    }
+}
+
+/// A one-per-service group's reader: the group's durable consumer, shared
+/// by every process that registered the group; the server hands each
+/// event to one of them and, without an acknowledgement within
+/// `ack_wait` (the process died mid-handler), to another.
+struct GroupReader {
+    context: js::Context,
+    stream_name: String,
+    receiver: Arc<Receiver>,
+    key: Arc<str>,
+    filter: String,
+    ack_wait: Duration,
+    stopped: watch::Receiver<bool>,
+}
+
+impl GroupReader {
+    async fn run(mut self) {
+        let mut failures = 0_u32;
+        loop {
+            match self.make().await {
+                Ok(messages) => {
+                    if self.read(messages).await {
+                        return;
+                    }
+                    failures = 0;
+                }
+                Err(error) => {
+                    if failures == 0 {
+                        tracing::warn!(group = %self.key, %error, "cannot reach a one-per-service group's JetStream consumer; trying again");
+                    }
+                }
+            }
+            failures = failures.saturating_add(1);
+            let wait = Duration::from_millis(20)
+                .saturating_mul(1 << failures.min(6))
+                .min(Duration::from_secs(1));
+            tokio::select! {
+                _ = self.stopped.changed() => return,
+                _ = tokio::time::sleep(jittered(wait)) => {}
+            }
+        }
+    }
+
+    async fn make(&self) -> Result<pull::Stream, String> {
+        let name = super::group_name(&self.key);
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            // Where a new group starts; an existing one goes on from
+            // where the service left it.
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            filter_subject: self.filter.clone(),
+            max_ack_pending: 1_024,
+            description: Some(format!("serve-common one_per_service {}", self.key)),
+            ..Default::default()
+        };
+        let stream = self
+            .context
+            .get_stream(&self.stream_name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let consumer: consumer::Consumer<pull::Config> = stream
+            .get_or_create_consumer(&name, config)
+            .await
+            .map_err(|e| e.to_string())?;
+        consumer
+            .stream()
+            .max_messages_per_batch(256)
+            .heartbeat(HEARTBEAT)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Reads until the stream breaks (false) or the group is stopped (true).
+    async fn read(&mut self, mut messages: pull::Stream) -> bool {
+        let runtime = tokio::runtime::Handle::current();
+        loop {
+            let message = tokio::select! {
+                biased;
+                _ = self.stopped.changed() => return true,
+                message = messages.next() => message,
+            };
+            let message = match message {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    tracing::debug!(group = %self.key, %error, "a one-per-service consumer interrupted; made again");
+                    return false;
+                }
+                None => return false,
+            };
+            let message = Arc::new(message);
+            let acked = message.clone();
+            let handle = runtime.clone();
+            // Acknowledged once the handlers returned, from the link's
+            // runtime (the dispatcher thread must not wait on the wire).
+            let done: crate::event::SharedDone = Box::new(move |outcome| {
+                let kind = match outcome {
+                    SharedOutcome::Ran => AckKind::Ack,
+                    // Unregistered here since: another process takes it.
+                    SharedOutcome::NotHere => AckKind::Nak(None),
+                };
+                handle.spawn(async move {
+                    let _ = acked.ack_with(kind).await;
+                });
+            });
+            let delivered = self.receiver.receive_shared(
+                &self.key,
+                &message.subject,
+                message.headers.as_ref(),
+                &message.payload,
+                done,
+            );
+            if delivered.is_none() {
+                // Refused (logged): never to be handed out again.
+                let _ = message.ack_with(AckKind::Term).await;
+            }
         }
     }
 }

@@ -581,6 +581,8 @@ impl Link {
             }
         };
         let _ = shared.client.set(client.clone());
+        // From now on the link hands out one-per-service events.
+        bus.route_shared(true);
         tracing::info!(url = %url, prefix = %options.subject_prefix, delivery = %options.delivery, "NATS link started");
         let origin = rand_origin();
         let receiver = Arc::new(Receiver {
@@ -606,10 +608,12 @@ impl Link {
             subject_cache: HashMap::new(),
             tls_diagnosis: None,
         };
+        let bus = link.bus.clone();
         match link.options.delivery {
             Delivery::JetStream => jetstream::run(link).await,
             Delivery::AtMostOnce => core::run(link).await,
         }
+        bus.route_shared(false);
         tracing::info!("NATS link closed");
     }
 
@@ -810,6 +814,33 @@ impl Receiver {
         true
     }
 
+    /// Checks one message for a one-per-service group (this process's
+    /// own events included: the group may hand them here) and hands it to
+    /// the group's handlers; `done` says how it went. `None` when the
+    /// message is refused (logged and counted).
+    fn receive_shared(
+        &self,
+        key: &Arc<str>,
+        subject: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: &[u8],
+        done: super::SharedDone,
+    ) -> Option<()> {
+        let wire = match wire::decode(payload, &self.prefix, subject, headers) {
+            Ok(wire) => wire,
+            Err(error) => {
+                self.refuse(subject, &error);
+                return None;
+            }
+        };
+        self.bus.deliver_shared(
+            Event::from_remote(wire.name, wire.payload),
+            key.clone(),
+            done,
+        );
+        Some(())
+    }
+
     /// Drops a message that is not a well-formed event, with a log line
     /// (every one up to 16, then at powers of two).
     fn refuse(&self, subject: &str, error: &str) {
@@ -819,6 +850,15 @@ impl Receiver {
             tracing::warn!(%subject, %error, malformed = n, "a message on the service's subjects is not a well-formed event; dropped");
         }
     }
+}
+
+/// The NATS name of a one-per-service group (a durable consumer, a queue
+/// group): stable across processes and restarts (FNV-1a of its key).
+fn group_name(key: &str) -> String {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("serve-common-{hash:016x}")
 }
 
 fn rand_origin() -> u64 {

@@ -119,6 +119,10 @@ pub struct NatsOptions {
     /// JetStream: events published and not yet acknowledged, at most (the
     /// link sends the next ones as acknowledgements come back).
     pub ack_window: usize,
+    /// JetStream, one-per-service handlers: how long the server waits for
+    /// a process to finish an event before it hands the event to another
+    /// (default 30 s; a process that dies mid-handler loses nothing).
+    pub ack_wait: Duration,
     /// The longest wait between two reconnection attempts (each wait is
     /// jittered, so a fleet does not reconnect in step).
     pub max_reconnect_delay: Duration,
@@ -137,6 +141,7 @@ impl fmt::Debug for NatsOptions {
             .field("tls", &self.tls)
             .field("buffer", &self.buffer)
             .field("ack_window", &self.ack_window)
+            .field("ack_wait", &self.ack_wait)
             .field("max_reconnect_delay", &self.max_reconnect_delay)
             .field("name", &self.name)
             .finish()
@@ -165,6 +170,7 @@ impl NatsOptions {
             tls: NatsTls::default(),
             buffer: DEFAULT_BUFFER,
             ack_window: DEFAULT_ACK_WINDOW,
+            ack_wait: Duration::from_secs(30),
             max_reconnect_delay: Duration::from_secs(2),
             name: None,
         }
@@ -175,7 +181,8 @@ impl NatsOptions {
     /// (`"jetstream"` or `"at-most-once"`), `token`, `user` and
     /// `password`, `nkey` (a seed), `creds` (a file), `tls` (bool: require
     /// TLS), `ca`, `client_cert` and `client_key` (files), `buffer`
-    /// (events), `ack_window` (events), `max_reconnect_delay_ms`, `name`;
+    /// (events), `ack_window` (events), `ack_wait_s`,
+    /// `max_reconnect_delay_ms`, `name`;
     /// and `[events.nats.stream]`: `name`, `max_age_s`, `max_bytes`,
     /// `replicas`, `duplicate_window_s`, `memory`.
     pub fn from_config(config: &Config) -> Result<Option<Self>, ConfigError> {
@@ -214,6 +221,9 @@ impl NatsOptions {
         };
         options.buffer = size(settings.buffer, DEFAULT_BUFFER);
         options.ack_window = size(settings.ack_window, DEFAULT_ACK_WINDOW);
+        if let Some(seconds) = settings.ack_wait_s {
+            options.ack_wait = Duration::from_secs(seconds);
+        }
         if let Some(ms) = settings.max_reconnect_delay_ms {
             options.max_reconnect_delay = Duration::from_millis(ms);
         }
@@ -291,6 +301,9 @@ impl NatsOptions {
             if self.stream.max_bytes <= 0 {
                 return Err("stream max_bytes must be more than 0".to_owned());
             }
+        }
+        if self.ack_wait.is_zero() {
+            return Err("`ack_wait_s` must be more than 0".to_owned());
         }
         if self.buffer == 0 || self.ack_window == 0 {
             return Err("`buffer` and `ack_window` must be at least 1".to_owned());
@@ -443,20 +456,7 @@ pub(super) fn split_userinfo(urls: &str) -> (String, Option<NatsAuth>) {
     (bare.join(","), auth)
 }
 
-/// A wait between `base / 2` and `base`, picked at random: "equal jitter",
-/// so processes that lost the same server come back spread out.
-pub(super) fn jittered(base: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    let fraction = (hasher.finish() >> 11) as f64 / (1_u64 << 53) as f64;
-    base.mul_f64(0.5 + fraction / 2.0)
-}
+pub(super) use crate::event::jittered;
 
 /// The wait before reconnection attempt `attempts`: doubling from 50 ms
 /// up to `max`, jittered.
@@ -519,7 +519,8 @@ pub(super) async fn connect(
         // dropped by the client as a slow consumer.
         .subscription_capacity(options.buffer.max(65_536))
         .client_capacity(super::BATCH * 2)
-        .no_echo()
+        // Not `no_echo`: a one-per-service group may hand a process its
+        // own event (the receiver skips its own events otherwise).
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
