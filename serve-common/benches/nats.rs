@@ -252,7 +252,10 @@ fn bare_core(url: &str) -> (f64, f64) {
             let started = Instant::now();
             a.publish("bare.ping", payload.clone()).await.unwrap();
             a.flush().await.unwrap();
-            pongs.next().await.unwrap();
+            tokio::time::timeout(Duration::from_secs(30), pongs.next())
+                .await
+                .expect("a pong within 30 s")
+                .unwrap();
             halves.push(started.elapsed().as_secs_f64() * 1e6 / 2.0);
         }
         let latency = median(halves.split_off(100));
@@ -323,8 +326,15 @@ fn bare_jetstream(url: &str, round: usize) -> (f64, f64) {
         let count = Arc::new(AtomicU64::new(0));
         let seen = count.clone();
         tokio::spawn(async move {
-            while let Some(Ok(_message)) = messages.next().await {
-                seen.fetch_add(1, Ordering::Release);
+            // A missed heartbeat on a loaded machine is an error item, not
+            // the end: the pull stream goes on.
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(_message) => {
+                        seen.fetch_add(1, Ordering::Release);
+                    }
+                    Err(error) => println!("# bare consumer: {error}"),
+                }
             }
         });
         let payload = bare_payload();
@@ -379,8 +389,10 @@ fn bare_jetstream(url: &str, round: usize) -> (f64, f64) {
         while let Some(acked) = inflight.next().await {
             let _: async_nats::jetstream::publish::PublishAck = acked.unwrap();
         }
+        let deadline = Instant::now() + Duration::from_secs(180);
         while count.load(Ordering::Acquire) < start_count + THROUGHPUT_EVENTS {
             tokio::time::sleep(Duration::from_micros(200)).await;
+            assert!(Instant::now() < deadline, "the bare consumer stopped");
         }
         let rate = THROUGHPUT_EVENTS as f64 / started.elapsed().as_secs_f64();
         (median(latencies), rate)

@@ -1,6 +1,6 @@
 //! Cached properties: computed on first read, served from the cache after,
 //! invalidated by setters along a dependency graph checked at compile time.
-//! The seed's `cached_property` module.
+//! The Python original's `cached_property` module.
 //!
 //! ```
 //! use serve_common::prelude::*;

@@ -2,7 +2,7 @@
 //!
 //! The boring parts of a web service, done well once. This crate is the Rust
 //! counterpart of the Python `serve-common` (falcon + gunicorn): a module per
-//! seed module, with proc macros doing what Python decorators did.
+//! module of the Python original, with proc macros doing what Python decorators did.
 //!
 //! | module | what it gives you |
 //! |---|---|
@@ -17,7 +17,7 @@
 //! | [`log_util`] | [`#[time_and_log]`](macro@time_and_log) and its guard form |
 //! | [`ipc`] | a group server process: messages, and events and config, across the service's processes |
 //! | [`reloading`] | file watchers: inotify with a safety poll, or plain polling |
-//! | [`prelude`] | the glob import (the seed's `export` module) |
+//! | [`prelude`] | the glob import (the Python original's `export` module) |
 //!
 //! ```no_run
 //! use serve_common::prelude::*;

@@ -1,4 +1,4 @@
-//! Logging utilities (the seed's `log_util`): timing a block or a function.
+//! Logging utilities (the Python original's `log_util`): timing a block or a function.
 //!
 //! ```
 //! use serve_common::log_util::time_and_log;
@@ -83,7 +83,7 @@ impl Drop for TimedCall {
     }
 }
 
-/// Actix middleware that times each request (the seed's `RequestTimer`):
+/// Actix middleware that times each request (the Python original's `RequestTimer`):
 /// logs `hit <path>` at INFO when a route matched (at DEBUG `no route
 /// matched <method> <path>` otherwise, once), then `request completed
 /// with <status> (took <ms> ms)`. Put it inside the request-id middleware

@@ -1,6 +1,6 @@
 //! The glob import: `use serve_common::prelude::*;`.
 //!
-//! This is the seed's `export` module. In Rust, `pub` already is the export
+//! This is the Python original's `export` module. In Rust, `pub` already is the export
 //! list; a prelude gathers what a service uses every day.
 
 /// The crates apistos' and schemars' derives name in their expansions

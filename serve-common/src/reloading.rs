@@ -1,5 +1,5 @@
 //! File reloading: call a function when a file's content changes. The
-//! seed's `reloading` module.
+//! Python original's `reloading` module.
 //!
 //! ```no_run
 //! use serve_common::reloading::Reloader;

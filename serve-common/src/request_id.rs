@@ -1,4 +1,4 @@
-//! Request ids (the seed's `request_id`): every request gets one, and
+//! Request ids (the Python original's `request_id`): every request gets one, and
 //! everything that runs for it can read it and logs it.
 //!
 //! ```no_run

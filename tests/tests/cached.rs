@@ -264,7 +264,7 @@ fn explicit_invalidation_is_the_deleter() {
     assert_eq!((chain.calls.of("c"), chain.calls.of("d")), (2, 3));
 }
 
-/// The seed README's example, in Rust.
+/// The Python original README's example, in Rust.
 #[derive(Cached)]
 struct C {
     var: i32,

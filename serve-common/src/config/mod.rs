@@ -1,4 +1,4 @@
-//! Configuration: layered, typed, hot-reloaded. The seed's `config` module.
+//! Configuration: layered, typed, hot-reloaded. The Python original's `config` module.
 //!
 //! ```
 //! use serve_common::config::Config;

@@ -1,4 +1,4 @@
-//! The default logging setup, on `tracing` (the seed's
+//! The default logging setup, on `tracing` (the Python original's
 //! `default.logging`, which used loguru).
 //!
 //! ```no_run

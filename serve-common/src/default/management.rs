@@ -1,4 +1,4 @@
-//! The management endpoints (the seed's `default.management`), mounted by
+//! The management endpoints (the Python original's `default.management`), mounted by
 //! [`default::actix`](crate::default::actix) and listed in the OpenAPI
 //! document under the tag `management`:
 //!
@@ -52,7 +52,7 @@ struct HealthCheck {
 }
 static CHECKS: Lazy<RwLock<Vec<(String, HealthCheck)>>> = Lazy::new(|| RwLock::new(Vec::new()));
 
-/// Sets the version `/manage/version` answers (the seed's assignment to
+/// Sets the version `/manage/version` answers (the Python original's assignment to
 /// `management.version`). Without it: the application crate's
 /// `CARGO_PKG_VERSION` when `#[serve_common::main]` is used, else `unknown`.
 pub fn set_version(version: impl Into<String>) {

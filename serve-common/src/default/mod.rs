@@ -1,5 +1,5 @@
 //! The default, opinionated implementations of common functionality (the
-//! seed's `default` package): here we trade versatility for ease of use.
+//! Python original's `default` package): here we trade versatility for ease of use.
 
 #[cfg(feature = "actix")]
 pub mod actix;

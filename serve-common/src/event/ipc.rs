@@ -335,10 +335,12 @@ impl EventTransport for IpcTransport {
             tracing::error!(%error, event = event.name(), "event not sent to other processes");
             return;
         }
-        // One-per-service handlers: to their queue groups.
-        self.groups.route(event.name(), &wire[1..]);
         let shared = &self.shared;
         let max = shared.max_message.load(Ordering::Relaxed);
+        if wire.len() - 1 <= max {
+            // One-per-service handlers: to their queue groups.
+            self.groups.route(event.name(), &wire[1..]);
+        }
         if wire.len() - 1 > max {
             Shared::count_drop(
                 &shared.stats.dropped_outgoing,

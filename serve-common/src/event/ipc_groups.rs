@@ -32,6 +32,17 @@ fn queue_group(key: &str) -> String {
     )
 }
 
+/// Tells the server one more message handed here is handled.
+fn acknowledge(socket: &GroupSocket<WireEvent>) {
+    let mut ack = [0; 9];
+    ack[0] = ipc::QUEUE_ACK;
+    ack[1..].copy_from_slice(&1_u64.to_le_bytes());
+    if let Err(error) = socket.send_bytes(&ack) {
+        // The server counts it as lost when this member leaves.
+        tracing::debug!(%error, "a one-per-service acknowledgement was not sent");
+    }
+}
+
 struct GroupLink {
     socket: GroupSocket<WireEvent>,
     member: bool,
@@ -76,6 +87,9 @@ impl Groups {
         let hook = Arc::downgrade(&groups);
         bus.set_interest_hook(Some(Arc::new(move || {
             if let Some(groups) = hook.upgrade() {
+                // Routed from now on (a group without a connection yet is
+                // counted as dropped, never run in every process).
+                groups.any.store(true, Ordering::Relaxed);
                 groups.changed.notify_all();
             }
         })));
@@ -119,7 +133,7 @@ impl Groups {
                 None => Err(IpcError::Closed),
             };
             if let Err(error) = sent {
-                if let Some((_, broken)) = socket {
+                if let (Some((_, broken)), IpcError::Closed | IpcError::Io(_)) = (socket, &error) {
                     broken.store(true, Ordering::Relaxed);
                     self.changed.notify_all();
                 }
@@ -246,19 +260,22 @@ impl Groups {
                         // Handled: the server counts what a member that
                         // dies leaves unhandled.
                         let acker = socket.clone();
+                        let name = wire.name.clone();
                         bus.deliver_shared(
                             Event::from_remote(wire.name, wire.payload),
                             key.clone(),
-                            Box::new(move |_| {
-                                let mut ack = [0; 9];
-                                ack[0] = ipc::QUEUE_ACK;
-                                ack[1..].copy_from_slice(&1_u64.to_le_bytes());
-                                let _ = acker.send_bytes(&ack);
+                            Box::new(move |outcome| {
+                                if matches!(outcome, super::SharedOutcome::NotHere) {
+                                    tracing::warn!(event = %name, "a one-per-service event reached a process that no longer runs its handlers: lost");
+                                }
+                                acknowledge(&acker);
                             }),
                         )
                     }
                     Err(IpcError::Decode(error)) => {
                         tracing::warn!(%error, "a message in a one-per-service group is not an event; dropped");
+                        // Taken care of: not counted as lost.
+                        acknowledge(&socket);
                     }
                     Err(_) => {
                         broken.store(true, Ordering::Relaxed);

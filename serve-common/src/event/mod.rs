@@ -1,5 +1,5 @@
 //! Events: register functions for names or patterns of names, and call them
-//! by notifying events. The seed's `callback` module.
+//! by notifying events. The Python original's `callback` module.
 //!
 //! ```
 //! use std::time::Duration;
@@ -108,11 +108,42 @@
 //!
 //! So an event runs an application handler once per worker: N times, not
 //! N + 1. A handler with a side effect that must happen once per service
-//! (an e-mail, a row written) is better triggered by one process on
-//! purpose than by an event every process handles.
+//! (an e-mail, a row written, a job run) asks for it: see below.
 //!
 //! In a single-process service, and on buses made with [`EventBus::new`],
 //! every handler runs.
+//!
+//! # One per service
+//!
+//! A handler registered with [`HandlerBuilder::one_per_service`] (or
+//! `#[on_event("job.submitted", one_per_service)]`) runs in one process
+//! of the service for each event, the way a work queue hands each job to
+//! one worker. The registrations with the same pattern and label (an
+//! `#[on_event]` function's path) in the service's processes form one
+//! group, and the link picks the process:
+//!
+//! | link | who picks | a process that dies mid-handler |
+//! |---|---|---|
+//! | NATS JetStream | a durable consumer the group shares | loses nothing: the server hands the event to another process after `events.nats.ack_wait_s` (default 30 s) without an acknowledgement; what the dead process had handled and not yet acknowledged runs twice |
+//! | NATS at most once | a queue group | loses what the server had sent it |
+//! | IPC | the IPC server, in turn | loses what the server had handed it and it had not handled: counted and logged by the server (`lost=N`) |
+//!
+//! The process that notifies may be the one picked. Over IPC the notifier
+//! routes the event to each group whose handlers match it in its own
+//! registry, so register one-per-service handlers in every process (the
+//! `#[on_event]` ones are); a supervisor routes without taking any. A
+//! handler that fails or panics is logged and the event counts as handled
+//! (it is not handed to another process). A local-only event, and any
+//! event on a bus without a link, runs its one-per-service handlers here.
+//!
+//! Over JetStream, `ack_wait_s` runs from when the server hands the event
+//! out: a process takes 16 at a time, so keep it above 16 times the
+//! handler's longest run, or a slow event is handed to another process too.
+//! An event whose handler ran while the process was stopping, and whose
+//! acknowledgement did not leave before the link closed, runs again
+//! elsewhere. A group whose handler is gone from every process is
+//! forgotten by the server a day later; a group made for the first time
+//! takes the events from where the process that made it started reading.
 
 mod ipc;
 mod ipc_groups;
@@ -307,6 +338,9 @@ pub(crate) enum SharedOutcome {
     /// The group's handlers ran (a failure or a panic was logged: the
     /// event is not handed to another process for it).
     Ran,
+    /// The group is here, but its patterns do not match the event (its
+    /// subscription is wider than they are): nothing to run anywhere.
+    NoMatch,
     /// This process has no handler of the group for this event (it was
     /// unregistered): another process should have it.
     NotHere,
@@ -456,16 +490,20 @@ impl Core {
             }
             Origin::Local => {}
         }
-        self.registry.lock().collect(&event.name, matched);
         let application = self.application_handlers.load(Ordering::Relaxed);
         // One-per-service handlers run where a link hands their events,
-        // unless the event stays in this process.
+        // unless the event stays in this process: not taken here (a
+        // single-use one stays registered for that).
         let routed = self.shared_routed.load(Ordering::Relaxed) && !event.local_only;
+        let shared_removed = self
+            .registry
+            .lock()
+            .collect(&event.name, matched, |e| !(routed && e.shared.is_some()));
+        if shared_removed {
+            self.interest_changed();
+        }
         for entry in matched.drain(..) {
             if !application && !entry.in_supervisor {
-                continue;
-            }
-            if routed && entry.shared.is_some() {
                 continue;
             }
             let _ = self.run_entry(&entry, event);
@@ -485,15 +523,28 @@ impl Core {
     ) {
         self.remote_bytes
             .fetch_sub(event.remote_size(), Ordering::Relaxed);
-        self.registry.lock().collect(&event.name, matched);
         let application = self.application_handlers.load(Ordering::Relaxed);
-        let mut outcome = SharedOutcome::NotHere;
+        // Only the group's handlers that run here are taken (other
+        // single-use handlers, waits among them, stay for the event's
+        // normal delivery).
+        let runs = |e: &Entry| e.shared.as_deref() == Some(key) && (application || e.in_supervisor);
+        let mut registry = self.registry.lock();
+        let shared_removed = registry.collect(&event.name, matched, runs);
+        let outcome = if !matched.is_empty() {
+            SharedOutcome::Ran
+        } else if registry.has_shared(key, application) {
+            // The group's filter let through an event its patterns do
+            // not match: not the group's.
+            SharedOutcome::NoMatch
+        } else {
+            SharedOutcome::NotHere
+        };
+        drop(registry);
+        if shared_removed {
+            self.interest_changed();
+        }
         for entry in matched.drain(..) {
-            if entry.shared.as_deref() != Some(key) || (!application && !entry.in_supervisor) {
-                continue;
-            }
             let _ = self.run_entry(&entry, event);
-            outcome = SharedOutcome::Ran;
         }
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| done(outcome))) {
             tracing::error!(event = %event.name, panic = %panic_message(&*panic),
@@ -830,6 +881,8 @@ impl EventBus {
         self.core()
             .application_handlers
             .store(false, Ordering::Relaxed);
+        // A link leaves the one-per-service groups it no longer runs.
+        self.core().interest_changed();
     }
 
     /// Sets (or, with `None`, removes) the transport that carries this

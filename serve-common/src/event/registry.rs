@@ -265,11 +265,43 @@ impl Registry {
         found
     }
 
-    /// Pushes the handlers matching `name` onto `out`, in registration
-    /// order, and removes the single-use ones among them.
-    pub(crate) fn collect(&mut self, name: &str, out: &mut Vec<Arc<Entry>>) {
-        let exact = self.exact.get(name).map(Vec::as_slice).unwrap_or(&[]);
+    /// Pushes the handlers matching `name` that pass `take` onto `out`,
+    /// in registration order, and removes the single-use ones among them
+    /// (not the ones `take` leaves: they have not run). Whether a
+    /// one-per-service entry was removed (the groups changed).
+    pub(crate) fn collect(
+        &mut self,
+        name: &str,
+        out: &mut Vec<Arc<Entry>>,
+        take: impl Fn(&Entry) -> bool,
+    ) -> bool {
         let first = out.len();
+        self.collect_all(name, out);
+        let mut i = first;
+        while i < out.len() {
+            if take(&out[i]) {
+                i += 1;
+            } else {
+                out.remove(i);
+            }
+        }
+        let mut shared_removed = false;
+        if out[first..].iter().any(|e| e.once) {
+            let once: Vec<(u64, bool)> = out[first..]
+                .iter()
+                .filter(|e| e.once)
+                .map(|e| (e.id, e.shared.is_some()))
+                .collect();
+            for (id, shared) in once {
+                shared_removed |= self.remove(id) && shared;
+            }
+        }
+        shared_removed
+    }
+
+    /// Every handler matching `name`, in registration order.
+    fn collect_all(&mut self, name: &str, out: &mut Vec<Arc<Entry>>) {
+        let exact = self.exact.get(name).map(Vec::as_slice).unwrap_or(&[]);
         if self.patterns.is_empty() {
             out.extend(exact.iter().cloned());
         } else {
@@ -292,15 +324,16 @@ impl Registry {
                 }
             }
         }
-        if out[first..].iter().any(|e| e.once) {
-            let once: Vec<u64> = out[first..]
-                .iter()
-                .filter(|e| e.once)
-                .map(|e| e.id)
-                .collect();
-            for id in once {
-                self.remove(id);
-            }
-        }
+    }
+
+    /// Whether a one-per-service group `key` has a handler that runs here
+    /// (all of them with `application`, else those that run in a
+    /// supervisor).
+    pub(crate) fn has_shared(&self, key: &str, application: bool) -> bool {
+        self.exact
+            .values()
+            .flatten()
+            .chain(self.patterns.iter().map(|(e, _)| e))
+            .any(|e| e.shared.as_deref() == Some(key) && (application || e.in_supervisor))
     }
 }

@@ -1,4 +1,4 @@
-//! Message-based IPC over Unix sockets: the seed's `ipc` module.
+//! Message-based IPC over Unix sockets: the Python original's `ipc` module.
 //!
 //! A dedicated server process keeps groups of members; every message a
 //! member sends reaches every *other* member of its group exactly once, in
@@ -153,7 +153,9 @@ pub(crate) enum Greeting {
 /// Groups whose name starts so are queue groups: the server hands each
 /// message to one member (round robin over those that did not join to
 /// send only, the sender included), not to every other member.
-pub(crate) const QUEUE_GROUP_PREFIX: &str = "queue:";
+/// (serve-common's own prefix: an application's group names do not start
+/// so.)
+pub(crate) const QUEUE_GROUP_PREFIX: &str = "serve-common.queue:";
 pub(crate) use self::server::QUEUE_ACK;
 
 /// The server's answer to a `Join`, sent once the member is in the group:

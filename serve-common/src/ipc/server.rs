@@ -575,9 +575,11 @@ impl Server {
                 from.acked.fetch_add(n, Ordering::Relaxed);
                 continue;
             }
-            let open = |m: &&Arc<Member>| !m.send_only && !m.out.lock().closed;
-            let takers = members.iter().filter(open).count();
-            if takers == 0 {
+            let takers: Vec<&Arc<Member>> = members
+                .iter()
+                .filter(|m| !m.send_only && !m.out.lock().closed)
+                .collect();
+            if takers.is_empty() {
                 let n = from.group.unrouted.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
                     tracing::warn!(group = %from.group.name, unrouted = n,
@@ -585,11 +587,11 @@ impl Server {
                 }
                 continue;
             }
-            let turn = from.group.next.fetch_add(1, Ordering::Relaxed) % takers;
-            if let Some(to) = members.iter().filter(open).nth(turn) {
-                to.handed.fetch_add(1, Ordering::Relaxed);
-                self.forward(to, message, &mut None);
-            }
+            let turn = from.group.next.fetch_add(1, Ordering::Relaxed) % takers.len();
+            let to = takers[turn];
+            // Counted before: one that closes meanwhile counts it as lost.
+            to.handed.fetch_add(1, Ordering::Relaxed);
+            self.forward(to, message, &mut None);
         }
     }
 

@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::io::BufRead;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,12 +52,18 @@ fn app_config(event: &str, change: &ConfigChange) {
 #[derive(Default)]
 struct Sender {
     times: HashMap<u64, u32>,
+    /// Distinct numbers seen: what a waiting `tally` checks.
+    distinct: u64,
     last: Option<u64>,
     disorder: u64,
 }
 
 static BULK: Mutex<Option<HashMap<String, Sender>>> = Mutex::new(None);
 static BULK_CHANGED: Condvar = Condvar::new();
+/// Distinct events seen, and what a waiting `tally` wants: the handler
+/// wakes it at the target (and every 1,024), not at every event.
+static DISTINCT: AtomicU64 = AtomicU64::new(0);
+static TARGET: AtomicU64 = AtomicU64::new(u64::MAX);
 
 #[on_event("bulk.*")]
 #[allow(clippy::ptr_arg)] // the payload type is `String`
@@ -70,12 +77,21 @@ fn bulk_event(text: &String) {
         .get_or_insert_with(HashMap::new)
         .entry(sender.to_owned())
         .or_default();
-    *entry.times.entry(n).or_default() += 1;
+    let times = entry.times.entry(n).or_default();
+    let mut wake = false;
+    if *times == 0 {
+        entry.distinct += 1;
+        let distinct = DISTINCT.fetch_add(1, Ordering::Relaxed) + 1;
+        wake = distinct % 1_024 == 0 || distinct >= TARGET.load(Ordering::Relaxed);
+    }
+    *times += 1;
     if entry.last.is_some_and(|last| n < last) {
         entry.disorder += 1;
     }
     entry.last = Some(n);
-    BULK_CHANGED.notify_all();
+    if wake {
+        BULK_CHANGED.notify_all();
+    }
 }
 
 /// `seen missing dups disorder` for `count` numbers from each of `senders`.

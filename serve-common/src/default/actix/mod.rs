@@ -1,4 +1,4 @@
-//! The web service (the seed's `default.falcon`), on actix-web and apistos.
+//! The web service (the Python original's `default.falcon`), on actix-web and apistos.
 //!
 //! One call builds the app: request ids ([`RequestIdMiddleware`]), the
 //! request timer ([`RequestTimer`]), your routes, the

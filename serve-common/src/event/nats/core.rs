@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 
 use super::{count_drop, Link, News, Outgoing, Receiver, BATCH, SEND_TIMEOUT};
 
@@ -35,6 +35,7 @@ pub(super) async fn run(link: Link) {
     };
     core.resubscribe().await;
     loop {
+        core.link.linger().await;
         let link = &mut core.link;
         tokio::select! {
             biased;
@@ -298,7 +299,11 @@ impl Core {
                                 &message.subject,
                                 message.headers.as_ref(),
                                 &message.payload,
-                                Box::new(|_| {}),
+                                Box::new(|outcome| {
+                                    if matches!(outcome, crate::event::SharedOutcome::NotHere) {
+                                        tracing::warn!("a one-per-service event reached a process that no longer runs its handlers: lost");
+                                    }
+                                }),
                             );
                         }
                         None => return,
@@ -341,7 +346,14 @@ impl Core {
             loop {
                 tokio::select! {
                     message = subscriber.next() => match message {
-                        Some(message) => receive(message),
+                        Some(message) => {
+                            receive(message);
+                            // What else is there, without a turn of the
+                            // loop each.
+                            while let Some(Some(message)) = subscriber.next().now_or_never() {
+                                receive(message);
+                            }
+                        }
                         None => return,
                     },
                     _ = &mut stopped => break,

@@ -15,7 +15,7 @@ use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self as js, AckKind, ErrorCode};
 use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -36,6 +36,9 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// How long the server keeps a consumer nobody reads.
 const INACTIVE: Duration = Duration::from_secs(60);
+/// How long the server keeps a one-per-service group's consumer that no
+/// process reads.
+const GROUP_INACTIVE: Duration = Duration::from_secs(24 * 3600);
 
 /// An event being sent.
 struct Item {
@@ -91,6 +94,9 @@ pub(super) async fn run(link: Link) {
         groups: HashMap::new(),
     };
     loop {
+        // No lingering here (see `Link::linger`): the acknowledgements
+        // keep this loop busy, and a spin would take the core the server
+        // needs to store the events (measured: twice the latency).
         let unconfirmed = js.pending.len() + js.inflight.len();
         let room = unconfirmed < js.link.options.buffer;
         let retry_at = js.retry_at;
@@ -99,7 +105,12 @@ pub(super) async fn run(link: Link) {
             biased;
             _ = link.stopped.changed() => break,
             Some(event) = link.events.recv() => match link.on_client_event(event).await {
-                News::Connected => js.check_stream().await,
+                News::Connected => {
+                    // Fresh readers after a reconnection: a pull stream
+                    // that lived through it can under-ask for a while.
+                    js.stop_readers().await;
+                    js.check_stream().await;
+                }
                 News::Disconnected | News::Other => {}
             },
             Ok(()) = link.interest.changed() => {
@@ -109,6 +120,10 @@ pub(super) async fn run(link: Link) {
             }
             Some((item, result)) = js.inflight.next(), if !js.inflight.is_empty() => {
                 js.on_ack(item, result);
+                // What else came back, without a turn of the loop each.
+                while let Some(Some((item, result))) = js.inflight.next().now_or_never() {
+                    js.on_ack(item, result);
+                }
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                 js.retry_at = None;
@@ -171,7 +186,7 @@ impl Js {
         let (pending, inflight) = (&mut self.pending, &mut self.inflight);
         let oversize = &self.link.shared.stats.oversize;
         // One deadline for the batch (a timer per event costs more than
-        // the publish).
+        // the publish); an item cut short stays in `pending`.
         let published = tokio::time::timeout(SEND_TIMEOUT, async {
             while inflight.len() < window {
                 // Taken out once handed over: an item whose hand-over the
@@ -212,13 +227,8 @@ impl Js {
             true
         })
         .await;
-        match published {
-            Ok(true) => {}
-            Ok(false) => self.back_off(),
-            Err(_) => {
-                tracing::debug!("JetStream publish timed out; sent again later");
-                self.back_off();
-            }
+        if published != Ok(true) {
+            self.back_off();
         }
         self.update_buffered();
     }
@@ -384,6 +394,20 @@ impl Js {
         self.consumer = Some((tokio::spawn(reader.run()), stop));
     }
 
+    /// Stops this process's consumer and the group readers, and waits
+    /// (a second at most) until they are gone: a new consumer starts after
+    /// the last event the old one handed over.
+    async fn stop_readers(&mut self) {
+        let mut readers: Vec<_> = self.groups.drain().map(|(_, group)| group).collect();
+        readers.extend(self.consumer.take());
+        for (_, stop) in &readers {
+            let _ = stop.send(true);
+        }
+        for (task, _) in readers {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
+    }
+
     /// Sends what waits, for up to two seconds, and stops the consumer.
     async fn close(&mut self) {
         while let Ok(next) = self.link.outgoing.try_recv() {
@@ -409,14 +433,7 @@ impl Js {
                 "NATS link closed with events the stream has not acknowledged"
             );
         }
-        if let Some((task, stop)) = self.consumer.take() {
-            let _ = stop.send(true);
-            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
-        }
-        for (_, (task, stop)) in self.groups.drain() {
-            let _ = stop.send(true);
-            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
-        }
+        self.stop_readers().await;
     }
 
     /// A reader for each one-per-service group registered here (and none
@@ -449,6 +466,7 @@ impl Js {
                 key: group.key.clone(),
                 filter,
                 ack_wait: self.link.options.ack_wait,
+                start: self.next_read.load(Ordering::Acquire),
                 stopped,
             };
             self.groups
@@ -468,6 +486,8 @@ struct GroupReader {
     key: Arc<str>,
     filter: String,
     ack_wait: Duration,
+    /// Where a group made now starts.
+    start: u64,
     stopped: watch::Receiver<bool>,
 }
 
@@ -503,13 +523,19 @@ impl GroupReader {
         let name = super::group_name(&self.key);
         let config = pull::Config {
             durable_name: Some(name.clone()),
-            // Where a new group starts; an existing one goes on from
-            // where the service left it.
-            deliver_policy: DeliverPolicy::New,
+            // Where a new group starts: where this process started
+            // reading (what was written before a group existed is its
+            // too); an existing one goes on from where the service left it.
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: self.start.max(1),
+            },
             ack_policy: AckPolicy::Explicit,
             ack_wait: self.ack_wait,
             filter_subject: self.filter.clone(),
             max_ack_pending: 1_024,
+            // A group whose handler is gone from every process (renamed,
+            // removed) is forgotten a day later.
+            inactive_threshold: GROUP_INACTIVE,
             description: Some(format!("serve-common one_per_service {}", self.key)),
             ..Default::default()
         };
@@ -524,7 +550,9 @@ impl GroupReader {
             .map_err(|e| e.to_string())?;
         consumer
             .stream()
-            .max_messages_per_batch(256)
+            // Few at a time: what waits in this process's queue counts
+            // against `ack_wait` (see the event module's docs).
+            .max_messages_per_batch(16)
             .heartbeat(HEARTBEAT)
             .expires(PULL_EXPIRES)
             .messages()
@@ -556,12 +584,16 @@ impl GroupReader {
             // runtime (the dispatcher thread must not wait on the wire).
             let done: crate::event::SharedDone = Box::new(move |outcome| {
                 let kind = match outcome {
-                    SharedOutcome::Ran => AckKind::Ack,
-                    // Unregistered here since: another process takes it.
-                    SharedOutcome::NotHere => AckKind::Nak(None),
+                    SharedOutcome::Ran | SharedOutcome::NoMatch => AckKind::Ack,
+                    // Unregistered here since: another process takes it
+                    // (this one leaves the group at the next change).
+                    SharedOutcome::NotHere => AckKind::Nak(Some(Duration::from_secs(1))),
                 };
                 handle.spawn(async move {
-                    let _ = acked.ack_with(kind).await;
+                    if let Err(error) = acked.ack_with(kind).await {
+                        // The server hands it out again after `ack_wait`.
+                        tracing::warn!(%error, "a one-per-service event's acknowledgement was not sent; it may run again");
+                    }
                 });
             });
             let delivered = self.receiver.receive_shared(
@@ -573,7 +605,9 @@ impl GroupReader {
             );
             if delivered.is_none() {
                 // Refused (logged): never to be handed out again.
-                let _ = message.ack_with(AckKind::Term).await;
+                if let Err(error) = message.ack_with(AckKind::Term).await {
+                    tracing::debug!(%error, "a refused message's termination was not sent");
+                }
             }
         }
     }

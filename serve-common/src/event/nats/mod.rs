@@ -119,6 +119,8 @@ pub const ERROR_EVENT: &str = "nats:error";
 pub const INCOMING_BACKLOG: u64 = 1_000_000;
 /// Events published before one flush (at most once).
 const BATCH: usize = 8_192;
+/// How long the link's thread looks for more work before it may sleep.
+const LINGER: Duration = Duration::from_micros(30);
 /// The longest a publish, flush or subscribe may wait (the client stops
 /// taking commands while it reconnects).
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -636,6 +638,17 @@ impl Link {
 
     fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Right after some work, lets the runtime's other tasks (the
+    /// client's connection) run and looks for the next event for a few
+    /// microseconds before the thread may sleep: waking a sleeping thread
+    /// costs more than this wait (the bus's dispatcher does the same).
+    async fn linger(&mut self) {
+        let started = std::time::Instant::now();
+        while self.outgoing.is_empty() && started.elapsed() < LINGER {
+            tokio::task::yield_now().await;
+        }
     }
 
     /// What the subscriptions (or the consumer's filter) must cover: the

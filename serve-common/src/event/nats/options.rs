@@ -15,6 +15,11 @@ use crate::event::NatsSettings;
 pub const DEFAULT_BUFFER: usize = 65_536;
 /// The default of [`NatsOptions::ack_window`].
 pub const DEFAULT_ACK_WINDOW: usize = 4_096;
+/// The most [`NatsOptions::buffer`] and [`NatsOptions::ack_window`] take.
+const MAX_BUFFER: usize = 1 << 24;
+/// The longest duration a NATS setting takes (JetStream counts in
+/// nanoseconds, as an `i64`).
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// How the service's JetStream stream is made (config
 /// `[events.nats.stream]`). The link creates the stream when it does not
@@ -307,6 +312,24 @@ impl NatsOptions {
         }
         if self.buffer == 0 || self.ack_window == 0 {
             return Err("`buffer` and `ack_window` must be at least 1".to_owned());
+        }
+        if self.buffer > MAX_BUFFER || self.ack_window > MAX_BUFFER {
+            return Err(format!(
+                "`buffer` and `ack_window` are at most {MAX_BUFFER} events"
+            ));
+        }
+        for (name, value) in [
+            ("ack_wait_s", self.ack_wait),
+            ("stream max_age_s", self.stream.max_age),
+            ("stream duplicate_window_s", self.stream.duplicate_window),
+            ("max_reconnect_delay_ms", self.max_reconnect_delay),
+        ] {
+            if value > MAX_DURATION {
+                return Err(format!(
+                    "`{name}` is more than ten years ({} s)",
+                    value.as_secs()
+                ));
+            }
         }
         Ok(())
     }
@@ -601,5 +624,10 @@ mod tests {
         assert!(options.validate().unwrap_err().contains("duplicate_window"));
         options.delivery = Delivery::AtMostOnce;
         assert!(options.validate().is_ok(), "no stream at most once");
+        options.ack_wait = Duration::from_secs(u64::MAX);
+        assert!(options.validate().unwrap_err().contains("ack_wait_s"));
+        options.ack_wait = Duration::from_secs(30);
+        options.buffer = usize::MAX;
+        assert!(options.validate().unwrap_err().contains("at most"));
     }
 }
