@@ -82,7 +82,7 @@ fn bulk_event(text: &String) {
     if *times == 0 {
         entry.distinct += 1;
         let distinct = DISTINCT.fetch_add(1, Ordering::Relaxed) + 1;
-        wake = distinct % 1_024 == 0 || distinct >= TARGET.load(Ordering::Relaxed);
+        wake = distinct.is_multiple_of(1_024) || distinct >= TARGET.load(Ordering::Relaxed);
     }
     *times += 1;
     if entry.last.is_some_and(|last| n < last) {
