@@ -845,6 +845,38 @@ fn a_token_works_and_a_wrong_one_is_a_clear_error() {
 }
 
 #[test]
+fn an_nkey_works_and_an_unknown_one_is_a_clear_error() {
+    let user = nkeys::KeyPair::new_user();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nkey.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "authorization {{ users = [ {{ nkey: {} }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .unwrap();
+    let server = NatsServer::start(&["-c", conf.to_str().unwrap()]);
+    let seed = user.seed().unwrap();
+    let with = |seed: &str| config(&server.url(), &format!("nkey = \"{seed}\""));
+    let mut a = Host::start(&with(&seed), None, &[]);
+    let mut b = Host::start(&with(&seed), None, &[]);
+    a.send("notify app.nkey works");
+    b.expect_got("app.nkey", "works");
+    let stranger = nkeys::KeyPair::new_user().seed().unwrap();
+    let mut refused = Host::start(&with(&stranger), None, &["--no-wait"]);
+    let error = refused
+        .proc
+        .expect(&format!("nats {} nats:error", refused.pid));
+    assert!(error.contains("refused the credentials"), "{error}");
+    let log = refused.quit();
+    assert!(!log.contains(&stranger), "the seed is in the log");
+    a.quit();
+    b.quit();
+}
+
+#[test]
 fn wrong_credentials_are_a_clear_error_and_the_service_stays_up() {
     let server = NatsServer::start(&["--user", "svc", "--pass", "right"]);
     let mut host = Host::start(
