@@ -56,6 +56,22 @@ pub mod request_id;
 #[doc(hidden)]
 pub mod __private;
 
+/// A random number: std's `RandomState` (seeded from the operating
+/// system's randomness) over the pid and the clock, so it differs across
+/// processes, hosts and restarts (containers share pids).
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.finish()
+}
+
 pub use outcome::HandlerOutcome;
 
 /// Registers a free function as an event handler at start-up.

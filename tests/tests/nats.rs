@@ -816,32 +816,40 @@ fn tls_with_client_certificates_works_and_a_wrong_ca_is_a_clear_error() {
     }
 }
 
+/// With `good` credentials (config lines), two processes exchange an
+/// event; with `bad` ones a process gets a clear error, runs on with local
+/// events, and `secret` (what `bad` holds) stays out of its log.
+fn credentials_are_checked(server: &NatsServer, good: &str, bad: &str, secret: &str) {
+    let mut refused = Host::start(&config(&server.url(), bad), None, &["--no-wait"]);
+    let error = refused
+        .proc
+        .expect(&format!("nats {} nats:error", refused.pid));
+    assert!(error.contains("refused the credentials"), "{error}");
+    refused.send("local app.still up");
+    refused.expect_got("app.still", "up");
+    refused.send("notify app.buffered meanwhile");
+    refused.expect_got("app.buffered", "meanwhile");
+    let log = refused.quit();
+    assert!(log.contains("refused the credentials"), "{log}");
+    assert!(!log.contains(secret), "the secret is in the log: {log}");
+
+    let mut a = Host::start(&config(&server.url(), good), None, &[]);
+    let mut b = Host::start(&config(&server.url(), good), None, &[]);
+    a.send("notify app.credentials work");
+    b.expect_got("app.credentials", "work");
+    a.quit();
+    b.quit();
+}
+
 #[test]
 fn a_token_works_and_a_wrong_one_is_a_clear_error() {
     let server = NatsServer::start(&["--auth", "s3cret-token"]);
-    let mut good = Host::start(
-        &config(&server.url(), "token = \"s3cret-token\""),
-        None,
-        &[],
+    credentials_are_checked(
+        &server,
+        "token = \"s3cret-token\"",
+        "token = \"not-it\"",
+        "not-it",
     );
-    let mut other = Host::start(
-        &config(&server.url(), "token = \"s3cret-token\""),
-        None,
-        &[],
-    );
-    good.send("notify app.token works");
-    other.expect_got("app.token", "works");
-    let mut bad = Host::start(
-        &config(&server.url(), "token = \"not-it\""),
-        None,
-        &["--no-wait"],
-    );
-    let refused = bad.proc.expect(&format!("nats {} nats:error", bad.pid));
-    assert!(refused.contains("refused the credentials"), "{refused}");
-    let log = bad.quit();
-    assert!(!log.contains("not-it"), "the token is in the log: {log}");
-    good.quit();
-    other.quit();
 }
 
 #[test]
@@ -858,57 +866,24 @@ fn an_nkey_works_and_an_unknown_one_is_a_clear_error() {
     )
     .unwrap();
     let server = NatsServer::start(&["-c", conf.to_str().unwrap()]);
-    let seed = user.seed().unwrap();
-    let with = |seed: &str| config(&server.url(), &format!("nkey = \"{seed}\""));
-    let mut a = Host::start(&with(&seed), None, &[]);
-    let mut b = Host::start(&with(&seed), None, &[]);
-    a.send("notify app.nkey works");
-    b.expect_got("app.nkey", "works");
     let stranger = nkeys::KeyPair::new_user().seed().unwrap();
-    let mut refused = Host::start(&with(&stranger), None, &["--no-wait"]);
-    let error = refused
-        .proc
-        .expect(&format!("nats {} nats:error", refused.pid));
-    assert!(error.contains("refused the credentials"), "{error}");
-    let log = refused.quit();
-    assert!(!log.contains(&stranger), "the seed is in the log");
-    a.quit();
-    b.quit();
+    credentials_are_checked(
+        &server,
+        &format!("nkey = \"{}\"", user.seed().unwrap()),
+        &format!("nkey = \"{stranger}\""),
+        &stranger,
+    );
 }
 
 #[test]
 fn wrong_credentials_are_a_clear_error_and_the_service_stays_up() {
     let server = NatsServer::start(&["--user", "svc", "--pass", "right"]);
-    let mut host = Host::start(
-        &config(&server.url(), "user = \"svc\"\npassword = \"wrong\""),
-        None,
-        &["--no-wait"],
+    credentials_are_checked(
+        &server,
+        "user = \"svc\"\npassword = \"right\"",
+        "user = \"svc\"\npassword = \"wrong\"",
+        "wrong",
     );
-    let refused = host.proc.expect(&format!("nats {} nats:error", host.pid));
-    assert!(refused.contains("refused the credentials"), "{refused}");
-    // Local events still work.
-    host.send("local app.still up");
-    host.expect_got("app.still", "up");
-    host.send("notify app.buffered meanwhile");
-    host.expect_got("app.buffered", "meanwhile");
-    let log = host.quit();
-    assert!(log.contains("refused the credentials"), "{log}");
-    assert!(!log.contains("wrong"), "the password is in the log: {log}");
-
-    let mut good = Host::start(
-        &config(&server.url(), "user = \"svc\"\npassword = \"right\""),
-        None,
-        &[],
-    );
-    let mut peer = Host::start(
-        &config(&server.url(), "user = \"svc\"\npassword = \"right\""),
-        None,
-        &[],
-    );
-    good.send("notify app.user works");
-    peer.expect_got("app.user", "works");
-    good.quit();
-    peer.quit();
 }
 
 #[test]
@@ -1151,18 +1126,18 @@ fn three_processes(config: &str) -> Vec<Host> {
     (0..3).map(|_| Host::start(config, None, &[])).collect()
 }
 
-#[test]
-fn one_per_service_handlers_run_once_in_the_whole_service_over_jetstream() {
-    let server = NatsServer::start(&[]);
-    let mut hosts = three_processes(&config(&server.url(), ""));
-    let sender = hosts[0].pid;
-    hosts[0].send("flood job.run 3000");
-    hosts[0].proc.expect("flooded ");
+/// `hosts[sender]` notifies 3,000 `job.run` events; each runs exactly once
+/// in the whole service, and in at least `sharing` processes.
+fn jobs_run_once(hosts: Vec<Host>, sender: usize, sharing: usize) {
+    let mut hosts = hosts;
+    let pid = hosts[sender].pid;
+    hosts[sender].send("flood job.run 3000");
+    hosts[sender].proc.expect("flooded ");
     let refs: Vec<&Host> = hosts.iter().collect();
-    let (missing, dups, per_process) = jobs_handled(&refs, &[], sender, 3_000);
+    let (missing, dups, per_process) = jobs_handled(&refs, &[], pid, 3_000);
     assert_eq!((missing, dups), (0, 0), "{per_process:?}");
     assert!(
-        per_process.iter().filter(|n| **n > 0).count() >= 2,
+        per_process.iter().filter(|n| **n > 0).count() >= sharing,
         "the work was not shared: {per_process:?}"
     );
     for host in hosts {
@@ -1170,24 +1145,36 @@ fn one_per_service_handlers_run_once_in_the_whole_service_over_jetstream() {
     }
 }
 
+/// `hosts[sender]` notifies 3,000 `job.run` events; the last process is
+/// killed once it has run 20: (its pid, what it had run).
+fn kill_the_last_mid_jobs(hosts: &mut Vec<Host>, sender: usize) -> (u32, Vec<String>) {
+    hosts[sender].send("flood job.run 3000");
+    hosts[sender].proc.expect("flooded ");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The jobs are written to files: nothing to wait on but the file.
+    while hosts.last().unwrap().jobs().len() < 20 {
+        assert!(Instant::now() < deadline, "the last process got no job");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut victim = hosts.pop().unwrap();
+    victim.proc.kill();
+    (victim.pid, victim.jobs())
+}
+
+#[test]
+fn one_per_service_handlers_run_once_in_the_whole_service_over_jetstream() {
+    let server = NatsServer::start(&[]);
+    jobs_run_once(three_processes(&config(&server.url(), "")), 0, 2);
+}
+
 #[test]
 fn a_process_killed_mid_job_loses_none_of_its_one_per_service_events() {
     let server = NatsServer::start(&[]);
     let mut hosts = three_processes(&config(&server.url(), "ack_wait_s = 2"));
     let sender = hosts[0].pid;
-    hosts[0].send("flood job.run 3000");
-    hosts[0].proc.expect("flooded ");
-    // Once the victim is busy with jobs, kill it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while hosts[2].jobs().len() < 20 {
-        assert!(Instant::now() < deadline, "the third process got no job");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut victim = hosts.pop().unwrap();
-    victim.proc.kill();
-    let killed = vec![victim.jobs()];
+    let (_, killed) = kill_the_last_mid_jobs(&mut hosts, 0);
     let refs: Vec<&Host> = hosts.iter().collect();
-    let (missing, dups, per_process) = jobs_handled(&refs, &killed, sender, 3_000);
+    let (missing, dups, per_process) = jobs_handled(&refs, &[killed], sender, 3_000);
     assert_eq!(missing, 0, "{per_process:?}");
     // Only what the victim had handled and not acknowledged when it died
     // may run twice.
@@ -1202,24 +1189,12 @@ fn a_process_killed_mid_job_loses_none_of_its_one_per_service_events() {
 fn one_per_service_handlers_run_once_in_the_whole_service_at_most_once() {
     let server = NatsServer::start_plain(&[]);
     let mut hosts = three_processes(&amo(&server.url(), ""));
-    let sender = hosts[0].pid;
     // The queue groups are in place once every process hears an event.
     hosts[0].send("notify app.sentinel groups");
     for host in hosts.iter_mut() {
         host.expect_got("app.sentinel", "groups");
     }
-    hosts[0].send("flood job.run 3000");
-    hosts[0].proc.expect("flooded ");
-    let refs: Vec<&Host> = hosts.iter().collect();
-    let (missing, dups, per_process) = jobs_handled(&refs, &[], sender, 3_000);
-    assert_eq!((missing, dups), (0, 0), "{per_process:?}");
-    assert!(
-        per_process.iter().filter(|n| **n > 0).count() >= 2,
-        "the work was not shared: {per_process:?}"
-    );
-    for host in hosts {
-        host.quit();
-    }
+    jobs_run_once(hosts, 0, 2);
 }
 
 /// Three processes of one service over IPC (no NATS): the first starts the
@@ -1234,37 +1209,15 @@ fn three_over_ipc() -> Vec<Host> {
 
 #[test]
 fn one_per_service_handlers_run_once_in_the_whole_service_over_ipc() {
-    let mut hosts = three_over_ipc();
-    let sender = hosts[1].pid;
-    hosts[1].send("flood job.run 3000");
-    hosts[1].proc.expect("flooded ");
-    let refs: Vec<&Host> = hosts.iter().collect();
-    let (missing, dups, per_process) = jobs_handled(&refs, &[], sender, 3_000);
-    assert_eq!((missing, dups), (0, 0), "{per_process:?}");
-    assert!(
-        per_process.iter().all(|n| *n > 0),
-        "the work was not shared: {per_process:?}"
-    );
-    for host in hosts {
-        host.quit();
-    }
+    jobs_run_once(three_over_ipc(), 1, 3);
 }
 
 #[test]
 fn a_process_killed_mid_job_over_ipc_loses_events_and_the_loss_is_counted() {
     let mut hosts = three_over_ipc();
     let sender = hosts[1].pid;
-    hosts[1].send("flood job.run 3000");
-    hosts[1].proc.expect("flooded ");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while hosts[2].jobs().len() < 20 {
-        assert!(Instant::now() < deadline, "the third process got no job");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut victim = hosts.pop().unwrap();
-    let victim_pid = victim.pid;
-    victim.proc.kill();
-    let killed = vec![victim.jobs()];
+    let (victim_pid, killed) = kill_the_last_mid_jobs(&mut hosts, 1);
+    let killed = vec![killed];
     // What the server had handed to the victim and not had acknowledged is
     // lost, and the server says how much (its log is the first process's).
     let (_, line) = hosts[0]
@@ -1289,5 +1242,28 @@ fn a_process_killed_mid_job_over_ipc_loses_events_and_the_loss_is_counted() {
     eprintln!("killed over IPC: {missing} missing; per process {per_process:?}");
     for host in hosts {
         host.quit();
+    }
+}
+
+#[test]
+fn a_bad_nats_setting_is_a_start_up_error_naming_it() {
+    for (extra, needle) in [
+        ("delivery = \"bogus\"", "delivery"),
+        ("ack_wait_s = 18446744073709551615", "ack_wait_s"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config("nats://127.0.0.1:1", extra)).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_nats_host"))
+            .arg("--no-wait")
+            .current_dir(dir.path())
+            .env("SERVE_COMMON_CONFIG", &path)
+            .env_remove("SERVCOM_IPC_ADDR")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{extra}: {stderr}");
+        assert!(stderr.contains(needle), "{extra}: {stderr}");
     }
 }

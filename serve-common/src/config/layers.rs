@@ -42,12 +42,7 @@ pub(crate) fn now_ns() -> u64 {
 /// A random origin for a config: process ids repeat across containers and
 /// hosts, so they cannot tell two processes apart.
 pub(crate) fn random_origin() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    // `RandomState` is seeded from the operating system's randomness.
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(now_ns());
-    hasher.write_u32(std::process::id());
-    hasher.finish().clamp(1, FILE_ORIGIN - 1)
+    crate::random_u64().clamp(1, FILE_ORIGIN - 1)
 }
 
 #[derive(Default, Clone)]

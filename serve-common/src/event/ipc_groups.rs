@@ -22,9 +22,7 @@ use crate::ipc::{self, GroupSocket, IpcError};
 
 /// The IPC queue group of a one-per-service group.
 fn queue_group(key: &str) -> String {
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = super::group_hash(key);
     format!(
         "{}{}.{hash:016x}",
         ipc::QUEUE_GROUP_PREFIX,

@@ -590,18 +590,18 @@ impl Core {
     }
 }
 
+/// A one-per-service group's key as a stable number (FNV-1a): the same
+/// in every process and across restarts, for the names links give it.
+pub(crate) fn group_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A wait between `base / 2` and `base`, picked at random ("equal
 /// jitter"), so processes that lost the same server come back spread out.
 pub(crate) fn jittered(base: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    let fraction = (hasher.finish() >> 11) as f64 / (1_u64 << 53) as f64;
+    let fraction = (crate::random_u64() >> 11) as f64 / (1_u64 << 53) as f64;
     base.mul_f64(0.5 + fraction / 2.0)
 }
 

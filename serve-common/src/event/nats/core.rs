@@ -268,24 +268,7 @@ impl Core {
         subject: String,
     ) -> Option<tokio::sync::oneshot::Sender<()>> {
         let group = super::group_name(&key);
-        let subscribed = tokio::time::timeout(
-            SEND_TIMEOUT,
-            self.link
-                .client
-                .queue_subscribe(subject.clone(), group.clone()),
-        )
-        .await;
-        let mut subscriber = match subscribed {
-            Ok(Ok(subscriber)) => subscriber,
-            Ok(Err(error)) => {
-                tracing::error!(%subject, %error, "cannot subscribe on NATS for a one-per-service handler");
-                return None;
-            }
-            Err(_) => {
-                tracing::warn!(%subject, "NATS subscribe timed out; retried at the next change");
-                return None;
-            }
-        };
+        let mut subscriber = self.subscribe(&subject, Some(&group)).await?;
         let receiver: Arc<Receiver> = self.link.receiver.clone();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -317,6 +300,35 @@ impl Core {
         Some(stop)
     }
 
+    /// Subscribes to `subject` (in the queue group `queue`, if given),
+    /// within [`SEND_TIMEOUT`]; a failure is logged (tried again at the
+    /// next registration change).
+    async fn subscribe(
+        &self,
+        subject: &str,
+        queue: Option<&str>,
+    ) -> Option<async_nats::Subscriber> {
+        let client = &self.link.client;
+        let subscribed = match queue {
+            Some(queue) => {
+                let request = client.queue_subscribe(subject.to_owned(), queue.to_owned());
+                tokio::time::timeout(SEND_TIMEOUT, request).await
+            }
+            None => tokio::time::timeout(SEND_TIMEOUT, client.subscribe(subject.to_owned())).await,
+        };
+        match subscribed {
+            Ok(Ok(subscriber)) => Some(subscriber),
+            Ok(Err(error)) => {
+                tracing::error!(%subject, ?queue, %error, "cannot subscribe on NATS");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(%subject, "NATS subscribe timed out; retried at the next change");
+                None
+            }
+        }
+    }
+
     /// Subscribes to `subject`; a task hands its messages to the receiver
     /// until told to stop (through the returned sender), then unsubscribes
     /// and drains what is left.
@@ -324,19 +336,7 @@ impl Core {
         &mut self,
         subject: String,
     ) -> Option<tokio::sync::oneshot::Sender<()>> {
-        let subscribed =
-            tokio::time::timeout(SEND_TIMEOUT, self.link.client.subscribe(subject.clone())).await;
-        let mut subscriber = match subscribed {
-            Ok(Ok(subscriber)) => subscriber,
-            Ok(Err(error)) => {
-                tracing::error!(%subject, %error, "cannot subscribe on NATS");
-                return None;
-            }
-            Err(_) => {
-                tracing::warn!(%subject, "NATS subscribe timed out; retried at the next change");
-                return None;
-            }
-        };
+        let mut subscriber = self.subscribe(&subject, None).await?;
         let receiver: Arc<Receiver> = self.link.receiver.clone();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {

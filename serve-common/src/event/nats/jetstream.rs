@@ -509,12 +509,8 @@ impl GroupReader {
                 }
             }
             failures = failures.saturating_add(1);
-            let wait = Duration::from_millis(20)
-                .saturating_mul(1 << failures.min(6))
-                .min(Duration::from_secs(1));
-            tokio::select! {
-                _ = self.stopped.changed() => return,
-                _ = tokio::time::sleep(jittered(wait)) => {}
+            if !pause(&mut self.stopped, failures).await {
+                return;
             }
         }
     }
@@ -610,6 +606,19 @@ impl GroupReader {
                 }
             }
         }
+    }
+}
+
+/// Waits before a reader makes its consumer again, longer after each
+/// failure in a row (20 ms doubling to 1 s, jittered); false when told to
+/// stop meanwhile.
+async fn pause(stopped: &mut watch::Receiver<bool>, failures: u32) -> bool {
+    let wait = Duration::from_millis(20)
+        .saturating_mul(1 << failures.min(6))
+        .min(Duration::from_secs(1));
+    tokio::select! {
+        _ = stopped.changed() => false,
+        _ = tokio::time::sleep(jittered(wait)) => true,
     }
 }
 
@@ -745,12 +754,8 @@ impl Reader {
                 return;
             }
             failures = failures.saturating_add(1);
-            let wait = Duration::from_millis(20)
-                .saturating_mul(1 << failures.min(6))
-                .min(Duration::from_secs(1));
-            tokio::select! {
-                _ = self.stopped.changed() => return,
-                _ = tokio::time::sleep(jittered(wait)) => {}
+            if !pause(&mut self.stopped, failures).await {
+                return;
             }
         }
     }

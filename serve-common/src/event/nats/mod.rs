@@ -866,25 +866,12 @@ impl Receiver {
 }
 
 /// The NATS name of a one-per-service group (a durable consumer, a queue
-/// group): stable across processes and restarts (FNV-1a of its key).
+/// group): stable across processes and restarts.
 fn group_name(key: &str) -> String {
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("serve-common-{hash:016x}")
+    format!("serve-common-{:016x}", super::group_hash(key))
 }
 
+/// This process's sender id: random, never 0 (refused on the wire).
 fn rand_origin() -> u64 {
-    // std's randomly keyed hasher over the pid and the clock: distinct
-    // across processes, hosts and restarts (containers share pids).
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    hasher.finish().max(1)
+    crate::random_u64().max(1)
 }
