@@ -66,7 +66,7 @@ fn the_group_heals_after_the_server_is_killed_mid_stream() {
     let mut service = members(
         &address,
         3,
-        "[s]\nv = 1\n[events.ipc]\nbuffer_events = 200\n",
+        "[s]\nv = 1\nw = 2\n[events.ipc]\nbuffer_events = 200\n",
     );
     let total = 10_000_u64;
     for receiver in &mut service.processes[1..] {
@@ -82,6 +82,22 @@ fn the_group_heals_after_the_server_is_killed_mid_stream() {
     // reconnection waits for the new server).
     service.processes[2].expect("lost");
     service.processes[2].send("set s.v 7");
+    // The sender's own buffer fills during the outage; a set it makes then
+    // still gets out: the config's events are never dropped for room.
+    service.processes[0].expect("lost");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        service.processes[0].send("stats");
+        let stats = service.processes[0].expect("stats ");
+        if field(&stats, "dropped_outgoing") != "0" || field(&stats, "up") == "true" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the buffer never filled: {stats}"
+        );
+    }
+    service.processes[0].send("set s.w 8");
     let (_, restarted) = parent.expect_stderr(0, &["IPC server restarted (pid"]);
     assert!(
         killed.elapsed() < Duration::from_secs(1),
@@ -89,7 +105,7 @@ fn the_group_heals_after_the_server_is_killed_mid_stream() {
         killed.elapsed()
     );
     for member in &mut service.processes {
-        let rejoined = member.expect("rejoined ");
+        let rejoined = member.expect_seen("rejoined ");
         let down: u64 = field(&rejoined, "down_ms").parse().unwrap();
         assert!(down < 1000, "{rejoined}");
         assert_ne!(field(&rejoined, "server"), server_pid.to_string());
@@ -100,8 +116,11 @@ fn the_group_heals_after_the_server_is_killed_mid_stream() {
     // The set reached every process after the outage.
     for member in &mut service.processes {
         member.expect_line("handled config:s.v 7");
+        member.expect_line("handled config:s.w 8");
         member.send("get s.v");
         assert_eq!(member.expect("value "), "value 7");
+        member.send("get s.w");
+        assert_eq!(member.expect("value "), "value 8");
     }
     // Everything the sender notified is in by now: the sender's stream
     // is followed by a barrier event, after every `fault.seq`.
@@ -112,6 +131,10 @@ fn the_group_heals_after_the_server_is_killed_mid_stream() {
     let buffered = parse_ranges(field(&sender, "buffered"));
     let dropped = parse_ranges(field(&sender, "dropped"));
     let after = parse_ranges(field(&sender, "after"));
+    // The config's own events (the rejoin's sync request, the answers to
+    // the others') are never dropped for want of room.
+    assert_eq!(field(&sender, "config_dropped"), "0", "{sender}");
+    let config_buffered: usize = field(&sender, "config_buffered").parse().unwrap();
     assert_eq!(
         (before.len() + buffered.len() + dropped.len() + after.len()) as u64,
         total,
@@ -147,7 +170,7 @@ fn the_group_heals_after_the_server_is_killed_mid_stream() {
     let stats = service.processes[0].expect("stats ");
     assert_eq!(
         field(&stats, "buffered"),
-        buffered.len().to_string(),
+        (buffered.len() + config_buffered).to_string(),
         "{stats}"
     );
     assert_eq!(

@@ -1025,15 +1025,30 @@ fn at_most_once_buffers_while_disconnected_and_counts_what_exceeds_the_buffer() 
         );
     }
 
+    // A runtime set made with the buffer full still gets out: the
+    // config's own events are never dropped for room.
+    small.send("set app.value 7");
+    small
+        .proc
+        .expect(&format!("config {} app.value=\"7\"", small.pid));
+
     server.restart();
     for host in [&mut sender, &mut small] {
         host.proc
             .expect(&format!("nats {} nats:connected ", host.pid));
     }
+    sender
+        .proc
+        .expect(&format!("config {} app.value=\"7\"", sender.pid));
     assert!(sender.drained(Duration::from_secs(30)));
-    assert_eq!(sender.stat("sent"), sent_before + 50);
+    // Besides the buffered events: each asked for the sets made while it
+    // was away (a config sync), and may have answered the other's.
+    let extra = sender.stat("sent") - sent_before - 50;
+    assert!(extra == 1 || extra == 2, "{}", sender.stats());
     assert!(small.drained(Duration::from_secs(30)));
-    assert_eq!(small.stat("sent"), small_sent_before + 5);
+    let extra = small.stat("sent") - small_sent_before - 5 - 1;
+    assert!(extra == 1 || extra == 2, "{}", small.stats());
+    assert_eq!(small.stat("dropped"), 45);
     let log = small.quit();
     assert!(log.contains("buffer full"), "{log}");
     sender.quit();

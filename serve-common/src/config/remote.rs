@@ -24,6 +24,14 @@ pub const SET_EVENT: &str = "config_set";
 /// stamps, so the newcomer agrees with the rest.
 pub const SYNC_EVENT: &str = "config_sync";
 
+/// Whether `name` is one of the config's own events ([`SET_EVENT`],
+/// [`SYNC_EVENT`]). Links never drop these for want of room, in either
+/// direction: a lost set would leave processes disagreeing for good, and
+/// they are few (one per runtime set, or per process at a rejoin).
+pub(crate) fn is_control_event(name: &str) -> bool {
+    name == SET_EVENT || name == SYNC_EVENT
+}
+
 /// The payload of [`SET_EVENT`]: the value written to the runtime layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConfigSet {

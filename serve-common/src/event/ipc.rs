@@ -369,8 +369,9 @@ impl EventTransport for IpcTransport {
             }
         }
         let options = &shared.options;
-        if out.queue.len() >= options.buffer_events || out.bytes + wire.len() > options.buffer_bytes
-        {
+        let full = out.queue.len() >= options.buffer_events
+            || out.bytes + wire.len() > options.buffer_bytes;
+        if full && !crate::config::is_control_event(event.name()) {
             if !out.is_up() {
                 out.outage_dropped += 1;
             }
@@ -638,9 +639,9 @@ fn spawn_receiver(
                     Ok(wire) => {
                         stats.received.fetch_add(1, Ordering::Relaxed);
                         let size = wire.name.len() + wire.payload.len();
-                        if bus.backlog() >= options.incoming_events
-                            || bus.remote_backlog_bytes() + size > options.incoming_bytes
-                        {
+                        let behind = bus.backlog() >= options.incoming_events
+                            || bus.remote_backlog_bytes() + size > options.incoming_bytes;
+                        if behind && !crate::config::is_control_event(&wire.name) {
                             Shared::count_drop(
                                 &stats.dropped_incoming,
                                 &format!(

@@ -54,7 +54,10 @@
 //!   reading): events wait in the outgoing buffer, bounded by
 //!   [`IpcOptions::buffer_events`] and [`IpcOptions::buffer_bytes`]; what
 //!   exceeds the bound is dropped, counted ([`IpcEvents::dropped_outgoing`])
-//!   and logged at WARN. The link logs the loss at WARN, notifies
+//!   and logged at WARN, except the config's own events
+//!   ([`crate::config::SET_EVENT`], [`crate::config::SYNC_EVENT`]), which
+//!   no bound drops, outgoing or incoming: a lost runtime set would leave
+//!   the processes disagreeing for good. The link logs the loss at WARN, notifies
 //!   [`LINK_LOST_EVENT`] here, and reconnects; on rejoining it sends the
 //!   buffer once, logs what the outage cost, and notifies
 //!   [`LINK_REJOINED_EVENT`] here (the config answers it by asking the

@@ -250,6 +250,11 @@ struct Seen {
     dropped: std::collections::BTreeSet<u64>,
     after: std::collections::BTreeSet<u64>,
     counters: (u64, u64),
+    /// The config's own events this process published (a rejoin's sync
+    /// request, the answers to others'): buffered, and dropped (never, by
+    /// design).
+    config_buffered: u64,
+    config_dropped: u64,
 }
 
 static SEEN: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
@@ -340,6 +345,22 @@ fn events() {
         .unwrap();
     let options = event::IpcOptions::from_config(config).unwrap();
     let link = event::enable_ipc_with(options).unwrap();
+    // The config's own events move the same counters: taken out of the
+    // next `fault.seq`'s delta.
+    let config_link = link;
+    bus.on("config_s*") // config::SET_EVENT, config::SYNC_EVENT
+        .call(move |e: &Event| {
+            if e.origin() != event::Origin::Local {
+                return;
+            }
+            seen(|seen| {
+                let now = (config_link.buffered(), config_link.dropped_outgoing());
+                let before = std::mem::replace(&mut seen.counters, now);
+                seen.config_buffered += now.0 - before.0;
+                seen.config_dropped += now.1 - before.1;
+            })
+        })
+        .unwrap();
     bus.on("fault.seq")
         .call(move |e: &Event| {
             let seq = *e.payload::<u64>().unwrap();
@@ -409,13 +430,15 @@ fn events() {
             }
             ["report"] => seen(|seen| {
                 say(format!(
-                    "report received={} copies={} before={} buffered={} dropped={} after={}",
+                    "report received={} copies={} before={} buffered={} dropped={} after={} config_buffered={} config_dropped={}",
                     ranges(&seen.received),
                     seen.copies,
                     ranges(&seen.before),
                     ranges(&seen.buffered),
                     ranges(&seen.dropped),
-                    ranges(&seen.after)
+                    ranges(&seen.after),
+                    seen.config_buffered,
+                    seen.config_dropped
                 ))
             }),
             ["stats"] => say(format!(

@@ -23,6 +23,8 @@ struct Core {
     subscriptions: HashMap<String, tokio::sync::oneshot::Sender<()>>,
     /// One-per-service groups: a queue subscription per (group, subject).
     queue_subscriptions: HashMap<(Arc<str>, String), tokio::sync::oneshot::Sender<()>>,
+    /// The connection was lost since the last `Connected`.
+    lost: bool,
 }
 
 pub(super) async fn run(link: Link) {
@@ -32,6 +34,7 @@ pub(super) async fn run(link: Link) {
         sent: 0,
         subscriptions: HashMap::new(),
         queue_subscriptions: HashMap::new(),
+        lost: false,
     };
     core.resubscribe().await;
     loop {
@@ -42,15 +45,16 @@ pub(super) async fn run(link: Link) {
             _ = link.stopped.changed() => break,
             Some(event) = link.events.recv() => match link.on_client_event(event).await {
                 News::Connected => core.on_connected().await,
-                News::Disconnected | News::Other => {}
+                News::Disconnected => core.lost = true,
+                News::Other => {}
             },
             Ok(()) = link.interest.changed() => core.resubscribe().await,
             Some(first) = link.outgoing.recv() => {
                 core.enqueue(first);
                 while core.pending.len() < core.link.options.buffer + BATCH {
                     match core.link.outgoing.try_recv() {
-                        Ok(next) => core.enqueue(next),
-                        Err(_) => break,
+                        Some(next) => core.enqueue(next),
+                        None => break,
                     }
                 }
                 core.publish_pending().await;
@@ -58,7 +62,7 @@ pub(super) async fn run(link: Link) {
         }
     }
     // Closing: a last chance for what is buffered.
-    while let Ok(next) = core.link.outgoing.try_recv() {
+    while let Some(next) = core.link.outgoing.try_recv() {
         core.enqueue(next);
     }
     if core.link.is_connected() {
@@ -88,10 +92,19 @@ impl Core {
         // `Connected`: once the server has them, say so.
         self.barrier().await;
         self.link.announce_ready();
+        // At most once: what other processes sent meanwhile is lost to
+        // this one, and so are the runtime sets among it. Ask for those
+        // (every process answers with its sets; stamps make the copies
+        // harmless), as an IPC rejoin does.
+        if std::mem::take(&mut self.lost) {
+            self.link.bus.notify(crate::config::SYNC_EVENT, ());
+        }
     }
 
     fn enqueue(&mut self, outgoing: Outgoing) {
-        if self.pending.len() >= self.link.options.buffer {
+        if self.pending.len() >= self.link.options.buffer
+            && !crate::config::is_control_event(&outgoing.name)
+        {
             count_drop(
                 &self.link.shared.stats.dropped,
                 "buffer full",

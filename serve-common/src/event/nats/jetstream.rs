@@ -135,8 +135,8 @@ pub(super) async fn run(link: Link) {
                 js.enqueue(first);
                 while js.pending.len() + js.inflight.len() < js.link.options.buffer {
                     match js.link.outgoing.try_recv() {
-                        Ok(next) => js.enqueue(next),
-                        Err(_) => break,
+                        Some(next) => js.enqueue(next),
+                        None => break,
                     }
                 }
             }
@@ -410,7 +410,7 @@ impl Js {
 
     /// Sends what waits, for up to two seconds, and stops the consumer.
     async fn close(&mut self) {
-        while let Ok(next) = self.link.outgoing.try_recv() {
+        while let Some(next) = self.link.outgoing.try_recv() {
             self.enqueue(next);
         }
         let deadline = Instant::now() + Duration::from_secs(2);

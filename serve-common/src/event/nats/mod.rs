@@ -30,7 +30,9 @@
 //! publish/subscribe, for servers without JetStream: nothing is stored, so
 //! a process that is disconnected while an event is written does not get
 //! it. What a process notifies while disconnected is still buffered (up to
-//! [`NatsOptions::buffer`]) and sent after the reconnection.
+//! [`NatsOptions::buffer`]) and sent after the reconnection, and the
+//! runtime config sets it missed are asked for then
+//! ([`crate::config::SYNC_EVENT`]), so every process converges.
 //!
 //! ## Subjects
 //!
@@ -67,7 +69,9 @@
 //!   consumer's lag).
 //! - At most [`NatsOptions::buffer`] events wait to be sent (JetStream:
 //!   to be acknowledged); beyond, events are dropped, counted
-//!   ([`NatsEvents::dropped`]) and logged.
+//!   ([`NatsEvents::dropped`]) and logged. The config's own events
+//!   ([`crate::config::SET_EVENT`], [`crate::config::SYNC_EVENT`]) are
+//!   never dropped for room, sent or received.
 //! - A message on the service's subjects that is not a well-formed event
 //!   (garbage, a sequence number out of range, a name that is not its
 //!   subject's, a `Nats-Msg-Id` that is not its envelope's) is dropped,
@@ -199,8 +203,58 @@ struct Outgoing {
     payload: Arc<[u8]>,
 }
 
+/// The bus's side of the hand-off to the link's thread: at most `room`
+/// events wait in it; beyond, an event is dropped (counted), except the
+/// config's own events, which always get in (see
+/// [`crate::config::is_control_event`]).
+struct Handoff {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    waiting: Arc<AtomicUsize>,
+    room: usize,
+}
+
+/// The link's side of the hand-off.
+pub(super) struct Outbox {
+    rx: mpsc::UnboundedReceiver<Outgoing>,
+    waiting: Arc<AtomicUsize>,
+}
+
+fn handoff(room: usize) -> (Handoff, Outbox) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let handoff = Handoff {
+        tx,
+        waiting: waiting.clone(),
+        room: room.max(1),
+    };
+    (handoff, Outbox { rx, waiting })
+}
+
+impl Outbox {
+    /// The next event (cancel-safe: the count moves with the receipt).
+    async fn recv(&mut self) -> Option<Outgoing> {
+        let next = self.rx.recv().await;
+        if next.is_some() {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        next
+    }
+
+    fn try_recv(&mut self) -> Option<Outgoing> {
+        let next = self.rx.try_recv().ok();
+        if next.is_some() {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        next
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
 struct NatsTransport {
-    handoff: mpsc::Sender<Outgoing>,
+    handoff: Handoff,
     shared: Arc<Shared>,
     prefix: String,
 }
@@ -256,14 +310,16 @@ impl EventTransport for NatsTransport {
             name: event.name.clone(),
             payload,
         };
-        match self.handoff.try_send(outgoing) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(outgoing)) => {
-                count_drop(&self.shared.stats.dropped, "buffer full", &outgoing.name)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::debug!(event = event.name(), "NATS link closed; event stays local");
-            }
+        let handoff = &self.handoff;
+        let waiting = handoff.waiting.fetch_add(1, Ordering::Relaxed);
+        if waiting >= handoff.room && !crate::config::is_control_event(&outgoing.name) {
+            handoff.waiting.fetch_sub(1, Ordering::Relaxed);
+            count_drop(&self.shared.stats.dropped, "buffer full", &outgoing.name);
+            return;
+        }
+        if handoff.tx.send(outgoing).is_err() {
+            handoff.waiting.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(event = event.name(), "NATS link closed; event stays local");
         }
     }
 
@@ -468,7 +524,7 @@ impl EventBus {
             stats: Stats::default(),
         });
         // The hand-off holds a burst while the link's thread catches up.
-        let (handoff, outgoing) = mpsc::channel(options.buffer.max(1));
+        let (handoff, outgoing) = handoff(options.buffer);
         let (stop, stopped) = watch::channel(false);
         let prefix = options.subject_prefix.clone();
         let (interest_tx, interest_rx) = watch::channel(());
@@ -544,7 +600,7 @@ struct Link {
     next_seq: u64,
     /// The redacted URL, for logs.
     url: String,
-    outgoing: mpsc::Receiver<Outgoing>,
+    outgoing: Outbox,
     interest: watch::Receiver<()>,
     stopped: watch::Receiver<bool>,
     events: mpsc::UnboundedReceiver<async_nats::Event>,
@@ -567,7 +623,7 @@ impl Link {
         options: NatsOptions,
         bus: EventBus,
         shared: Arc<Shared>,
-        outgoing: mpsc::Receiver<Outgoing>,
+        outgoing: Outbox,
         interest: watch::Receiver<()>,
         stopped: watch::Receiver<bool>,
     ) {
@@ -814,7 +870,7 @@ impl Receiver {
             *last = wire.seq;
         }
         self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
-        if self.bus.backlog() >= INCOMING_BACKLOG {
+        if self.bus.backlog() >= INCOMING_BACKLOG && !crate::config::is_control_event(wire.name) {
             count_drop(
                 &self.shared.stats.dropped_incoming,
                 "incoming backlog full",
