@@ -1,6 +1,9 @@
-//! `bash bench/logging.sh`: `#[time_and_log]` off and on (criterion), and
-//! lines/s to the file output from 2 threads, each against its baseline in
-//! the same run.
+//! `bash bench/logging.sh`: `#[time_and_log]` off and on (criterion),
+//! lines/s to the file output from 2 threads, and lines/s from 3 processes
+//! into the one configured file with rotation on, each against its
+//! baseline in the same run (the processes: alternating with 3 processes
+//! each writing its own file, no coordination, `LOG_BENCH_ROUNDS` rounds,
+//! medians).
 
 mod common;
 
@@ -41,7 +44,113 @@ fn log_from_two_threads(log: fn(usize, usize)) -> Duration {
     start.elapsed()
 }
 
+/// Lines each process of the multi-process measure writes.
+const MULTI_LINES: usize = 200_000;
+const MULTI_PROCESSES: usize = 3;
+const CHILD_ENV: &str = "SERVE_COMMON_LOG_BENCH_CHILD";
+
+/// A process of the multi-process measure: `ours` (the configured file,
+/// shared, rotated at 1 MiB) or `baseline` (a file of its own, appended
+/// through the same non-blocking writer, never rotated), then exits.
+fn child(role: &str, dir: &std::path::Path) {
+    config::init(
+        Config::builder()
+            .no_file()
+            .no_env()
+            .default_value("logging.level", "INFO"),
+    )
+    .unwrap();
+    let mut guard = None;
+    if role == "ours" {
+        logging::add_file(FileOutput {
+            dir: Some(dir.to_owned()),
+            max_bytes: 1 << 20,
+            keep: 10_000,
+            ..FileOutput::new("multi.log")
+        })
+        .unwrap();
+    } else {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("own-{}.log", std::process::id())))
+            .unwrap();
+        let (writer, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .finish(file);
+        guard = Some(worker);
+        logging::add_output_writer(writer, false).unwrap();
+    }
+    for i in 0..MULTI_LINES {
+        tracing::info!(i, "multi line");
+    }
+    logging::flush();
+    drop(guard);
+}
+
+/// One run of `role`: 3 processes at once; their wall time and the lines
+/// found in the directory afterwards.
+fn multi_run(role: &str) -> (Duration, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let start = Instant::now();
+    let children: Vec<_> = (0..MULTI_PROCESSES)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .env(CHILD_ENV, role)
+                .arg(dir.path())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    let elapsed = start.elapsed();
+    let mut found = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        found += text.lines().filter(|l| l.contains("multi line")).count();
+    }
+    (elapsed, found)
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn multi_process(rounds: usize) {
+    let total = MULTI_LINES * MULTI_PROCESSES;
+    let (mut ours, mut baseline, mut lost) = (Vec::new(), Vec::new(), 0);
+    println!("# {MULTI_PROCESSES} processes x {MULTI_LINES} lines, {rounds} rounds, alternating");
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            ["ours", "baseline"]
+        } else {
+            ["baseline", "ours"]
+        };
+        for role in order {
+            let (elapsed, found) = multi_run(role);
+            let rate = total as f64 / elapsed.as_secs_f64();
+            println!("# round {round} {role}: {rate:.0} lines/s, {found} of {total} lines found");
+            if role == "ours" {
+                ours.push(rate);
+                lost += total - found;
+            } else {
+                baseline.push(rate);
+            }
+        }
+    }
+    common::line("log_file_multi_lines_per_s", median(ours), median(baseline));
+    println!("log_file_multi_lost: {lost} baseline: - ratio: -");
+}
+
 fn main() {
+    if let Ok(role) = std::env::var(CHILD_ENV) {
+        let dir = std::env::args().nth(1).expect("the directory");
+        return child(&role, std::path::Path::new(&dir));
+    }
     let dir = tempfile::tempdir().unwrap();
     config::init(
         Config::builder()
@@ -129,6 +238,11 @@ fn main() {
         total as f64 / baseline.as_secs_f64(),
     );
     println!("log_file_dropped: {} baseline: - ratio: -", total - written);
+    let rounds = std::env::var("LOG_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(4);
+    multi_process(rounds);
     std::io::stdout().flush().unwrap();
 }
 

@@ -91,6 +91,32 @@ fn link_nats() -> bool {
     }
 }
 
+/// The config as the macro reads it: `SERVE_COMMON_CONFIG`, when set,
+/// points elsewhere than the macro's default.
+fn config_builder(options: &MainOptions) -> config::ConfigBuilder {
+    let mut builder = Config::builder();
+    if let (Some(path), None) = (options.config, std::env::var_os(config::CONFIG_PATH_ENV)) {
+        builder = builder.path(PathBuf::from(path));
+    }
+    builder
+}
+
+/// The outputs of the `[logging]` section: standard error, a file.
+fn install_logging(config: &Config) -> Result<(), logging::LoggingError> {
+    let mut outputs = logging::builder();
+    if config.get_or("logging.stderr", true) {
+        outputs = outputs.stderr();
+    }
+    if let Some(file) = config.get_opt::<String>("logging.file").ok().flatten() {
+        let mut output = logging::FileOutput::new(file);
+        output.max_bytes = config.get_or("logging.max_bytes", output.max_bytes);
+        output.keep = config.get_or("logging.keep", output.keep);
+        output.json = config.get_or("logging.json", output.json);
+        outputs = outputs.file_output(output);
+    }
+    outputs.install().map(drop)
+}
+
 fn register_sections(config: &Config) -> Result<(), config::ConfigError> {
     logging::LoggingSettings::guard_global()?;
     event::EventsSettings::register(config)?;
@@ -107,7 +133,16 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
 {
-    // Started as the IPC server: serve, never return.
+    // Started as the IPC server: log like the service's other processes
+    // (the configured outputs and format), then serve, never return.
+    if ipc::server_requested() && options.logging {
+        let builder = config_builder(&options)
+            .watch(false)
+            .follow_remote_sets(false);
+        if config::init(builder).is_ok() {
+            let _ = install_logging(config::config());
+        }
+    }
     ipc::run_server_if_requested();
     // Started as a worker process: take the socket while single-threaded.
     #[cfg(feature = "actix")]
@@ -121,12 +156,7 @@ where
     #[cfg(feature = "actix")]
     crate::default::management::set_default_version(options.version);
 
-    let mut builder = Config::builder().watch(true);
-    // SERVE_COMMON_CONFIG, when set, points elsewhere than the macro's default.
-    if let (Some(path), None) = (options.config, std::env::var_os(config::CONFIG_PATH_ENV)) {
-        builder = builder.path(PathBuf::from(path));
-    }
-    if let Err(error) = config::init(builder) {
+    if let Err(error) = config::init(config_builder(&options).watch(true)) {
         fail("cannot load the config", error);
     }
     // serve-common's own sections, typed: a wrong value is refused now and
@@ -135,19 +165,7 @@ where
         fail("bad config", error);
     }
     if options.logging {
-        let config = config::config();
-        let mut outputs = logging::builder();
-        if config.get_or("logging.stderr", true) {
-            outputs = outputs.stderr();
-        }
-        if let Some(file) = config.get_opt::<String>("logging.file").ok().flatten() {
-            let mut output = logging::FileOutput::new(file);
-            output.max_bytes = config.get_or("logging.max_bytes", output.max_bytes);
-            output.keep = config.get_or("logging.keep", output.keep);
-            output.json = config.get_or("logging.json", output.json);
-            outputs = outputs.file_output(output);
-        }
-        if let Err(error) = outputs.install() {
+        if let Err(error) = install_logging(config::config()) {
             fail("cannot set up logging", error);
         }
     }

@@ -595,6 +595,12 @@ pub mod http_support {
         /// with `config` (TOML; `server.bind` is set to a free port unless
         /// given) and waits until it listens.
         pub fn start(program: &str, config: &str) -> Self {
+            Self::start_with(program, config, |_| {})
+        }
+
+        /// Like [`start`](Self::start), with `adjust` applied to the command
+        /// before it is spawned.
+        pub fn start_with(program: &str, config: &str, adjust: impl FnOnce(&mut Command)) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let config = if config.contains("bind") {
                 config.to_owned()
@@ -604,16 +610,17 @@ pub mod http_support {
                 format!("{config}\n[server]\nbind = \"127.0.0.1:0\"\n")
             };
             std::fs::write(dir.path().join("config.toml"), config).unwrap();
-            let mut child = Command::new(program)
+            let mut command = Command::new(program);
+            command
                 .current_dir(dir.path())
                 .env("SERVE_COMMON_CONFIG", dir.path().join("config.toml"))
                 .env("NO_COLOR", "1")
                 .env_remove("SERVCOM_IPC_ADDR")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn the example service");
+                .stderr(Stdio::piped());
+            adjust(&mut command);
+            let mut child = command.spawn().expect("spawn the example service");
             let stderr = child.stderr.take().unwrap();
             let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
             let sink = log.clone();

@@ -309,11 +309,17 @@ fn decode_address(address: &str) -> Result<Vec<u8>, IpcError> {
         })
 }
 
+/// Whether this process was started to be the IPC server (see
+/// [`run_server_if_requested`]).
+pub(crate) fn server_requested() -> bool {
+    std::env::var_os(SERVER_MARKER_ENV).as_deref() == Some("1".as_ref())
+}
+
 /// If this process was started as the IPC server, runs the server and
 /// never returns; otherwise returns at once. Call it first thing in `main`
 /// (the `#[serve_common::main]` macro does).
 pub fn run_server_if_requested() {
-    if std::env::var_os(SERVER_MARKER_ENV).as_deref() != Some("1".as_ref()) {
+    if !server_requested() {
         return;
     }
     use nix::sys::signal::Signal;

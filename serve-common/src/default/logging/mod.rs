@@ -33,6 +33,23 @@
 //!   a few old files, and are written off the caller's thread with
 //!   backpressure: a full buffer makes the logging thread wait, nothing is
 //!   dropped. [`flush`] writes out what is buffered and closes the files.
+//! - One file can be shared by every process of a service (the supervisor,
+//!   the workers, the IPC server): lines are appended in whole batches
+//!   under a lock file beside it (`.<name>.lock`), and whichever process
+//!   finds it full rotates it under that lock; the others see the new
+//!   file before their next write. Every line is whole and in exactly one
+//!   file; a rotated file is never written again. `{pid}` and `{worker}`
+//!   in a file's name give each process a file of its own instead.
+//! - A file that cannot be written (or rotated) never panics and never
+//!   blocks: it is reported once as an ERROR line on standard error and by
+//!   [`health`] (the `logging` check of `/manage/health`), lines wait (up
+//!   to 1 MiB, then are counted: [`lines_lost`]) while it is retried with a
+//!   back-off, and a WARNING line in it says what was lost once it works.
+//!   A file that cannot rotate grows past `max_bytes` rather than lose
+//!   lines.
+//! - The INFO start-up lines of [`QUIET_TARGETS`] (actix-server,
+//!   async-nats) show at DEBUG and TRACE only, unless a per-target level
+//!   names them.
 //! - JSON lines are an option ([`FileOutput::json`],
 //!   [`add_output_writer_json`]).
 
@@ -53,6 +70,8 @@ use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::config::{self, ConfigError};
 use crate::event;
+
+mod file;
 
 /// The level names accepted, as the original spelled them.
 pub const LEVEL_NAMES: [&str; 7] = [
@@ -118,6 +137,8 @@ struct State {
     /// The effective level and per-target levels.
     setting: Mutex<(String, BTreeMap<String, String>)>,
     guards: Mutex<Vec<tracing_appender::non_blocking::WorkerGuard>>,
+    /// The file outputs' health.
+    files: Mutex<Vec<std::sync::Arc<file::FileStatus>>>,
     /// Parallel to the outputs: which are files (closed by `flush`). Not a
     /// second reloadable layer: an empty `Vec` layer answers
     /// `Interest::never`, which would mute every output while no file is on.
@@ -145,18 +166,36 @@ fn check_target(target: &str) -> Result<(), LevelError> {
     }
 }
 
+/// Libraries whose INFO lines are start-up chatter ("starting 2 workers",
+/// "Actix runtime found; starting in Actix runtime", async-nats' "event:
+/// connected"): shown at DEBUG and TRACE only, unless a per-target level
+/// names them (or a prefix of theirs).
+pub const QUIET_TARGETS: [&str; 2] = ["actix_server", "async_nats"];
+
 fn directives(level: &str, targets: &BTreeMap<String, String>) -> Result<String, LevelError> {
-    let mut out = parse_level(level)?.1.to_owned();
+    let global = parse_level(level)?.1;
+    let mut out = global.to_owned();
     for (target, target_level) in targets {
         check_target(target)?;
         out.push_str(&format!(",{target}={}", parse_level(target_level)?.1));
+    }
+    if global == "info" {
+        for quiet in QUIET_TARGETS {
+            // A directive's target matches by prefix: the user's, if any,
+            // decides.
+            if !targets.keys().any(|t| quiet.starts_with(t.as_str())) {
+                out.push_str(&format!(",{quiet}=warn"));
+            }
+        }
     }
     Ok(out)
 }
 
 fn state() -> Result<&'static State, LoggingError> {
     STATE.get_or_try_init(|| {
-        let (filter, filter_handle) = reload::Layer::new(EnvFilter::new("info"));
+        let (filter, filter_handle) = reload::Layer::new(EnvFilter::new(
+            directives("INFO", &BTreeMap::new()).unwrap_or_else(|_| "info".to_owned()),
+        ));
         let (outputs, outputs_handle) = reload::Layer::new(Vec::<Output>::new());
         tracing_subscriber::registry()
             .with(filter)
@@ -168,6 +207,7 @@ fn state() -> Result<&'static State, LoggingError> {
             outputs: outputs_handle,
             setting: Mutex::new(("INFO".to_owned(), BTreeMap::new())),
             guards: Mutex::new(Vec::new()),
+            files: Mutex::new(Vec::new()),
             file_outputs: Mutex::new(Vec::new()),
         };
         Ok(state)
@@ -400,12 +440,17 @@ impl LoggingBuilder {
 /// A size-rotated log file.
 #[derive(Clone, Debug)]
 pub struct FileOutput {
-    /// The file name, under the directory.
+    /// The file name, under the directory. `{pid}` is replaced by the
+    /// process id, `{worker}` by the worker's index in a worker process
+    /// (`main` elsewhere: the supervisor, a single-process service, its
+    /// IPC server), for a file per process; without them the service's
+    /// processes share the file (see the [module docs](self)).
     pub name: String,
     /// The directory (default: config `logging.logs_dir`, or `logs`).
     pub dir: Option<PathBuf>,
-    /// Rotate once the file passes this size (default 2 MB). Lines are
-    /// never split across files.
+    /// Rotate before a line would take the file past this size (default
+    /// 2 MB): a file holds more only when a single line is longer. Lines
+    /// are never split across files.
     pub max_bytes: usize,
     /// Rotated files to keep (default 5): `app.log.1` is the newest.
     pub keep: usize,
@@ -505,23 +550,26 @@ pub fn add_file(output: FileOutput) -> Result<PathBuf, LoggingError> {
             path: dir.clone(),
             source,
         })?;
-    let path = dir.join(&output.name);
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true).create(true).append(true);
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let file = file_rotate::FileRotate::new(
-        &path,
-        file_rotate::suffix::AppendCount::new(output.keep),
-        file_rotate::ContentLimit::BytesSurpassed(output.max_bytes.max(1)),
-        file_rotate::compression::Compression::None,
-        Some(options),
-    );
-    // Off the caller's thread, never lossy: a full buffer waits.
+    let path = dir.join(expand_name(&output.name));
+    let file =
+        file::SharedFile::new(path.clone(), output.max_bytes, output.keep).map_err(|source| {
+            LoggingError::File {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    let status = file.status();
+    // Off the caller's thread, never lossy: a full buffer waits (the file
+    // itself never blocks: see the `file` module).
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("serve-common-log-file")
         .finish(file);
-    state()?.guards.lock().push(guard);
+    let state = state()?;
+    state.guards.lock().push(guard);
+    state.files.lock().push(status);
+    #[cfg(feature = "actix")]
+    register_health_check();
     if output.json {
         push(json_layer(writer), true)?;
     } else {
@@ -532,6 +580,72 @@ pub fn add_file(output: FileOutput) -> Result<PathBuf, LoggingError> {
         push(Box::new(layer), true)?;
     }
     Ok(path)
+}
+
+/// `{pid}` and `{worker}` in a file name: this process's id, and the
+/// worker's index in a worker process (`main` in the supervisor or a
+/// single-process service, and in its IPC server).
+fn expand_name(name: &str) -> String {
+    let worker = std::env::var("SERVE_COMMON_WORKER").unwrap_or_else(|_| "main".to_owned());
+    name.replace("{pid}", &std::process::id().to_string())
+        .replace("{worker}", &worker)
+}
+
+/// The file outputs' state: `Err` naming each failing file (it cannot be
+/// written or rotated: see [`FileOutput`]), else `Ok`. The `logging`
+/// check of `/manage/health` reports it.
+pub fn health() -> Result<(), String> {
+    let Some(state) = STATE.get() else {
+        return Ok(());
+    };
+    let failures: Vec<String> = state
+        .files
+        .lock()
+        .iter()
+        .filter_map(|status| status.failing.lock().clone())
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
+}
+
+/// Lines this process could not write to its log files (while a file
+/// could not be written, beyond the 1 MiB kept waiting).
+pub fn lines_lost() -> u64 {
+    STATE.get().map_or(0, |state| {
+        state
+            .files
+            .lock()
+            .iter()
+            .map(|s| s.lost.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    })
+}
+
+#[cfg(feature = "actix")]
+fn register_health_check() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        crate::default::management::add_health_check_with_details("logging", health, || {
+            use std::sync::atomic::Ordering::Relaxed;
+            let mut details = serde_json::Map::new();
+            if let Some(state) = STATE.get() {
+                for status in state.files.lock().iter() {
+                    let mut file = serde_json::Map::new();
+                    file.insert("written".into(), status.written.load(Relaxed).into());
+                    file.insert("lost".into(), status.lost.load(Relaxed).into());
+                    file.insert("rotations".into(), status.rotations.load(Relaxed).into());
+                    if let Some(error) = status.failing.lock().clone() {
+                        file.insert("error".into(), error.into());
+                    }
+                    details.insert(status.path.display().to_string(), file.into());
+                }
+            }
+            details
+        });
+    });
 }
 
 /// Writes out everything buffered for file outputs and closes them (they
@@ -552,6 +666,7 @@ pub fn flush() {
             kinds.retain(|is_file| !is_file);
         });
         state.guards.lock().clear();
+        state.files.lock().clear();
     }
 }
 
