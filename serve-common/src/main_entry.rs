@@ -133,6 +133,11 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
 {
+    // What is logged before the config says where logs go waits for the
+    // outputs.
+    if options.logging {
+        let _ = logging::capture_start_up();
+    }
     // Started as the IPC server: log like the service's other processes
     // (the configured outputs and format), then serve, never return.
     if ipc::server_requested() && options.logging {

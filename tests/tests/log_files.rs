@@ -291,3 +291,25 @@ fn a_read_only_log_directory_is_reported_and_file_logging_resumes_when_it_is_wri
     let missing: Vec<u64> = (101..=n).filter(|n| !counts.contains_key(n)).collect();
     assert!(missing.is_empty(), "lost: {missing:?}");
 }
+
+#[test]
+fn lines_logged_before_the_outputs_exist_reach_them() {
+    // No config file: its warning comes before the config says where logs
+    // go (the environment does: a file, and a free port).
+    let service = Service::start_with(env!("CARGO_BIN_EXE_log_service"), "", |command| {
+        command
+            .env("SERVE_COMMON_CONFIG", "missing.toml")
+            .env("SERVE_COMMON__SERVER__BIND", "127.0.0.1:0")
+            .env("SERVE_COMMON__LOGGING__FILE", "svc.log");
+    });
+    let service = stop(service);
+    let logs = service.path().join("logs");
+    let lines = read_lines(&logs);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("[WARNING ]") && l.contains("config file not found")),
+        "{lines:#?}"
+    );
+    service.wait_log("config file not found");
+}

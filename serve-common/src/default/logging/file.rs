@@ -94,7 +94,7 @@ fn open_append(path: &Path) -> io::Result<File> {
 
 /// A line in the log format, for what the writer says about itself (it
 /// cannot log through `tracing`: it is the logging).
-fn own_line(level: &str, message: &str) -> String {
+pub(super) fn own_line(level: &str, message: &str) -> String {
     format!(
         "[{}] [{level:<8}] [{}] {message}\n",
         chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.3f"),

@@ -139,6 +139,9 @@ struct State {
     guards: Mutex<Vec<tracing_appender::non_blocking::WorkerGuard>>,
     /// The file outputs' health.
     files: Mutex<Vec<std::sync::Arc<file::FileStatus>>>,
+    /// Start-up lines held (see [`capture_start_up`]).
+    start_up: Mutex<Option<Vec<(Level, String, String)>>>,
+    capturing: std::sync::atomic::AtomicBool,
     /// Parallel to the outputs: which are files (closed by `flush`). Not a
     /// second reloadable layer: an empty `Vec` layer answers
     /// `Interest::never`, which would mute every output while no file is on.
@@ -208,6 +211,8 @@ fn state() -> Result<&'static State, LoggingError> {
             setting: Mutex::new(("INFO".to_owned(), BTreeMap::new())),
             guards: Mutex::new(Vec::new()),
             files: Mutex::new(Vec::new()),
+            start_up: Mutex::new(None),
+            capturing: std::sync::atomic::AtomicBool::new(false),
             file_outputs: Mutex::new(Vec::new()),
         };
         Ok(state)
@@ -433,7 +438,107 @@ impl LoggingBuilder {
         if self.stderr {
             add_output_stderr()?;
         }
-        self.files.into_iter().map(add_file).collect()
+        let paths = self.files.into_iter().map(add_file).collect();
+        replay_start_up();
+        paths
+    }
+}
+
+/// Lines held by [`capture_start_up`] at most.
+const START_UP_LINES: usize = 10_000;
+
+/// Lines logged before any output exists (the config is read before it
+/// says where logs go), held until [`LoggingBuilder::install`] replays
+/// them into the outputs it adds, in their formats. `#[serve_common::main]`
+/// calls it first thing; holds up to 10,000 lines.
+pub fn capture_start_up() -> Result<(), LoggingError> {
+    let state = state()?;
+    if state.start_up.lock().is_some() {
+        return Ok(());
+    }
+    *state.start_up.lock() = Some(Vec::new());
+    state
+        .capturing
+        .store(true, std::sync::atomic::Ordering::Release);
+    push(Box::new(StartUpCapture), false)
+}
+
+/// Replays what [`capture_start_up`] held, once (target
+/// `serve_common::start_up`, the original target in a field).
+fn replay_start_up() {
+    let Some(state) = STATE.get() else {
+        return;
+    };
+    state
+        .capturing
+        .store(false, std::sync::atomic::Ordering::Release);
+    let Some(lines) = state.start_up.lock().take() else {
+        return;
+    };
+    for (level, target, text) in lines {
+        match level {
+            Level::ERROR => {
+                tracing::error!(target: "serve_common::start_up", from = %target, "{text}")
+            }
+            Level::WARN => {
+                tracing::warn!(target: "serve_common::start_up", from = %target, "{text}")
+            }
+            Level::INFO => {
+                tracing::info!(target: "serve_common::start_up", from = %target, "{text}")
+            }
+            Level::DEBUG => {
+                tracing::debug!(target: "serve_common::start_up", from = %target, "{text}")
+            }
+            Level::TRACE => {
+                tracing::trace!(target: "serve_common::start_up", from = %target, "{text}")
+            }
+        }
+    }
+}
+
+/// The output that holds start-up lines (see [`capture_start_up`]).
+struct StartUpCapture;
+
+impl<S: Subscriber> Layer<S> for StartUpCapture {
+    fn on_event(&self, event: &Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let Some(state) = STATE.get() else {
+            return;
+        };
+        if !state.capturing.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut text = FieldsText::default();
+        event.record(&mut text);
+        let metadata = event.metadata();
+        if let Some(lines) = state.start_up.lock().as_mut() {
+            if lines.len() < START_UP_LINES {
+                lines.push((*metadata.level(), metadata.target().to_owned(), text.0));
+            }
+        }
+    }
+}
+
+/// An event's fields as text: the message, then ` name=value`.
+#[derive(Default)]
+struct FieldsText(String);
+
+impl tracing::field::Visit for FieldsText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn stdfmt::Debug) {
+        use std::fmt::Write as _;
+        if field.name() == "message" {
+            let rest = std::mem::take(&mut self.0);
+            let _ = write!(self.0, "{value:?}{rest}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0.insert_str(0, value);
+        } else {
+            self.record_debug(field, &value);
+        }
     }
 }
 
@@ -653,6 +758,18 @@ fn register_health_check() {
 /// `main` (the `main` macro does, also on a panic or a start-up failure).
 pub fn flush() {
     if let Some(state) = STATE.get() {
+        // Start-up lines never replayed (a start-up that failed before
+        // the outputs existed): to standard error, rather than nowhere.
+        state
+            .capturing
+            .store(false, std::sync::atomic::Ordering::Release);
+        if let Some(lines) = state.start_up.lock().take() {
+            let mut stderr = io::stderr().lock();
+            for (level, _, text) in lines {
+                let (name, _) = level_name(&level);
+                let _ = io::Write::write_all(&mut stderr, file::own_line(name, &text).as_bytes());
+            }
+        }
         // Take the file outputs out of the stack first, so nothing writes
         // to a closed writer, then let each writer drain and close.
         let _ = state.outputs.modify(|outputs| {
