@@ -49,10 +49,8 @@ const MULTI_LINES: usize = 200_000;
 const MULTI_PROCESSES: usize = 3;
 const CHILD_ENV: &str = "SERVE_COMMON_LOG_BENCH_CHILD";
 
-/// A process of the multi-process measure: `ours` (the configured file,
-/// shared, rotated at 1 MiB) or `baseline` (a file of its own, appended
-/// through the same non-blocking writer, never rotated), then exits.
-fn child(role: &str, dir: &std::path::Path) {
+/// The global config: no file, no environment, level INFO.
+fn init_config() {
     config::init(
         Config::builder()
             .no_file()
@@ -60,6 +58,13 @@ fn child(role: &str, dir: &std::path::Path) {
             .default_value("logging.level", "INFO"),
     )
     .unwrap();
+}
+
+/// A process of the multi-process measure: `ours` (the configured file,
+/// shared, rotated at 1 MiB) or `baseline` (a file of its own, appended
+/// through the same non-blocking writer, never rotated), then exits.
+fn child(role: &str, dir: &std::path::Path) {
+    init_config();
     let mut guard = None;
     if role == "ours" {
         logging::add_file(FileOutput {
@@ -152,13 +157,7 @@ fn main() {
         return child(&role, std::path::Path::new(&dir));
     }
     let dir = tempfile::tempdir().unwrap();
-    config::init(
-        Config::builder()
-            .no_file()
-            .no_env()
-            .default_value("logging.level", "INFO"),
-    )
-    .unwrap();
+    init_config();
     let logs = dir.path().join("logs");
     logging::add_file(FileOutput {
         dir: Some(logs.clone()),

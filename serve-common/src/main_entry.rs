@@ -144,8 +144,13 @@ where
         let builder = config_builder(&options)
             .watch(false)
             .follow_remote_sets(false);
-        if config::init(builder).is_ok() {
-            let _ = install_logging(config::config());
+        // Without a usable config, standard error (which also replays
+        // and ends the start-up capture).
+        let installed = config::init(builder)
+            .map_err(drop)
+            .and_then(|config| install_logging(config).map_err(drop));
+        if installed.is_err() {
+            let _ = logging::builder().stderr().install();
         }
     }
     ipc::run_server_if_requested();
