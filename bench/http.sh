@@ -3,7 +3,9 @@
 # threads) on GET /manage/version, against a bare actix-web app answering
 # the same path with the same threads (tests/src/bin/bare_actix.rs), with
 # `wrk -t2 -c64 -d10s`, the three alternating 3 times; medians.
-#   http_warn_rps:             level WARNING, no per-request lines
+#   http_warn_rps:             level WARNING, no per-request lines, the
+#                              management endpoints on their own listener
+#                              (management.bind; wrk asks that one)
 #   http_info_file_rps:        level INFO, file output on (2 lines/request)
 #   http_info_file_lines_lost: 2 x requests - lines in the file (report-only)
 set -euo pipefail
@@ -32,7 +34,9 @@ cleanup() {
 trap cleanup EXIT
 
 PORT=18431
-URL="http://127.0.0.1:$PORT/manage/version"
+MANAGEMENT_PORT=18432
+PUBLIC_URL="http://127.0.0.1:$PORT/manage/version"
+URL="$PUBLIC_URL"
 DURATION="${DURATION:-10s}"
 
 wait_up() {
@@ -63,6 +67,7 @@ stop() {
 }
 
 bare_run() {
+    URL="$PUBLIC_URL"
     echo "+ $BARE 127.0.0.1:$PORT 2" >&2
     "$BARE" "127.0.0.1:$PORT" 2 >/dev/null 2>&1 &
     PIDS=($!)
@@ -71,7 +76,8 @@ bare_run() {
     stop "${PIDS[0]}"
 }
 
-# $1: level, $2: "file" for the file output
+# $1: level, $2: "file" for the file output, "management" for a
+# management listener of its own (measured there)
 service_run() {
     local dir="$SCRATCH/service-$RANDOM"
     mkdir -p "$dir"
@@ -87,7 +93,14 @@ service_run() {
             echo "file = \"bench.log\""
             echo "max_bytes = 100000000000"
         fi
+        if [ "$2" = management ]; then
+            echo "[management]"
+            echo "bind = \"127.0.0.1:$MANAGEMENT_PORT\""
+        fi
     } > "$dir/config.toml"
+    URL="$PUBLIC_URL"
+    [ "$2" = management ] && URL="http://127.0.0.1:$MANAGEMENT_PORT/manage/version"
+    cat "$dir/config.toml" >&2
     echo "+ (cd $dir && SERVE_COMMON_CONFIG=$dir/config.toml $SERVICE)" >&2
     (cd "$dir" && SERVE_COMMON_CONFIG="$dir/config.toml" exec "$SERVICE" >"$dir/stderr.log" 2>&1) &
     PIDS=($!)
@@ -114,7 +127,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 for round in 1 2 3; do
     echo "round $round" >&2
     bare_run >> "$SCRATCH/bare"
-    service_run WARNING none >> "$SCRATCH/warn"
+    service_run WARNING management >> "$SCRATCH/warn"
     service_run INFO file >> "$SCRATCH/info"
 done
 

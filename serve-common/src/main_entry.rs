@@ -122,6 +122,9 @@ fn register_sections(config: &Config) -> Result<(), config::ConfigError> {
     event::EventsSettings::register(config)?;
     #[cfg(feature = "actix")]
     crate::default::actix::ServerSettings::register(config)?;
+    // The global config's (`config` is it): the service's rules follow it.
+    #[cfg(feature = "actix")]
+    crate::default::management::ManagementSettings::live()?;
     Ok(())
 }
 

@@ -646,8 +646,20 @@ pub mod http_support {
                 .and_then(|rest| rest.split_whitespace().next())
                 .and_then(|a| a.parse().ok())
                 .unwrap_or_else(|| panic!("no address in {line:?}"));
-            service.address = address;
+            service.address = reachable(address);
             service
+        }
+
+        /// Where the management endpoints listen (`management.bind`):
+        /// waits for the line that says so.
+        pub fn management_address(&self) -> SocketAddr {
+            let line = self.wait_log("management endpoints on http://");
+            line.split("management endpoints on http://")
+                .nth(1)
+                .and_then(|rest| rest.split([' ', ',']).next())
+                .and_then(|a| a.parse().ok())
+                .map(reachable)
+                .unwrap_or_else(|| panic!("no address in {line:?}"))
         }
 
         /// The config file.
@@ -716,6 +728,20 @@ pub mod http_support {
             let status = self.child.wait().unwrap();
             drop(exited);
             status
+        }
+    }
+
+    /// A listener's address as a client reaches it: `0.0.0.0` (any
+    /// address) through loopback.
+    fn reachable(address: SocketAddr) -> SocketAddr {
+        match address.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv4() => {
+                SocketAddr::from(([127, 0, 0, 1], address.port()))
+            }
+            ip if ip.is_unspecified() => {
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, address.port()))
+            }
+            _ => address,
         }
     }
 

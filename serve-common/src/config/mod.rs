@@ -106,7 +106,7 @@ use self::layers::{lookup, Layers, Stamp};
 use self::path::{check_value_depth, split_path};
 pub use self::path::{MAX_KEY_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN, MAX_VALUE_DEPTH};
 use self::redact::log_change;
-pub use self::redact::{is_secret_path, redact_url_userinfo};
+pub use self::redact::{is_secret_path, redact_url_userinfo, Secret};
 pub(crate) use self::remote::is_control_event;
 pub use self::remote::{ConfigSet, SET_EVENT, SYNC_EVENT};
 pub use self::section::{Section, SectionRef};

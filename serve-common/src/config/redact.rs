@@ -62,6 +62,65 @@ pub(crate) fn log_change(path: &str, old: Option<&Value>, new: Option<&Value>) {
     tracing::info!(%path, old = %shown(path, old), new = %shown(path, new), "config changed");
 }
 
+/// A secret config value (a token, a password): read like a `String`,
+/// never shown. Its `Debug` prints `<redacted>`, and a value of the wrong
+/// type is refused with an error that does not echo it.
+///
+/// ```
+/// use serve_common::config::Secret;
+///
+/// #[derive(Debug, serde::Deserialize)]
+/// struct Api {
+///     token: Secret,
+/// }
+/// let api: Api = toml::from_str("token = \"s3cr3t\"").unwrap();
+/// assert_eq!(api.token.expose(), "s3cr3t");
+/// assert!(!format!("{api:?}").contains("s3cr3t"));
+/// // As the config reads its sections: from the parsed values.
+/// let parsed: toml::Value = toml::from_str("token = 12345").unwrap();
+/// let error = parsed.try_into::<Api>().unwrap_err().to_string();
+/// assert!(!error.contains("12345"), "{error}");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself: do not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Read anything, then refuse what is not a string without the
+        // deserializer's "invalid type: integer `12345`" (the value).
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Other(serde::de::IgnoredAny),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Text(text) => Ok(Self(text)),
+            Raw::Other(_) => Err(serde::de::Error::custom(
+                "a secret must be a string (its value is not shown)",
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,6 +67,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::default::management::{Endpoint, Gate, ManagementGate, ManagementSettings};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::web::Bytes;
@@ -99,16 +100,19 @@ pub use schemars::JsonSchema;
 
 const RENDER_PATH: &str = "/.serve-common/openapi.json";
 
-/// What the app's handlers share: the rendered OpenAPI document.
+/// What the app's handlers share: the rendered OpenAPI document, and the
+/// management endpoints' rules.
 #[derive(Debug)]
 pub(crate) struct ServiceState {
     pub(crate) spec_json: Bytes,
+    pub(crate) gate: Arc<Gate>,
 }
 
 impl ServiceState {
-    fn new(spec: &serde_json::Value) -> Self {
+    fn new(spec: &serde_json::Value, gate: Arc<Gate>) -> Self {
         Self {
             spec_json: Bytes::from(serde_json::to_vec(spec).unwrap_or_default()),
+            gate,
         }
     }
 }
@@ -199,6 +203,8 @@ where
         >,
     > {
         let configure = self.configure.clone();
+        let gate = state.gate.clone();
+        let expose = gate.exposed();
         let app = actix_web::App::new()
             .document(self.spec())
             .app_data(web::Data::from(state))
@@ -208,8 +214,9 @@ where
                 let _ = configure(app.clone());
                 app.apply(config);
             })
-            .configure(crate::default::management::routes)
+            .configure(move |config| crate::default::management::routes(config, expose))
             .default_service(web::to(errors::not_found))
+            .wrap(ManagementGate(gate))
             .wrap(errors::JsonErrors)
             .wrap(RequestTimer)
             .wrap(RequestIdMiddleware);
@@ -218,29 +225,36 @@ where
         } else {
             app.build_with(RENDER_PATH, BuildConfig::default().disable_openapi_route())
         };
-        app.service(swagger_ui_dist::generate_scope(
-            swagger_ui_dist::ApiDefinition {
-                uri_prefix: "/manage/docs",
-                api_definition: swagger_ui_dist::OpenApiSource::Uri("/manage/spec"),
-                title: Some("API docs"),
-            },
-        ))
+        app.configure(move |config| {
+            if expose.contains(Endpoint::Docs) {
+                config.service(swagger_ui_dist::generate_scope(
+                    swagger_ui_dist::ApiDefinition {
+                        uri_prefix: "/manage/docs",
+                        api_definition: swagger_ui_dist::OpenApiSource::Uri("/manage/spec"),
+                        title: Some("API docs"),
+                    },
+                ));
+            }
+        })
     }
 
     /// Renders the OpenAPI document of every route (yours and the
-    /// management ones) as JSON.
+    /// management ones `management.expose` serves) as JSON.
     pub async fn openapi(&self) -> serde_json::Value {
+        self.render(Arc::new(Gate::new(None))).await
+    }
+
+    async fn render(&self, gate: Arc<Gate>) -> serde_json::Value {
         let render = async {
-            let app = actix_web::test::init_service(
-                self.build(Arc::new(ServiceState::new(&serde_json::Value::Null)), true),
-            )
-            .await;
+            let state = ServiceState::new(&serde_json::Value::Null, gate);
+            let app = actix_web::test::init_service(self.build(Arc::new(state), true)).await;
             let request = actix_web::test::TestRequest::get()
                 .uri(RENDER_PATH)
                 .to_request();
             let body = actix_web::test::call_and_read_body(&app, request).await;
             let mut spec = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
             add_error_schemas(&mut spec);
+            crate::default::management::document_security(&mut spec);
             spec
         };
         // The render's own request is no news: keep it out of the logs.
@@ -249,7 +263,9 @@ where
             .await
     }
 
-    /// The app, ready for `HttpServer::new` or `actix_web::test::init_service`.
+    /// The app, ready for `HttpServer::new` or `actix_web::test::init_service`:
+    /// one listener serving everything (`management.bind` is for
+    /// [`run`](Self::run)); the other `[management]` rules apply.
     pub async fn app(
         &self,
     ) -> actix_web::App<
@@ -261,7 +277,8 @@ where
             InitError = (),
         >,
     > {
-        let state = Arc::new(ServiceState::new(&self.openapi().await));
+        let gate = Arc::new(Gate::new(None));
+        let state = Arc::new(ServiceState::new(&self.render(gate.clone()).await, gate));
         self.build(state, false)
     }
 
@@ -279,29 +296,43 @@ where
             backlog: server.backlog.unwrap_or(2048),
             shutdown_timeout: Duration::from_secs(server.shutdown_timeout.unwrap_or(30)),
         };
-        if let Some(listener) = workers::inherited_listener()? {
-            return self.serve_on(listener, &settings).await;
+        let management = ManagementSettings::live()
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?
+            .get();
+        if let Some(listeners) = workers::inherited_listeners()? {
+            return self.serve_on(listeners, &settings).await;
         }
-        let listener = workers::bind(&settings.bind, settings.backlog).map_err(|error| {
-            io::Error::new(
-                error.kind(),
-                format!("cannot listen on {}: {error}", settings.bind),
-            )
-        })?;
+        let bind = |address: &str, what: &str| {
+            workers::bind(address, settings.backlog).map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("cannot listen on {address}{what}: {error}"),
+                )
+            })
+        };
+        let listeners = Listeners {
+            public: bind(&settings.bind, "")?,
+            management: match &management.bind {
+                Some(address) => Some(bind(address, " (management.bind)")?),
+                None => None,
+            },
+        };
+        crate::default::management::warn_at_start(
+            listeners.public.local_addr()?,
+            listeners.management_address()?,
+        );
         if settings.processes > 1 {
             crate::event::bus().become_supervisor();
-            return workers::supervise(listener, &settings).await;
+            return workers::supervise(listeners, &settings).await;
         }
-        self.serve_on(listener, &settings).await
+        self.serve_on(listeners, &settings).await
     }
 
-    async fn serve_on(
-        self,
-        listener: std::net::TcpListener,
-        settings: &Settings,
-    ) -> io::Result<()> {
-        let state = Arc::new(ServiceState::new(&self.openapi().await));
-        let address = listener.local_addr()?;
+    async fn serve_on(self, listeners: Listeners, settings: &Settings) -> io::Result<()> {
+        let management = listeners.management_address()?;
+        let gate = Arc::new(Gate::new(management));
+        let state = Arc::new(ServiceState::new(&self.render(gate.clone()).await, gate));
+        let address = listeners.public.local_addr()?;
         let this = self.clone();
         let mut server = actix_web::HttpServer::new(move || this.build(state.clone(), false))
             .disable_signals()
@@ -310,8 +341,20 @@ where
             server = server.workers(workers.max(1));
         }
         let mut stop = workers::StopSignals::new()?;
-        let server = server.listen(listener)?.run();
+        // One server, one app, both listeners: the gate tells them apart
+        // by the listener a request came in on.
+        server = server.listen(listeners.public)?;
+        if let Some(listener) = listeners.management {
+            server = server.listen(listener)?;
+        }
+        let server = server.run();
         tracing::info!("listening on http://{address} (pid {})", std::process::id());
+        if let Some(management) = management {
+            tracing::info!(
+                "management endpoints on http://{management} (pid {})",
+                std::process::id()
+            );
+        }
         let handle = server.handle();
         actix_web::rt::spawn(async move {
             let signal = stop.recv().await;
@@ -394,6 +437,24 @@ impl ServerSettings {
         config: &crate::config::Config,
     ) -> Result<crate::config::Section<Self>, crate::config::ConfigError> {
         config.section_with("server", Self::validate)
+    }
+}
+
+/// The sockets a service listens on.
+#[derive(Debug)]
+pub(crate) struct Listeners {
+    /// `server.bind`'s.
+    pub(crate) public: std::net::TcpListener,
+    /// `management.bind`'s.
+    pub(crate) management: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    fn management_address(&self) -> io::Result<Option<std::net::SocketAddr>> {
+        self.management
+            .as_ref()
+            .map(std::net::TcpListener::local_addr)
+            .transpose()
     }
 }
 

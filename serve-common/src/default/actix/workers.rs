@@ -1,6 +1,6 @@
 //! Worker processes, the gunicorn way: the supervisor binds once, workers
-//! inherit the socket (the systemd `LISTEN_FDS` convention, read with the
-//! `listenfd` crate) and serve it.
+//! inherit the sockets (the systemd `LISTEN_FDS` convention, read with the
+//! `listenfd` crate, `LISTEN_FDNAMES` naming them) and serve them.
 
 use std::ffi::OsString;
 use std::io;
@@ -17,7 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::Settings;
+use super::{Listeners, Settings};
 
 /// Set in a worker's environment: its index.
 const WORKER_ENV: &str = "SERVE_COMMON_WORKER";
@@ -27,7 +27,15 @@ const SUPERVISOR_ENV: &str = "SERVE_COMMON_SUPERVISOR";
 const SETS_ENV: &str = "SERVE_COMMON_CONFIG_SETS";
 /// The `LISTEN_FDS` convention's variables (listenfd reads and removes the
 /// first two).
-const LISTEN_ENV: [&str; 3] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDS_FIRST_FD"];
+const LISTEN_ENV: [&str; 4] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDS_FIRST_FD",
+    "LISTEN_FDNAMES",
+];
+/// The `LISTEN_FDNAMES` name of the management listener (the public one is
+/// `http`).
+const MANAGEMENT_FD_NAME: &str = "management";
 
 /// A worker that dies sooner than this after its start counts as a failed
 /// start: restarts back off (1 s, 2 s, 4 s... up to 30 s), and after
@@ -62,7 +70,7 @@ impl StopSignals {
 
 /// What a worker process was handed by its supervisor.
 struct Inherited {
-    listener: TcpListener,
+    listeners: Listeners,
     sets: Option<String>,
 }
 
@@ -101,12 +109,22 @@ fn adopt() -> io::Result<Inherited> {
         ));
     }
     let sets = std::env::var(SETS_ENV).ok();
-    let listener = listenfd::ListenFd::from_env()
-        .take_tcp_listener(0)?
-        .ok_or_else(|| {
-            io::Error::other("a worker process was started without a listening socket")
-        })?;
-    Ok(Inherited { listener, sets })
+    let names = std::env::var(LISTEN_ENV[3]).unwrap_or_default();
+    let mut fds = listenfd::ListenFd::from_env();
+    let public = fds.take_tcp_listener(0)?.ok_or_else(|| {
+        io::Error::other("a worker process was started without a listening socket")
+    })?;
+    let management = if names.split(':').nth(1) == Some(MANAGEMENT_FD_NAME) {
+        Some(fds.take_tcp_listener(1)?.ok_or_else(|| {
+            io::Error::other("a worker process was started without its management socket")
+        })?)
+    } else {
+        None
+    };
+    Ok(Inherited {
+        listeners: Listeners { public, management },
+        sets,
+    })
 }
 
 /// Whether this process will supervise worker processes: config
@@ -118,9 +136,9 @@ pub(crate) fn will_supervise() -> bool {
     INHERITED.lock().is_none() && crate::config::config().get_or("server.processes", 1_usize) > 1
 }
 
-/// In a worker: the listening socket the supervisor handed down (the
+/// In a worker: the listening sockets the supervisor handed down (the
 /// supervisor's runtime config sets applied). Elsewhere: `None`.
-pub(super) fn inherited_listener() -> io::Result<Option<TcpListener>> {
+pub(super) fn inherited_listeners() -> io::Result<Option<Listeners>> {
     adopt_inherited_socket();
     let Some(inherited) = INHERITED.lock().take() else {
         return Ok(None);
@@ -134,7 +152,7 @@ pub(super) fn inherited_listener() -> io::Result<Option<TcpListener>> {
             }
         }
     }
-    Ok(Some(inherited.listener))
+    Ok(Some(inherited.listeners))
 }
 
 /// Binds `address` (the first of its resolutions that works) with
@@ -173,7 +191,8 @@ struct Exit {
 }
 
 struct Spawner<'a> {
-    listener: &'a TcpListener,
+    /// The sockets handed down, at consecutive descriptors (public first).
+    listeners: &'a [TcpListener],
     argv0: OsString,
     args: Vec<OsString>,
     exits: mpsc::UnboundedSender<Exit>,
@@ -185,9 +204,16 @@ impl Spawner<'_> {
     /// the supervisor: a worker's parent-death signal follows that thread.
     fn spawn(&self, index: usize) -> io::Result<u32> {
         use std::os::unix::process::CommandExt as _;
-        // The socket is inheritable only while the worker starts, so other
-        // children of this process do not hold the port.
-        fcntl(self.listener, FcntlArg::F_SETFD(FdFlag::empty())).map_err(io::Error::from)?;
+        // The sockets are inheritable only while the worker starts, so
+        // other children of this process do not hold the ports.
+        for listener in self.listeners {
+            fcntl(listener, FcntlArg::F_SETFD(FdFlag::empty())).map_err(io::Error::from)?;
+        }
+        let names = if self.listeners.len() > 1 {
+            format!("http:{MANAGEMENT_FD_NAME}")
+        } else {
+            "http".to_owned()
+        };
         // /proc/self/exe: still this program after a deploy replaced the file.
         let mut command = std::process::Command::new("/proc/self/exe");
         command
@@ -195,12 +221,17 @@ impl Spawner<'_> {
             .args(&self.args)
             .env(WORKER_ENV, index.to_string())
             .env(SUPERVISOR_ENV, std::process::id().to_string())
-            .env(LISTEN_ENV[0], "1")
+            .env(LISTEN_ENV[0], self.listeners.len().to_string())
             .env_remove(LISTEN_ENV[1])
-            .env(LISTEN_ENV[2], self.listener.as_raw_fd().to_string())
+            .env(LISTEN_ENV[2], self.listeners[0].as_raw_fd().to_string())
+            .env(LISTEN_ENV[3], names)
             .env(SETS_ENV, crate::config::config().export_sets());
         let spawned = tokio::process::Command::from(command).spawn();
-        let restored = fcntl(self.listener, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+        let mut restored = Ok(());
+        for listener in self.listeners {
+            let again = fcntl(listener, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map(drop);
+            restored = restored.and(again);
+        }
         let mut child = spawned?;
         restored.map_err(io::Error::from)?;
         let Some(pid) = child.id() else {
@@ -225,15 +256,40 @@ fn signal_workers(workers: &[Worker], signal: Signal) {
     }
 }
 
-/// Supervises `settings.processes` workers serving `listener` until
+/// The listeners at consecutive descriptors, as `LISTEN_FDS` hands them
+/// down: duplicates of the originals (which are closed), taken at the
+/// lowest free descriptors until a run of free ones is reached.
+fn consecutive(listeners: Listeners) -> io::Result<Vec<TcpListener>> {
+    let Some(management) = listeners.management else {
+        return Ok(vec![listeners.public]);
+    };
+    let mut filling = Vec::new();
+    loop {
+        let public = nix::unistd::dup(&listeners.public).map_err(io::Error::from)?;
+        fcntl(&public, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+        let second = nix::unistd::dup(&management).map_err(io::Error::from)?;
+        fcntl(&second, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+        if second.as_raw_fd() == public.as_raw_fd() + 1 {
+            return Ok(vec![public.into(), second.into()]);
+        }
+        // A descriptor in use sits between them: keep both open (filling
+        // the gaps) and try above.
+        filling.push(public);
+        filling.push(second);
+    }
+}
+
+/// Supervises `settings.processes` workers serving `listeners` until
 /// SIGTERM or SIGINT, then stops them and waits for them. An error when a
 /// worker cannot be kept running or the workers did not stop in time.
-pub(super) async fn supervise(listener: TcpListener, settings: &Settings) -> io::Result<()> {
-    let address = listener.local_addr()?;
+pub(super) async fn supervise(listeners: Listeners, settings: &Settings) -> io::Result<()> {
+    let address = listeners.public.local_addr()?;
+    let management = listeners.management_address()?;
+    let listeners = consecutive(listeners)?;
     let (exits, mut exited) = mpsc::unbounded_channel();
     let mut args = std::env::args_os();
     let spawner = Spawner {
-        listener: &listener,
+        listeners: &listeners,
         argv0: args.next().unwrap_or_else(|| "serve-common-worker".into()),
         args: args.collect(),
         exits,
@@ -264,6 +320,9 @@ pub(super) async fn supervise(listener: TcpListener, settings: &Settings) -> io:
         settings.processes,
         std::process::id()
     );
+    if let Some(management) = management {
+        tracing::info!("management endpoints on http://{management}, served by every worker");
+    }
 
     let outcome: Result<&'static str, io::Error> = loop {
         let next_restart = workers.iter().filter_map(|w| w.restart_at).min();
@@ -329,7 +388,7 @@ pub(super) async fn supervise(listener: TcpListener, settings: &Settings) -> io:
         Err(error) => tracing::error!("{error}: stopping the worker processes"),
     }
     drop(spawner);
-    drop(listener);
+    drop(listeners);
     signal_workers(&workers, Signal::SIGTERM);
     let deadline = Instant::now() + settings.shutdown_timeout + Duration::from_secs(5);
     let mut killed = false;

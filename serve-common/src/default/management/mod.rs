@@ -17,13 +17,47 @@
 //! level) is a 400 with an [`ErrorBody`](crate::default::actix::ErrorBody)
 //! and changes nothing (a body over the size limit is a 413, also with a
 //! JSON body).
+//!
+//! # Who reaches them
+//!
+//! On a loopback address (the default `server.bind`, `127.0.0.1:8000`)
+//! every endpoint answers anyone, as on a developer's machine. Off
+//! loopback, the config section `[management]` decides, the way Spring
+//! Boot Actuator's `management.*` does:
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `management.bind` | none | a listener of their own for the management endpoints (and the docs page), such as `"127.0.0.1:9000"`; the public listener then answers 404 for `/manage/*` and `/` (as for an unknown route) except what `public` names. With `server.processes = N` the supervisor binds it once and every worker serves it, like the main socket, so a level change made there reaches every process as before |
+//! | `management.expose` | all | the endpoints served: `health`, `version`, `spec` (`/` and `/manage/spec`), `docs` (needs `spec`), `logging` (both level endpoints); the others are 404 and leave the OpenAPI document. An unknown name is a start-up error listing the known ones |
+//! | `management.public` | `[]` | with `bind`: the exposed endpoints the public listener serves too, such as `["health"]` for a load balancer |
+//! | `management.token` | none | the bearer token of changes: every POST (any method but GET, HEAD and OPTIONS) needs `Authorization: Bearer <token>`, on every listener; none is 401 (with `WWW-Authenticate`), a wrong one 403, both JSON. Compared in constant time (SHA-256 digests); redacted in config log lines |
+//! | `management.token_file` | none | a file holding the token instead (white space around it ignored; relative to the working directory), so the secret need not sit in `config.toml`: read at start, and again when it changes (a rotated secret applies at the next request). An unreadable or empty file is a start-up error |
+//! | `management.token_for_reads` | `false` | reads need the token too (health included: give a load balancer the token, or leave this off) |
+//!
+//! Secure by default: when the public listener is not on a loopback
+//! address (`0.0.0.0:8000`, say) and neither `bind` nor a token is set,
+//! changes are refused with a 403 that names both ways to allow them, and
+//! a WARN at start-up says so; reads (health above all) stay open. On the
+//! listener of `bind`, changes need a token only when one is set (it is
+//! the operators' listener: a WARN at start-up when it is not on loopback
+//! and there is no token). Each refused request is logged at WARN with
+//! the peer's address (the connection's: behind a proxy, the proxy's), at
+//! most 5 every 10 s, the next line counting those left out; the token
+//! is never logged. When a token is set, the OpenAPI document carries a
+//! bearer scheme (`managementToken`) on the operations that need it.
+//!
+//! The section is typed: a wrong key or value is a start-up error, and an
+//! edit with one is refused (the old settings stay). `bind`, `expose` and
+//! `public` are read at start; the token follows every change. Routes you
+//! add under `/manage/` are management routes too: served on the
+//! management listener, their changes guarded by the token.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use apistos::paths::Response;
 use apistos::reference_or::ReferenceOr;
 use apistos::web::{get, post, resource, ServiceConfig};
@@ -36,6 +70,11 @@ use serde::{Deserialize, Serialize};
 use crate::default::actix::{ApiError, ServiceState};
 use crate::default::logging::{self, LoggingError};
 use crate::event;
+
+mod access;
+
+pub use access::ManagementSettings;
+pub(crate) use access::{warn_at_start, Endpoint, Endpoints, Gate, ManagementGate, Verdict};
 
 /// The tag of every management operation in the OpenAPI document.
 pub const TAG: &str = "management";
@@ -144,24 +183,104 @@ pub fn remove_health_check(name: &str) -> bool {
     checks.len() != before
 }
 
-/// The management routes, for [`default::actix`](crate::default::actix)'s app.
-pub(crate) fn routes(config: &mut ServiceConfig<'_>) {
-    config
-        .service(resource("/").route(get().to(root_spec)))
-        .service(resource("/manage/spec").route(get().to(spec)))
-        .service(resource("/manage/version").route(get().to(get_version)))
-        .service(resource("/manage/health").route(get().to(health)))
-        .service(
-            resource("/manage/logging/level")
-                .route(get().to(get_level))
-                .route(post().to(post_level)),
-        )
-        .service(
-            resource("/manage/logging/targets")
-                .route(get().to(get_targets))
-                .route(post().to(post_target)),
-        )
-        .service(resource("/manage/docs").route(get().to(docs)));
+/// The management routes `expose` asks for, for
+/// [`default::actix`](crate::default::actix)'s app.
+pub(crate) fn routes(config: &mut ServiceConfig<'_>, expose: Endpoints) {
+    if expose.contains(Endpoint::Spec) {
+        config
+            .service(resource("/").route(get().to(root_spec)))
+            .service(resource("/manage/spec").route(get().to(spec)));
+    }
+    if expose.contains(Endpoint::Version) {
+        config.service(resource("/manage/version").route(get().to(get_version)));
+    }
+    if expose.contains(Endpoint::Health) {
+        config.service(resource("/manage/health").route(get().to(health)));
+    }
+    if expose.contains(Endpoint::Logging) {
+        config
+            .service(
+                resource("/manage/logging/level")
+                    .route(get().to(get_level))
+                    .route(post().to(post_level)),
+            )
+            .service(
+                resource("/manage/logging/targets")
+                    .route(get().to(get_targets))
+                    .route(post().to(post_target)),
+            );
+    }
+    if expose.contains(Endpoint::Docs) {
+        config.service(resource("/manage/docs").route(get().to(docs)));
+    }
+}
+
+/// The name of the bearer scheme in the OpenAPI document.
+const SECURITY_SCHEME: &str = "managementToken";
+
+/// Marks in the rendered OpenAPI document the management operations that
+/// need the token (as the config says now): the bearer scheme, and their
+/// 401 and 403 answers.
+pub(crate) fn document_security(spec: &mut serde_json::Value) {
+    use serde_json::{json, Value};
+    let Ok(section) = ManagementSettings::live() else {
+        return;
+    };
+    let settings = section.get();
+    if !settings.has_token() {
+        return;
+    }
+    let Some(root) = spec.as_object_mut() else {
+        return;
+    };
+    let error_body =
+        json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}});
+    if let Some(Value::Object(paths)) = root.get_mut("paths") {
+        for (path, item) in paths.iter_mut() {
+            if path != "/" && !path.starts_with("/manage/") {
+                continue;
+            }
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for (method, operation) in item.iter_mut() {
+                let reads = matches!(method.as_str(), "get" | "head" | "options");
+                let Some(operation) = operation.as_object_mut() else {
+                    continue;
+                };
+                if reads && !settings.token_for_reads {
+                    continue;
+                }
+                operation.insert("security".to_owned(), json!([{ SECURITY_SCHEME: [] }]));
+                if let Some(Value::Object(responses)) = operation.get_mut("responses") {
+                    responses.insert(
+                        "401".to_owned(),
+                        json!({"description": "No bearer token", "content": error_body}),
+                    );
+                    responses.insert(
+                        "403".to_owned(),
+                        json!({"description": "Not the management token", "content": error_body}),
+                    );
+                }
+            }
+        }
+    }
+    let components = root.entry("components").or_insert_with(|| json!({}));
+    if let Some(components) = components.as_object_mut() {
+        let schemes = components
+            .entry("securitySchemes")
+            .or_insert_with(|| json!({}));
+        if let Some(schemes) = schemes.as_object_mut() {
+            schemes.insert(
+                SECURITY_SCHEME.to_owned(),
+                json!({
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The token of config `management.token` (or `management.token_file`)"
+                }),
+            );
+        }
+    }
 }
 
 fn spec_response(state: &ServiceState) -> HttpResponse {
@@ -175,8 +294,13 @@ fn spec_response(state: &ServiceState) -> HttpResponse {
     tag = "management",
     summary = "The OpenAPI document (same as /manage/spec)"
 )]
-async fn root_spec(state: web::Data<ServiceState>) -> HttpResponse {
-    spec_response(&state)
+async fn root_spec(request: HttpRequest, state: web::Data<ServiceState>) -> HttpResponse {
+    // `/` is not under `/manage/`: the gate's rules apply here.
+    match state.gate.judge(&request, Some(Endpoint::Spec)) {
+        Verdict::Pass => spec_response(&state),
+        Verdict::NotFound => access::not_found(&request),
+        Verdict::Refused(response) => response,
+    }
 }
 
 /// The OpenAPI document of every route.
