@@ -650,6 +650,27 @@ pub mod http_support {
             service
         }
 
+        /// The `count` worker pids the supervisor reported at start-up,
+        /// once each worker says it listens.
+        pub fn worker_pids(&self, count: usize) -> std::collections::BTreeSet<u32> {
+            let line = self.wait_log("worker processes [");
+            let list = line
+                .split('[')
+                .next_back()
+                .unwrap()
+                .split(']')
+                .next()
+                .unwrap();
+            let pids: std::collections::BTreeSet<u32> =
+                list.split(',').map(|p| p.trim().parse().unwrap()).collect();
+            assert_eq!(pids.len(), count, "{line}");
+            for pid in &pids {
+                // `:port`: the log shows the bound address (`0.0.0.0`...).
+                self.wait_log(&format!(":{} (pid {pid})", self.address.port()));
+            }
+            pids
+        }
+
         /// Where the management endpoints listen (`management.bind`):
         /// waits for the line that says so.
         pub fn management_address(&self) -> SocketAddr {

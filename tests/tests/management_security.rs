@@ -24,19 +24,27 @@ fn json(body: &str) -> Value {
 }
 
 fn post_level(address: SocketAddr, level: &str, authorization: Option<&str>) -> Response {
+    post_level_at(address, "/manage/logging/level", level, authorization)
+}
+
+/// [`post_level`] at `path` (the same endpoint, spelled another way).
+fn post_level_at(
+    address: SocketAddr,
+    path: &str,
+    level: &str,
+    authorization: Option<&str>,
+) -> Response {
     let mut headers = vec![("Content-Type", "application/json")];
     if let Some(authorization) = authorization {
         headers.push(("Authorization", authorization));
     }
     let body = format!(r#"{{"level": "{level}"}}"#);
-    request(
-        address,
-        "POST",
-        "/manage/logging/level",
-        &headers,
-        Some(&body),
-    )
+    request(address, "POST", path, &headers, Some(&body))
 }
+
+/// `/manage/logging/level` percent-encoded as a client may send it (the
+/// router decodes it).
+const ENCODED_LEVEL_PATHS: [&str; 2] = ["/%6Danage/logging/level", "/manage/logging/%6Cevel"];
 
 /// An error answer: its status, a JSON body repeating it, the message.
 fn error_message(response: &Response, status: u16) -> String {
@@ -51,23 +59,6 @@ fn error_message(response: &Response, status: u16) -> String {
     let body = json(&response.body);
     assert_eq!(body["status"], status);
     body["error"].as_str().unwrap().to_owned()
-}
-
-/// The worker pids the supervisor reported, once each worker listens.
-fn worker_pids(service: &Service) -> BTreeSet<u32> {
-    let line = service.wait_log("worker processes [");
-    let list = line
-        .split('[')
-        .next_back()
-        .unwrap()
-        .split(']')
-        .next()
-        .unwrap();
-    let pids: BTreeSet<u32> = list.split(',').map(|p| p.trim().parse().unwrap()).collect();
-    for pid in &pids {
-        service.wait_log(&format!(":{} (pid {pid})", service.address.port()));
-    }
-    pids
 }
 
 /// Waits until each process of `pids` has logged a change of
@@ -104,6 +95,9 @@ fn off_loopback_changes_are_refused_and_say_how_to_allow_them() {
     for needle in ["management.token", "management.bind", "not a loopback"] {
         assert!(message.contains(needle), "{message:?} lacks {needle:?}");
     }
+    for path in ENCODED_LEVEL_PATHS {
+        error_message(&post_level_at(service.address, path, "TRACE", None), 403);
+    }
     // Any Authorization header is no better.
     let message = error_message(&post_level(service.address, "TRACE", Some("Bearer x")), 403);
     assert!(message.contains("management.token"), "{message}");
@@ -139,8 +133,7 @@ fn a_token_guards_changes_and_they_reach_every_worker() {
          [logging]\nlevel = \"INFO\"\n[management]\ntoken = \"{TOKEN}\"\n"
     );
     let service = start(&config);
-    let pids = worker_pids(&service);
-    assert_eq!(pids.len(), 2);
+    let pids = service.worker_pids(2);
 
     let missing = post_level(service.address, "DEBUG", None);
     let message = error_message(&missing, 401);
@@ -162,6 +155,9 @@ fn a_token_guards_changes_and_they_reach_every_worker() {
     assert!(message.contains("not the management token"), "{message}");
     let shorter = post_level(service.address, "DEBUG", Some("Bearer tok"));
     error_message(&shorter, 403);
+    for path in ENCODED_LEVEL_PATHS {
+        error_message(&post_level_at(service.address, path, "DEBUG", None), 401);
+    }
     // Reads need no token.
     assert_eq!(get(service.address, "/manage/logging/level").status, 200);
 
@@ -172,8 +168,10 @@ fn a_token_guards_changes_and_they_reach_every_worker() {
     level_changed_in(&service, before, &pids);
     // At DEBUG, requests log more: still no token anywhere.
     get(service.address, "/hello/ann");
-    post_level(service.address, "INFO", Some(&format!("Bearer {TOKEN}")));
-    service.wait_log_after(before, "new=\"INFO\"");
+    let before = service.log().len();
+    let back = post_level(service.address, "INFO", Some(&format!("Bearer {TOKEN}")));
+    assert_eq!(back.status, 200, "{}", back.body);
+    level_changed_in(&service, before, &pids);
     let log = service.log();
     assert!(
         log.iter()
@@ -242,6 +240,7 @@ fn a_token_file_guards_reads_too_and_follows_its_rotation() {
         );
         assert_eq!(allowed.status, 200, "{path}: {}", allowed.body);
     }
+    error_message(&get(service.address, "/%6Danage/version"), 401);
     // The application's routes need nothing.
     assert_eq!(get(service.address, "/hello/ann").status, 200);
 
@@ -277,7 +276,7 @@ fn a_management_listener_of_its_own_is_shared_by_the_workers() {
         "[server]\nbind = \"0.0.0.0:0\"\nprocesses = 2\nworkers = 1\n\
          [management]\nbind = \"127.0.0.1:0\"\n",
     );
-    let pids = worker_pids(&service);
+    let pids = service.worker_pids(2);
     let management = service.management_address();
     assert_ne!(management.port(), service.address.port());
 
@@ -288,17 +287,26 @@ fn a_management_listener_of_its_own_is_shared_by_the_workers() {
         "/manage/version",
         "/manage/spec",
         "/manage/docs/",
+        "/%6Danage/health",
+        "/manage/%76ersion",
     ] {
         let response = get(service.address, path);
         let message = error_message(&response, 404);
         assert_eq!(message, format!("no route for GET {path}"));
     }
     error_message(&post_level(service.address, "DEBUG", None), 404);
+    for path in ENCODED_LEVEL_PATHS {
+        error_message(&post_level_at(service.address, path, "DEBUG", None), 404);
+    }
+    // `/` is not the document on either listener (`public` does not name
+    // `spec`), whatever the method.
+    error_message(&request(service.address, "POST", "/", &[], Some("")), 404);
+    error_message(&get(management, "/"), 404);
     assert_eq!(get(service.address, "/hello/ann").status, 200);
 
     // The management listener: management only, from every worker.
     assert_eq!(get(management, "/hello/ann").status, 404);
-    let spec = json(&get(management, "/").body);
+    let spec = json(&get(management, "/manage/spec").body);
     assert!(
         spec["paths"]["/hello/{name}"].is_object(),
         "the whole API is documented"
@@ -434,6 +442,11 @@ fn bad_management_settings_stop_the_start_with_a_clear_error() {
     );
     let typo = start_fails("[management]\ntokn = \"abc\"\n");
     assert!(typo.contains("unknown field `tokn`"), "{typo}");
+    let unquoted = start_fails("[management]\ntoken = s3cr3t-unquoted\n");
+    assert!(
+        unquoted.contains("line 2") && !unquoted.contains("s3cr3t-unquoted"),
+        "{unquoted}"
+    );
     let wrong_type = start_fails("[management]\ntoken = 987654321\n");
     assert!(
         wrong_type.contains("management.token") && !wrong_type.contains("987654321"),
@@ -480,4 +493,14 @@ fn a_bad_management_edit_is_refused_and_the_token_still_holds() {
             .any(|l| l.contains("rotated-one") || l.contains(TOKEN)),
         "a token is in the log"
     );
+}
+
+#[test]
+fn a_token_from_the_environment_is_text_even_when_it_reads_as_a_number() {
+    let service = Service::start_with(PROGRAM, "", |command| {
+        command.env("SERVE_COMMON__MANAGEMENT__TOKEN", "12345678");
+    });
+    error_message(&post_level(service.address, "DEBUG", None), 401);
+    let allowed = post_level(service.address, "DEBUG", Some("Bearer 12345678"));
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
 }

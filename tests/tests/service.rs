@@ -20,27 +20,6 @@ fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
-/// The worker pids the supervisor reported at start-up.
-fn worker_pids(service: &Service, count: usize) -> BTreeSet<u32> {
-    let line = service.wait_log("worker processes [");
-    let list = line
-        .split('[')
-        .next_back()
-        .unwrap()
-        .split(']')
-        .next()
-        .unwrap();
-    let pids: BTreeSet<u32> = list.split(',').map(|p| p.trim().parse().unwrap()).collect();
-    assert_eq!(pids.len(), count, "{line}");
-    for pid in &pids {
-        service.wait_log(&format!(
-            "listening on http://{} (pid {pid})",
-            service.address
-        ));
-    }
-    pids
-}
-
 /// Asks `/manage/health` until every pid of `pids` has answered with
 /// `level` (the kernel spreads connections over the workers; polling is
 /// the only way to reach a given one). Returns the levels seen per pid.
@@ -76,7 +55,7 @@ fn post_level_everywhere(service: &Service, pids: &BTreeSet<u32>, body: &str, le
 #[test]
 fn a_level_change_answered_by_one_worker_reaches_every_worker() {
     let service = start("[server]\nprocesses = 2\nworkers = 1\n");
-    let pids = worker_pids(&service, 2);
+    let pids = service.worker_pids(2);
     poll_until_all_answer(&service, &pids, "INFO");
 
     post_level_everywhere(&service, &pids, r#"{"level": "WARNING"}"#, "WARNING");
@@ -88,7 +67,7 @@ fn a_level_change_answered_by_one_worker_reaches_every_worker() {
 #[test]
 fn a_killed_worker_is_replaced_and_inherits_the_runtime_level() {
     let service = start("[server]\nprocesses = 2\nworkers = 1\n");
-    let pids = worker_pids(&service, 2);
+    let pids = service.worker_pids(2);
     post_level_everywhere(&service, &pids, r#"{"level": "debug"}"#, "DEBUG");
 
     let victim = *pids.first().unwrap();
@@ -149,7 +128,7 @@ fn editing_the_config_file_changes_the_level_without_a_restart() {
 #[test]
 fn sigterm_lets_the_request_in_flight_finish_then_everything_exits_zero() {
     let mut service = start("[server]\nprocesses = 2\nworkers = 1\n");
-    let workers = worker_pids(&service, 2);
+    let workers = service.worker_pids(2);
     let family: Vec<u32> = children_of(service.pid());
     assert_eq!(
         family.len(),
@@ -227,7 +206,7 @@ fn ipc_server_of(supervisor: u32) -> u32 {
 #[test]
 fn a_killed_ipc_server_is_restarted_and_every_process_rejoins() {
     let mut service = start("[server]\nprocesses = 2\nworkers = 1\n");
-    let pids = worker_pids(&service, 2);
+    let pids = service.worker_pids(2);
     let server = ipc_server_of(service.pid());
     let before = service.log().len();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(server as i32), Signal::SIGKILL).unwrap();
@@ -262,7 +241,7 @@ fn a_killed_ipc_server_is_restarted_and_every_process_rejoins() {
 #[test]
 fn the_supervisor_runs_no_application_handler() {
     let service = start("[server]\nprocesses = 2\nworkers = 1\n");
-    let workers = worker_pids(&service, 2);
+    let workers = service.worker_pids(2);
     let supervisor = service.pid();
     let before = service.log().len();
     std::fs::write(
@@ -310,7 +289,7 @@ fn the_supervisor_runs_no_application_handler() {
 #[test]
 fn the_newest_intent_wins_between_a_posted_level_and_the_file() {
     let service = start("[server]\nprocesses = 2\nworkers = 1\n[logging]\nlevel = \"INFO\"\n");
-    let pids = worker_pids(&service, 2);
+    let pids = service.worker_pids(2);
     let config = |level: &str, greeting: &str| {
         format!(
             "[server]\nbind = \"127.0.0.1:0\"\nprocesses = 2\nworkers = 1\n[logging]\nlevel = {level}\n[greeting]\ntemplate = \"{greeting}\"\n"

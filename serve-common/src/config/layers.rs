@@ -315,9 +315,36 @@ pub(crate) fn read_file(file: &Path, missing_is_empty: bool) -> Result<(Table, u
         .map_or(0, |d| d.as_nanos() as u64);
     let table = text.parse::<Table>().map_err(|e| ConfigError::Parse {
         file: file.to_owned(),
-        message: e.to_string().trim_end().to_owned(),
+        message: parse_message(&text, &e),
     })?;
     Ok((table, modified))
+}
+
+/// A parse error as toml words it (the line quoted, a caret under the
+/// mistake), unless the line sets a key that looks secret (`token =
+/// s3cr3t`, its quotes forgotten): then only where it is.
+fn parse_message(text: &str, error: &toml::de::Error) -> String {
+    let Some(span) = error.span() else {
+        return error.to_string().trim_end().to_owned();
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or_default();
+    let key = line.split('=').next().unwrap_or_default();
+    let key: String = key
+        .split('.')
+        .map(|k| k.trim().trim_matches(['"', '\'']))
+        .collect::<Vec<_>>()
+        .join(".");
+    if !line.contains('=') || !super::is_secret_path(&key) {
+        return error.to_string().trim_end().to_owned();
+    }
+    let line_number = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    format!(
+        "{} at line {line_number}, column {column} (the line is not shown: `{key}` looks secret)",
+        error.message().trim_end()
+    )
 }
 
 pub(crate) fn read_env(prefix: &str) -> Table {
@@ -349,7 +376,13 @@ pub(crate) fn read_env(prefix: &str) -> Table {
             continue;
         }
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        insert_path(&mut table, &keys, parse_env_value(&raw));
+        // A secret is text, even when it reads as a number.
+        let value = if super::is_secret_path(&keys.join(".")) {
+            Value::String(raw)
+        } else {
+            parse_env_value(&raw)
+        };
+        insert_path(&mut table, &keys, value);
     }
     table
 }
@@ -372,6 +405,22 @@ mod tests {
 
     fn keys(path: &str) -> Vec<&str> {
         path.split('.').collect()
+    }
+
+    #[test]
+    fn a_parse_error_on_a_secret_line_does_not_quote_it() {
+        let text = "[management]\ntoken = s3cr3t-4711\n";
+        let error = text.parse::<Table>().unwrap_err();
+        let message = parse_message(text, &error);
+        assert!(!message.contains("s3cr3t"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+        let text = "[server]\nbind = 127.0.0.1\n";
+        let error = text.parse::<Table>().unwrap_err();
+        let message = parse_message(text, &error);
+        assert!(
+            message.contains("bind = 127.0.0.1"),
+            "the line is shown: {message}"
+        );
     }
 
     #[test]

@@ -184,6 +184,11 @@ pub(crate) fn extractor_configs(config: &mut apistos::web::ServiceConfig<'_>) {
 
 /// The app's default service: no route matched.
 pub(crate) async fn not_found(request: HttpRequest) -> HttpResponse {
+    no_route(&request)
+}
+
+/// The answer when no route serves `request`.
+pub(crate) fn no_route(request: &HttpRequest) -> HttpResponse {
     json_error(
         StatusCode::NOT_FOUND,
         format!("no route for {} {}", request.method(), request.path()),

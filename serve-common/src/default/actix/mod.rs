@@ -37,6 +37,11 @@
 //! | `server.backlog` | `2048` | the listen backlog |
 //! | `server.title` | the crate name | the OpenAPI document's title |
 //!
+//! Who reaches the management endpoints (a listener of their own, which
+//! of them are served, a token for changes, refused changes off a
+//! loopback bind) is the `[management]` section's call: see [who reaches
+//! them](crate::default::management#who-reaches-them).
+//!
 //! SIGTERM and SIGINT stop the service gracefully: the listener closes,
 //! in-flight requests finish (up to `server.shutdown_timeout`), then
 //! `serve` returns and `#[serve_common::main]` flushes the logs. A second
@@ -214,7 +219,10 @@ where
                 let _ = configure(app.clone());
                 app.apply(config);
             })
-            .configure(move |config| crate::default::management::routes(config, expose))
+            .configure({
+                let gate = gate.clone();
+                move |config| crate::default::management::routes(config, &gate)
+            })
             .default_service(web::to(errors::not_found))
             .wrap(ManagementGate(gate))
             .wrap(errors::JsonErrors)

@@ -259,18 +259,18 @@ fn signal_workers(workers: &[Worker], signal: Signal) {
 /// The listeners at consecutive descriptors, as `LISTEN_FDS` hands them
 /// down: duplicates of the originals (which are closed), taken at the
 /// lowest free descriptors until a run of free ones is reached.
+/// `try_clone` duplicates with `F_DUPFD_CLOEXEC`: no child started
+/// meanwhile inherits one.
 fn consecutive(listeners: Listeners) -> io::Result<Vec<TcpListener>> {
     let Some(management) = listeners.management else {
         return Ok(vec![listeners.public]);
     };
     let mut filling = Vec::new();
     loop {
-        let public = nix::unistd::dup(&listeners.public).map_err(io::Error::from)?;
-        fcntl(&public, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
-        let second = nix::unistd::dup(&management).map_err(io::Error::from)?;
-        fcntl(&second, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+        let public = listeners.public.try_clone()?;
+        let second = management.try_clone()?;
         if second.as_raw_fd() == public.as_raw_fd() + 1 {
-            return Ok(vec![public.into(), second.into()]);
+            return Ok(vec![public, second]);
         }
         // A descriptor in use sits between them: keep both open (filling
         // the gaps) and try above.

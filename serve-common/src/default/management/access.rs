@@ -167,8 +167,15 @@ fn read_token_file(path: &Path) -> Result<Digest, String> {
     Ok(digest(token.as_bytes()))
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// What tells a token file's versions apart: modification time, size and
+/// inode (a rotation by rename changes the inode, one by rewrite the
+/// others).
+type FileStamp = Option<(SystemTime, u64, u64)>;
+
+fn stamp(path: &Path) -> FileStamp {
+    use std::os::unix::fs::MetadataExt as _;
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len(), metadata.ino()))
 }
 
 impl ManagementSettings {
@@ -256,30 +263,35 @@ struct Rules {
     /// The token's digest; `Err` when it cannot be known (the file went
     /// unreadable): what needs a token is then refused.
     token: Result<Option<Digest>, String>,
-    /// The token file's modification time when it was read.
-    file_modified: Option<SystemTime>,
+    /// The token file's stamp, taken before it was read.
+    file_stamp: FileStamp,
 }
 
 impl Rules {
     fn of(settings: Arc<ManagementSettings>) -> Self {
-        let (token, file_modified) = match (&settings.token, &settings.token_file) {
+        let (token, file_stamp) = match (&settings.token, &settings.token_file) {
             (Some(token), _) => (Ok(Some(digest(token.expose().trim().as_bytes()))), None),
-            (None, Some(path)) => (read_token_file(path).map(Some), modified(path)),
+            (None, Some(path)) => {
+                // Stamp first: a rotation during the read shows as a change.
+                let stamp = stamp(path);
+                (read_token_file(path).map(Some), stamp)
+            }
             (None, None) => (Ok(None), None),
         };
         Self {
             settings,
             token,
-            file_modified,
+            file_stamp,
         }
     }
 
-    /// Whether the token file changed since it was read (a rotated secret).
+    /// Whether the token file changed since it was read (a rotated
+    /// secret), or could not be read then (it may be back).
     fn stale(&self) -> bool {
         self.settings
             .token_file
             .as_deref()
-            .is_some_and(|path| modified(path) != self.file_modified)
+            .is_some_and(|path| self.token.is_err() || stamp(path) != self.file_stamp)
     }
 }
 
@@ -336,12 +348,9 @@ impl Gate {
                 public: Endpoints::NONE,
                 section: None,
                 rules: Mutex::new(Arc::new(Rules {
-                    settings: Arc::new(ManagementSettings {
-                        token_for_reads: false,
-                        ..Default::default()
-                    }),
+                    settings: Arc::default(),
                     token: Err(format!("the [management] config is invalid: {error}")),
-                    file_modified: None,
+                    file_stamp: None,
                 })),
             },
         }
@@ -350,6 +359,15 @@ impl Gate {
     /// The endpoints this service mounts.
     pub(crate) fn exposed(&self) -> Endpoints {
         self.expose
+    }
+
+    /// Whether `/` is the OpenAPI document: `spec` is exposed, and served
+    /// on the public listener (no management listener, or `public` names
+    /// it). Otherwise `/` is left to the application (or 404) on every
+    /// listener, any method.
+    pub(crate) fn serves_root(&self) -> bool {
+        self.expose.contains(Endpoint::Spec)
+            && (self.management.is_none() || self.public.contains(Endpoint::Spec))
     }
 
     fn rules(&self) -> Arc<Rules> {
@@ -385,6 +403,16 @@ impl Gate {
             *request.method(),
             Method::GET | Method::HEAD | Method::OPTIONS
         );
+        // A read: one lock-free look at the settings, unless reads need
+        // the token.
+        if !mutating
+            && !self
+                .section
+                .as_ref()
+                .is_some_and(|s| s.read().token_for_reads)
+        {
+            return Verdict::Pass;
+        }
         let rules = self.rules();
         if !mutating && !rules.settings.token_for_reads {
             return Verdict::Pass;
@@ -511,13 +539,8 @@ fn refuse(request: &HttpRequest, status: StatusCode, message: String, reason: &s
     Verdict::Refused(response)
 }
 
-/// The answer of a path no route serves.
-pub(crate) fn not_found(request: &HttpRequest) -> HttpResponse {
-    json_error(
-        StatusCode::NOT_FOUND,
-        format!("no route for {} {}", request.method(), request.path()),
-    )
-}
+/// The answer of a path no route serves (the same as for an unknown route).
+pub(crate) use crate::default::actix::errors::no_route as not_found;
 
 /// Says at start-up what the management settings leave open or refuse:
 /// `public` is the service's listener, `management` its management one.
@@ -587,13 +610,16 @@ where
     actix_web::dev::forward_ready!(service);
 
     fn call(&self, request: ServiceRequest) -> Self::Future {
-        let path = request.path();
+        // The path the router matches: percent-decoded (`/%6Danage/...`
+        // is `/manage/...` to it), not the raw `request.path()`.
+        let path = request.match_info().as_str();
         let managed = path == "/manage" || path.starts_with("/manage/");
         let verdict = if managed {
-            self.gate
-                .judge(request.request(), Endpoint::of_path(request.path()))
-        } else if path != "/" && self.gate.on_management_listener(request.request()) {
-            // `/` has its own check (it may be the application's).
+            self.gate.judge(request.request(), Endpoint::of_path(path))
+        } else if self.gate.on_management_listener(request.request())
+            && !(path == "/" && self.gate.serves_root())
+        {
+            // `/`, when it is the document's, has its own check.
             Verdict::NotFound
         } else {
             Verdict::Pass

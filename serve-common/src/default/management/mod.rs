@@ -27,7 +27,7 @@
 //!
 //! | key | default | meaning |
 //! |---|---|---|
-//! | `management.bind` | none | a listener of their own for the management endpoints (and the docs page), such as `"127.0.0.1:9000"`; the public listener then answers 404 for `/manage/*` and `/` (as for an unknown route) except what `public` names. With `server.processes = N` the supervisor binds it once and every worker serves it, like the main socket, so a level change made there reaches every process as before |
+//! | `management.bind` | none | a listener of their own for the management endpoints (and the docs page), such as `"127.0.0.1:9000"`; the public listener then answers 404 for `/manage/*` (as for an unknown route) except what `public` names, and `/` is the OpenAPI document only if `public` names `spec` (else it is yours, or 404, on both listeners). With `server.processes = N` the supervisor binds it once and every worker serves it, like the main socket, so a level change made there reaches every process as before |
 //! | `management.expose` | all | the endpoints served: `health`, `version`, `spec` (`/` and `/manage/spec`), `docs` (needs `spec`), `logging` (both level endpoints); the others are 404 and leave the OpenAPI document. An unknown name is a start-up error listing the known ones |
 //! | `management.public` | `[]` | with `bind`: the exposed endpoints the public listener serves too, such as `["health"]` for a load balancer |
 //! | `management.token` | none | the bearer token of changes: every POST (any method but GET, HEAD and OPTIONS) needs `Authorization: Bearer <token>`, on every listener; none is 401 (with `WWW-Authenticate`), a wrong one 403, both JSON. Compared in constant time (SHA-256 digests); redacted in config log lines |
@@ -44,13 +44,18 @@
 //! the peer's address (the connection's: behind a proxy, the proxy's), at
 //! most 5 every 10 s, the next line counting those left out; the token
 //! is never logged. When a token is set, the OpenAPI document carries a
-//! bearer scheme (`managementToken`) on the operations that need it.
+//! bearer scheme (`managementToken`) on the operations that need it (the
+//! document is rendered when a process starts: it shows the settings of
+//! then).
 //!
 //! The section is typed: a wrong key or value is a start-up error, and an
 //! edit with one is refused (the old settings stay). `bind`, `expose` and
-//! `public` are read at start; the token follows every change. Routes you
-//! add under `/manage/` are management routes too: served on the
-//! management listener, their changes guarded by the token.
+//! `public` are read when a process starts (a worker the supervisor
+//! restarts later reads them as the config is then: restart the service
+//! after editing them); the token follows every change. Paths are judged
+//! as the router matches them (percent-decoded). Routes you add under
+//! `/manage/` are management routes too: served on the management
+//! listener, their changes guarded by the token.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -74,7 +79,7 @@ use crate::event;
 mod access;
 
 pub use access::ManagementSettings;
-pub(crate) use access::{warn_at_start, Endpoint, Endpoints, Gate, ManagementGate, Verdict};
+pub(crate) use access::{warn_at_start, Endpoint, Gate, ManagementGate, Verdict};
 
 /// The tag of every management operation in the OpenAPI document.
 pub const TAG: &str = "management";
@@ -183,13 +188,15 @@ pub fn remove_health_check(name: &str) -> bool {
     checks.len() != before
 }
 
-/// The management routes `expose` asks for, for
+/// The management routes the gate's `expose` asks for, for
 /// [`default::actix`](crate::default::actix)'s app.
-pub(crate) fn routes(config: &mut ServiceConfig<'_>, expose: Endpoints) {
+pub(crate) fn routes(config: &mut ServiceConfig<'_>, gate: &Gate) {
+    let expose = gate.exposed();
+    if gate.serves_root() {
+        config.service(resource("/").route(get().to(root_spec)));
+    }
     if expose.contains(Endpoint::Spec) {
-        config
-            .service(resource("/").route(get().to(root_spec)))
-            .service(resource("/manage/spec").route(get().to(spec)));
+        config.service(resource("/manage/spec").route(get().to(spec)));
     }
     if expose.contains(Endpoint::Version) {
         config.service(resource("/manage/version").route(get().to(get_version)));
@@ -219,8 +226,8 @@ pub(crate) fn routes(config: &mut ServiceConfig<'_>, expose: Endpoints) {
 const SECURITY_SCHEME: &str = "managementToken";
 
 /// Marks in the rendered OpenAPI document the management operations that
-/// need the token (as the config says now): the bearer scheme, and their
-/// 401 and 403 answers.
+/// need the token (as the config says when the document is rendered, at
+/// start): the bearer scheme, and their 401 and 403 answers.
 pub(crate) fn document_security(spec: &mut serde_json::Value) {
     use serde_json::{json, Value};
     let Ok(section) = ManagementSettings::live() else {
