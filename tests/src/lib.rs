@@ -752,6 +752,21 @@ pub mod http_support {
         }
     }
 
+    /// Waits for `child` and its output; after `patience` a watchdog kills
+    /// it with SIGKILL (so a hung child fails the test instead of hanging it).
+    pub fn output_within(child: Child, patience: Duration) -> std::process::Output {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let (done, watch) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = watch.recv_timeout(patience) {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        });
+        let output = child.wait_with_output().expect("wait for the child");
+        drop(done);
+        output
+    }
+
     /// A listener's address as a client reaches it: `0.0.0.0` (any
     /// address) through loopback.
     fn reachable(address: SocketAddr) -> SocketAddr {

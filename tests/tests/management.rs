@@ -3,7 +3,7 @@
 //! request ids, and the docs page in headless Chromium.
 
 use serde_json::Value;
-use serve_common_tests::http_support::{Service, get, post_json, request};
+use serve_common_tests::http_support::{Service, get, output_within, post_json, request};
 
 fn start(config: &str) -> Service {
     Service::start(env!("CARGO_BIN_EXE_example_service"), config)
@@ -420,18 +420,8 @@ fn the_docs_page_renders_in_headless_chromium() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = command.spawn().expect("run chromium");
-    // A watchdog: a hung browser fails the test instead of hanging it.
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let (done, watch) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            watch.recv_timeout(std::time::Duration::from_secs(120))
-        {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-    });
-    let output = child.wait_with_output().expect("wait for chromium");
-    drop(done);
+    // A hung browser fails the test instead of hanging it.
+    let output = output_within(child, std::time::Duration::from_secs(120));
     let dom = String::from_utf8_lossy(&output.stdout);
     assert!(
         dom.contains("opblock-tag") && dom.contains("management"),

@@ -7,10 +7,9 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use serde_json::Value;
-use serve_common_tests::http_support::{Response, Service, get, request};
+use serve_common_tests::http_support::{PATIENCE, Response, Service, get, output_within, request};
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_example_service");
 const TOKEN: &str = "tok-4711-very-secret";
@@ -411,17 +410,7 @@ fn start_fails(config: &str) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let (done, watch) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            watch.recv_timeout(Duration::from_secs(30))
-        {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-    });
-    let output = child.wait_with_output().unwrap();
-    drop(done);
+    let output = output_within(child, PATIENCE);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!output.status.success(), "it started: {stderr}");
     stderr

@@ -56,11 +56,12 @@ static GREETER: LazyLock<RwLock<Greeter>> = LazyLock::new(|| {
 /// Runs in every process when `greeting.*` changes (file edit or `set`).
 #[on_event("config:greeting.*")]
 fn greeting_changed(event: &str, change: &ConfigChange) {
-    tracing::info!(%event, source = ?change.source, "greeting config changed");
     let template = config().get_or("greeting.template", "hello, {name}!".to_owned());
     if let Ok(mut greeter) = GREETER.write() {
         greeter.set_template(template);
     }
+    // Once applied: what answers after this line uses the new template.
+    tracing::info!(%event, source = ?change.source, "greeting config changed");
 }
 
 /// What `/hello/{name}` answers.
