@@ -41,6 +41,18 @@ fn post_level_at(
     request(address, "POST", path, &headers, Some(&body))
 }
 
+/// A GET with `Authorization: Bearer <token>`.
+fn get_bearer(address: SocketAddr, path: &str, token: &str) -> Response {
+    let authorization = format!("Bearer {token}");
+    request(
+        address,
+        "GET",
+        path,
+        &[("Authorization", &authorization)],
+        None,
+    )
+}
+
 /// `/manage/logging/level` percent-encoded as a client may send it (the
 /// router decodes it).
 const ENCODED_LEVEL_PATHS: [&str; 2] = ["/%6Danage/logging/level", "/manage/logging/%6Cevel"];
@@ -230,13 +242,7 @@ fn a_token_file_guards_reads_too_and_follows_its_rotation() {
     ] {
         let refused = get(service.address, path);
         error_message(&refused, 401);
-        let allowed = request(
-            service.address,
-            "GET",
-            path,
-            &[("Authorization", "Bearer first-token")],
-            None,
-        );
+        let allowed = get_bearer(service.address, path, "first-token");
         assert_eq!(allowed.status, 200, "{path}: {}", allowed.body);
     }
     error_message(&get(service.address, "/%6Danage/version"), 401);
@@ -244,21 +250,9 @@ fn a_token_file_guards_reads_too_and_follows_its_rotation() {
     assert_eq!(get(service.address, "/hello/ann").status, 200);
 
     std::fs::write(&file, "second-token").unwrap();
-    let old = request(
-        service.address,
-        "GET",
-        "/manage/version",
-        &[("Authorization", "Bearer first-token")],
-        None,
-    );
+    let old = get_bearer(service.address, "/manage/version", "first-token");
     error_message(&old, 403);
-    let new = request(
-        service.address,
-        "GET",
-        "/manage/version",
-        &[("Authorization", "Bearer second-token")],
-        None,
-    );
+    let new = get_bearer(service.address, "/manage/version", "second-token");
     assert_eq!(new.status, 200, "{}", new.body);
     assert!(
         !service

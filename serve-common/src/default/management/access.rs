@@ -414,9 +414,6 @@ impl Gate {
             return Verdict::Pass;
         }
         let rules = self.rules();
-        if !mutating && !rules.settings.token_for_reads {
-            return Verdict::Pass;
-        }
         let local = request.app_config().local_addr();
         match &rules.token {
             Err(reason) => refuse(

@@ -240,8 +240,6 @@ pub(crate) fn document_security(spec: &mut serde_json::Value) {
     let Some(root) = spec.as_object_mut() else {
         return;
     };
-    let error_body =
-        json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}});
     if let Some(Value::Object(paths)) = root.get_mut("paths") {
         for (path, item) in paths.iter_mut() {
             if path != "/" && !path.starts_with("/manage/") {
@@ -260,14 +258,15 @@ pub(crate) fn document_security(spec: &mut serde_json::Value) {
                 }
                 operation.insert("security".to_owned(), json!([{ SECURITY_SCHEME: [] }]));
                 if let Some(Value::Object(responses)) = operation.get_mut("responses") {
-                    responses.insert(
-                        "401".to_owned(),
-                        json!({"description": "No bearer token", "content": error_body}),
-                    );
-                    responses.insert(
-                        "403".to_owned(),
-                        json!({"description": "Not the management token", "content": error_body}),
-                    );
+                    for (code, description) in
+                        [(401, "No bearer token"), (403, "Not the management token")]
+                    {
+                        let (code, response) =
+                            crate::default::actix::errors::documented(code, description);
+                        if let Ok(response) = serde_json::to_value(response) {
+                            responses.insert(code, response);
+                        }
+                    }
                 }
             }
         }
