@@ -22,6 +22,10 @@
 //!   receives) halved.
 //! - `nats_events_per_s`: baseline: bare async-nats publish of the same
 //!   payloads to a subscriber on another connection.
+//!
+//! `NATS_BENCH_ONLY=js|bare-js|amo|bare-amo` runs one side alone, once
+//! (latency then throughput), and prints `# <side>: <µs> us <n>/s`: what
+//! to run under a profiler (`perf record ... --bench`).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -452,6 +456,18 @@ fn main() {
     let port = free_port();
     let mut server = Server::start(port);
     let url = format!("nats://127.0.0.1:{port}");
+    // One side alone, for a profiler: `js`, `bare-js`, `amo`, `bare-amo`.
+    if let Ok(only) = std::env::var("NATS_BENCH_ONLY") {
+        let (latency, rate) = match only.as_str() {
+            "js" => ours(&url, Delivery::JetStream),
+            "bare-js" => bare_jetstream(&url, 0),
+            "amo" => ours(&url, Delivery::AtMostOnce),
+            "bare-amo" => bare_core(&url),
+            other => panic!("NATS_BENCH_ONLY={other}: js, bare-js, amo or bare-amo"),
+        };
+        println!("# {only}: {latency:.1} us {rate:.0}/s");
+        return;
+    }
     let mut figures: [Vec<f64>; 8] = Default::default();
     for round in 0..rounds {
         // Each pair runs in one order, then the other: what one leaves

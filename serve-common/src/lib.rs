@@ -47,6 +47,8 @@ pub mod ipc;
 pub mod log_util;
 #[cfg(feature = "tokio")]
 mod main_entry;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod outcome;
 pub mod prelude;
 pub mod reloading;

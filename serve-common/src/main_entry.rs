@@ -120,6 +120,8 @@ fn install_logging(config: &Config) -> Result<(), logging::LoggingError> {
 fn register_sections(config: &Config) -> Result<(), config::ConfigError> {
     logging::LoggingSettings::guard_global()?;
     event::EventsSettings::register(config)?;
+    #[cfg(feature = "metrics")]
+    std::mem::forget(crate::metrics::MetricsSettings::register(config)?);
     #[cfg(feature = "actix")]
     crate::default::actix::ServerSettings::register(config)?;
     // The global config's (`config` is it): the service's rules follow it.
@@ -208,6 +210,10 @@ where
             });
         }
     }
+    // The recorder, before the body records anything; and the answers to
+    // other processes' scrapes.
+    #[cfg(feature = "metrics")]
+    crate::metrics::install();
     if over_nats || options.ipc {
         // Runtime sets made before this process joined (a level POST, say).
         config::config().request_sync();

@@ -18,4 +18,6 @@ pub use crate::reloading::Reloader;
 pub use crate::time_and_log;
 pub use crate::HandlerOutcome;
 pub use crate::{cached, Cached};
+/// The `metrics` facade's macros: what they record is in `/manage/metrics`.
+pub use ::metrics::{counter, gauge, histogram};
 pub use serde::{Deserialize, Serialize};

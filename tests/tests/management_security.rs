@@ -415,7 +415,7 @@ fn bad_management_settings_stop_the_start_with_a_clear_error() {
     let unknown = start_fails("[management]\nexpose = [\"health\", \"metricz\"]\n");
     assert!(
         unknown.contains("\"metricz\"")
-            && unknown.contains("known: health, version, spec, docs, logging"),
+            && unknown.contains("known: health, version, spec, docs, logging, metrics"),
         "{unknown}"
     );
     let missing = start_fails("[management]\ntoken_file = \"/nonexistent/serve-common-token\"\n");

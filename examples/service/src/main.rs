@@ -7,6 +7,7 @@
 //! curl localhost:8000/hello/ann                 # {"message":"hello, ann!","template_version":1}
 //! curl localhost:8000/manage/version            # 0.1.0
 //! curl localhost:8000/manage/health             # {"status":"ok","pid":...}
+//! curl localhost:8000/manage/metrics            # Prometheus text: requests, events, greetings_total...
 //! curl -X POST -H 'content-type: application/json' \
 //!      -d '{"level":"DEBUG"}' localhost:8000/manage/logging/level
 //! xdg-open http://localhost:8000/manage/docs/   # the API docs, offline
@@ -84,6 +85,8 @@ async fn hello(name: web::Path<String>) -> Result<web::Json<Greeting>, ApiError>
         .read()
         .map_err(|_| ApiError::internal("the greeter is poisoned"))?;
     let parts = greeter.parts();
+    // An application metric: in /manage/metrics beside serve-common's.
+    counter!("greetings_total").increment(1);
     Ok(web::Json(Greeting {
         message: parts.join(name.as_str()),
         template_version: COMPILED.load(Ordering::Relaxed),
@@ -115,6 +118,7 @@ fn routes(app: actix::App) -> actix::App {
 
 #[serve_common::main(config = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    serve_common::metrics::describe_counter!("greetings_total", "Greetings answered");
     // /manage/health answers 503 while this check fails.
     serve_common::default::management::add_health_check("greeting", || {
         let greeter = GREETER

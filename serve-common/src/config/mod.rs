@@ -126,6 +126,26 @@ const MAX_ENTRIES: usize = 10_000;
 /// stays); its payload is a [`ReloadFailure`].
 pub const RELOAD_FAILED_EVENT: &str = "config_reload_failed";
 
+/// What the configs of this process did, for the metrics.
+#[derive(Debug, Default)]
+pub(crate) struct ConfigStats {
+    pub(crate) reloads: std::sync::atomic::AtomicU64,
+    pub(crate) reload_failures: std::sync::atomic::AtomicU64,
+    /// Runtime sets and unsets made here (not those applied from other
+    /// processes).
+    pub(crate) sets: std::sync::atomic::AtomicU64,
+}
+
+pub(crate) static STATS: ConfigStats = ConfigStats {
+    reloads: std::sync::atomic::AtomicU64::new(0),
+    reload_failures: std::sync::atomic::AtomicU64::new(0),
+    sets: std::sync::atomic::AtomicU64::new(0),
+};
+
+fn count(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The payload of [`RELOAD_FAILED_EVENT`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadFailure {
@@ -649,7 +669,9 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        self.change(path, Some(value), None).map(drop)
+        self.change(path, Some(value), None)?;
+        count(&STATS.sets);
+        Ok(())
     }
 
     /// Removes `path` from the runtime layer, here and in the service's
@@ -657,7 +679,9 @@ impl Config {
     /// again. Notifies like [`set`](Self::set) when the merged value
     /// changed. Returns whether there was a runtime value.
     pub fn unset(&self, path: &str) -> Result<bool, ConfigError> {
-        self.change(path, None, None)
+        let had = self.change(path, None, None)?;
+        count(&STATS.sets);
+        Ok(had)
     }
 
     /// A set (`Some`) or unset (`None`), made here (`remote` is `None`:
@@ -823,6 +847,7 @@ impl Config {
             .collect();
         changed.sort();
         changed.dedup();
+        count(&STATS.reloads);
         tracing::info!(file = %file.display(), changed = changed.len(), "config reloaded");
         for path in changed {
             let (old, new) = (old_leaves.get(path).copied(), new_leaves.get(path).copied());
@@ -843,6 +868,7 @@ impl Config {
     /// Logs a failed reload and notifies [`RELOAD_FAILED_EVENT`], once per
     /// distinct failure (a watcher retrying the same one stays quiet).
     fn reload_failed(&self, file: &Path, error: ConfigError) -> ConfigError {
+        count(&STATS.reload_failures);
         let text = error.to_string();
         let mut last = self.inner.last_failure.lock();
         if last.as_deref() == Some(text.as_str()) {

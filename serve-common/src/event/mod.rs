@@ -328,6 +328,26 @@ pub enum NotifyError {
     Transport(String),
 }
 
+/// Counts an event, unless it is one of the metrics' own (a scrape's
+/// requests and answers between processes).
+fn count_event(counter: &AtomicU64, name: &str) {
+    if !name.starts_with("serve_common.metrics.") {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A bus's counters ([`EventBus::stats`]).
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BusStats {
+    pub(crate) notified: u64,
+    pub(crate) received: u64,
+    pub(crate) handler_runs: u64,
+    /// Errors and panics.
+    pub(crate) failures: u64,
+    pub(crate) panics: u64,
+}
+
 enum Item {
     Event(Event),
     Barrier(Arc<WaitSlot>),
@@ -369,6 +389,13 @@ pub(crate) struct Core {
     dispatcher: OnceCell<Thread>,
     failures: AtomicU64,
     dispatched: AtomicU64,
+    /// Events notified here, and received from other processes.
+    notified: AtomicU64,
+    received: AtomicU64,
+    /// Handler calls, and those that panicked (`failures` counts errors
+    /// and panics).
+    handler_runs: AtomicU64,
+    panics: AtomicU64,
     /// Items ever queued: lets the dispatcher spin without the lock.
     queued: AtomicU64,
     /// Items the dispatcher started on.
@@ -388,6 +415,12 @@ pub(crate) struct Core {
 impl Core {
     pub(crate) fn is_dispatcher_thread(&self) -> bool {
         self.dispatcher.get().map(Thread::id) == Some(thread::current().id())
+    }
+
+    /// Queues an event notified here (counted).
+    fn notify(&self, event: Event) {
+        count_event(&self.notified, &event.name);
+        self.enqueue(Item::Event(event));
     }
 
     fn enqueue(&self, item: Item) {
@@ -559,6 +592,7 @@ impl Core {
     /// Runs one handler: a failure or a panic is logged and counted, and
     /// the acknowledgement it asked for is notified.
     fn run_entry(&self, entry: &Entry, event: &Event) -> Result<(), String> {
+        self.handler_runs.fetch_add(1, Ordering::Relaxed);
         let outcome = match catch_unwind(AssertUnwindSafe(|| (entry.handler)(event))) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => {
@@ -567,6 +601,7 @@ impl Core {
                 Err(error)
             }
             Err(panic) => {
+                self.panics.fetch_add(1, Ordering::Relaxed);
                 let error = format!("panicked: {}", panic_message(&*panic));
                 tracing::error!(event = %event.name, handler = %entry.label, %error,
                     "event handler panicked");
@@ -585,9 +620,7 @@ impl Core {
                 event: event.name.to_string(),
                 error: outcome.clone().err(),
             };
-            self.enqueue(Item::Event(
-                Event::new(name, completion).with_local_only(event.local_only),
-            ));
+            self.notify(Event::new(name, completion).with_local_only(event.local_only));
         }
         outcome
     }
@@ -704,6 +737,10 @@ impl EventBus {
             dispatcher: OnceCell::new(),
             failures: AtomicU64::new(0),
             dispatched: AtomicU64::new(0),
+            notified: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            handler_runs: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             taken: AtomicU64::new(0),
             ipc_linked: std::sync::atomic::AtomicBool::new(false),
@@ -769,6 +806,7 @@ impl EventBus {
     /// link) to the handlers of the one-per-service group `key`; `done`
     /// runs on the dispatcher thread once they returned.
     pub(crate) fn deliver_shared(&self, event: Event, key: Arc<str>, done: SharedDone) {
+        count_event(&self.core().received, &event.name);
         self.core()
             .remote_bytes
             .fetch_add(event.remote_size(), Ordering::Relaxed);
@@ -822,7 +860,7 @@ impl EventBus {
         name: impl Into<Arc<str>>,
         payload: T,
     ) {
-        self.core().enqueue(Item::Event(Event::new(name, payload)));
+        self.core().notify(Event::new(name, payload));
     }
 
     /// Like [`notify`](Self::notify), but first checks that the event's
@@ -842,7 +880,7 @@ impl EventBus {
                 .check(event.name(), encoded.len())
                 .map_err(NotifyError::Transport)?;
         }
-        self.core().enqueue(Item::Event(event));
+        self.core().notify(event);
         Ok(())
     }
 
@@ -852,8 +890,10 @@ impl EventBus {
         name: impl Into<Arc<str>>,
         payload: T,
     ) {
-        self.core()
-            .enqueue(Item::Event(Event::new(name, payload).with_local_only(true)));
+        let core = self.core();
+        let event = Event::new(name, payload).with_local_only(true);
+        count_event(&core.notified, &event.name);
+        core.enqueue(Item::Event(event));
     }
 
     /// The entry point for events from a second source (a transport
@@ -862,6 +902,7 @@ impl EventBus {
     /// to the transport again. Build it with [`Event::from_remote`].
     pub fn deliver(&self, event: Event) {
         if event.origin == Origin::Remote {
+            count_event(&self.core().received, &event.name);
             self.core()
                 .remote_bytes
                 .fetch_add(event.remote_size(), Ordering::Relaxed);
@@ -985,6 +1026,20 @@ impl EventBus {
     /// How many events this bus dispatched.
     pub fn dispatched(&self) -> u64 {
         self.core().dispatched.load(Ordering::Relaxed)
+    }
+
+    /// The bus's counters, for the metrics.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn stats(&self) -> BusStats {
+        let core = self.core();
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        BusStats {
+            notified: load(&core.notified),
+            received: load(&core.received),
+            handler_runs: load(&core.handler_runs),
+            failures: load(&core.failures),
+            panics: load(&core.panics),
+        }
     }
 
     /// Registers the [`#[on_event]`](macro@crate::on_event) handlers linked

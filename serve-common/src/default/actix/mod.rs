@@ -84,10 +84,22 @@ use tracing::instrument::WithSubscriber;
 
 pub use errors::{ApiError, ErrorBody};
 pub use routes::{App, Documented, RoutesDone};
+#[cfg(feature = "metrics")]
+pub(crate) use workers::process_group;
 pub(crate) use workers::{adopt_inherited_socket, will_supervise};
 
 pub use crate::log_util::RequestTimer;
 pub use crate::request_id::RequestIdMiddleware;
+
+/// The request metrics' middleware (feature `metrics`), else none.
+#[cfg(feature = "metrics")]
+fn http_metrics() -> crate::metrics::http::HttpMetrics {
+    crate::metrics::http::HttpMetrics
+}
+#[cfg(not(feature = "metrics"))]
+fn http_metrics() -> actix_web::middleware::Identity {
+    actix_web::middleware::Identity::default()
+}
 
 /// actix-web itself, for what [`web`] does not cover.
 pub use actix_web as actix_web_crate;
@@ -227,6 +239,7 @@ where
             .wrap(ManagementGate(gate))
             .wrap(errors::JsonErrors)
             .wrap(RequestTimer)
+            .wrap(http_metrics())
             .wrap(RequestIdMiddleware);
         let app = if render {
             app.build(RENDER_PATH)

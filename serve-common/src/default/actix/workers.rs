@@ -75,6 +75,21 @@ struct Inherited {
 }
 
 static INHERITED: Mutex<Option<io::Result<Inherited>>> = Mutex::new(None);
+/// In a worker: its supervisor's pid.
+static SUPERVISOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+/// Whether this process supervises workers.
+static SUPERVISING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The group of processes this one belongs to (its supervisor's pid) and
+/// whether it is the supervisor; `None` outside a service of worker
+/// processes.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) fn process_group() -> Option<(u32, bool)> {
+    if SUPERVISING.load(std::sync::atomic::Ordering::Acquire) {
+        return Some((std::process::id(), true));
+    }
+    SUPERVISOR.get().map(|pid| (*pid, false))
+}
 
 /// In a worker process: takes the listening socket and the rest of the
 /// supervisor's hand-over out of the environment, and clears it (so a
@@ -107,6 +122,9 @@ fn adopt() -> io::Result<Inherited> {
         return Err(io::Error::other(
             "the supervisor exited before this worker started",
         ));
+    }
+    if let Some(pid) = supervisor.and_then(|pid| u32::try_from(pid).ok()) {
+        let _ = SUPERVISOR.set(pid);
     }
     let sets = std::env::var(SETS_ENV).ok();
     let names = std::env::var(LISTEN_ENV[3]).unwrap_or_default();
@@ -237,6 +255,8 @@ impl Spawner<'_> {
         let Some(pid) = child.id() else {
             return Err(io::Error::other("the worker exited at once"));
         };
+        #[cfg(feature = "metrics")]
+        crate::metrics::worker_started(pid);
         let exits = self.exits.clone();
         actix_web::rt::spawn(async move {
             let status = child.wait().await;
@@ -295,6 +315,7 @@ pub(super) async fn supervise(listeners: Listeners, settings: &Settings) -> io::
         exits,
     };
     let mut stop = StopSignals::new()?;
+    SUPERVISING.store(true, std::sync::atomic::Ordering::Release);
 
     let mut workers: Vec<Worker> = Vec::with_capacity(settings.processes);
     for index in 0..settings.processes {
@@ -329,6 +350,8 @@ pub(super) async fn supervise(listeners: Listeners, settings: &Settings) -> io::
         tokio::select! {
             received = stop.recv() => break Ok(received),
             Some(exit) = exited.recv() => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::worker_exited(exit.pid);
                 let worker = &mut workers[exit.index];
                 worker.pid = None;
                 let status = match &exit.status {

@@ -43,6 +43,7 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 /// What a file output reports to the health check and to [`super::health`].
 #[derive(Debug)]
 pub(crate) struct FileStatus {
+    #[cfg_attr(not(feature = "actix"), allow(dead_code))]
     pub(crate) path: PathBuf,
     /// The failure going on, if any.
     pub(crate) failing: Mutex<Option<String>>,

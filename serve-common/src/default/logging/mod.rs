@@ -729,6 +729,24 @@ pub fn lines_lost() -> u64 {
     })
 }
 
+/// Lines this process wrote to its log files, and lines it lost.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) fn line_counts() -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    STATE.get().map_or((0, 0), |state| {
+        state
+            .files
+            .lock()
+            .iter()
+            .fold((0, 0), |(written, lost), s| {
+                (
+                    written + s.written.load(Relaxed),
+                    lost + s.lost.load(Relaxed),
+                )
+            })
+    })
+}
+
 #[cfg(feature = "actix")]
 fn register_health_check() {
     static REGISTERED: std::sync::Once = std::sync::Once::new();

@@ -35,15 +35,18 @@ pub(crate) enum Endpoint {
     Docs,
     /// `/manage/logging/level` and `/manage/logging/targets`.
     Logging,
+    /// `/manage/metrics`.
+    Metrics,
 }
 
 impl Endpoint {
-    pub(crate) const ALL: [Self; 5] = [
+    pub(crate) const ALL: [Self; 6] = [
         Self::Health,
         Self::Version,
         Self::Spec,
         Self::Docs,
         Self::Logging,
+        Self::Metrics,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -53,6 +56,7 @@ impl Endpoint {
             Self::Spec => "spec",
             Self::Docs => "docs",
             Self::Logging => "logging",
+            Self::Metrics => "metrics",
         }
     }
 
@@ -66,6 +70,7 @@ impl Endpoint {
             "spec" => Some(Self::Spec),
             "docs" => Some(Self::Docs),
             "logging" => Some(Self::Logging),
+            "metrics" => Some(Self::Metrics),
             _ => None,
         }
     }
@@ -80,7 +85,7 @@ impl Endpoint {
 pub(crate) struct Endpoints(u8);
 
 impl Endpoints {
-    pub(crate) const ALL: Self = Self(0b1_1111);
+    pub(crate) const ALL: Self = Self(0b11_1111);
     pub(crate) const NONE: Self = Self(0);
 
     pub(crate) fn contains(self, endpoint: Endpoint) -> bool {

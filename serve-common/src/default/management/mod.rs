@@ -12,6 +12,7 @@
 //! | GET | `/manage/logging/targets` | `{"targets": {"my_app::db": "DEBUG"}}` |
 //! | POST | `/manage/logging/targets` | `{"target": "my_app::db", "level": "DEBUG"}`; `"level": null` drops it |
 //! | GET | `/manage/docs` | the API docs page (Swagger UI, served from this binary: no internet needed) |
+//! | GET | `/manage/metrics` | the service's metrics, Prometheus text format; with worker processes, the whole service's (see [`crate::metrics`]; feature `metrics`) |
 //!
 //! A bad body (invalid JSON, a missing field, a wrong type, an unknown
 //! level) is a 400 with an [`ErrorBody`](crate::default::actix::ErrorBody)
@@ -28,7 +29,7 @@
 //! | key | default | meaning |
 //! |---|---|---|
 //! | `management.bind` | none | a listener of their own for the management endpoints (and the docs page), such as `"127.0.0.1:9000"`; the public listener then answers 404 for `/manage/*` (as for an unknown route) except what `public` names, and `/` is the OpenAPI document only if `public` names `spec` (else it is yours, or 404, on both listeners). With `server.processes = N` the supervisor binds it once and every worker serves it, like the main socket, so a level change made there reaches every process as before |
-//! | `management.expose` | all | the endpoints served: `health`, `version`, `spec` (`/` and `/manage/spec`), `docs` (needs `spec`), `logging` (both level endpoints); the others are 404 and leave the OpenAPI document. An unknown name is a start-up error listing the known ones |
+//! | `management.expose` | all | the endpoints served: `health`, `version`, `spec` (`/` and `/manage/spec`), `docs` (needs `spec`), `logging` (both level endpoints), `metrics` (also off with `metrics.enabled = false`); the others are 404 and leave the OpenAPI document. An unknown name is a start-up error listing the known ones |
 //! | `management.public` | `[]` | with `bind`: the exposed endpoints the public listener serves too, such as `["health"]` for a load balancer |
 //! | `management.token` | none | the bearer token of changes: every POST (any method but GET, HEAD and OPTIONS) needs `Authorization: Bearer <token>`, on every listener; none is 401 (with `WWW-Authenticate`), a wrong one 403, both JSON. Compared in constant time (SHA-256 digests); redacted in config log lines |
 //! | `management.token_file` | none | a file holding the token instead (white space around it ignored; relative to the working directory), so the secret need not sit in `config.toml`: read at start, and again when it changes (a rotated secret applies at the next request). An unreadable or empty file is a start-up error |
@@ -217,6 +218,10 @@ pub(crate) fn routes(config: &mut ServiceConfig<'_>, gate: &Gate) {
                     .route(post().to(post_target)),
             );
     }
+    #[cfg(feature = "metrics")]
+    if expose.contains(Endpoint::Metrics) && crate::metrics::settings().enabled {
+        config.service(resource("/manage/metrics").route(get().to(get_metrics)));
+    }
     if expose.contains(Endpoint::Docs) {
         config.service(resource("/manage/docs").route(get().to(docs)));
     }
@@ -319,6 +324,21 @@ async fn spec(state: web::Data<ServiceState>) -> HttpResponse {
 #[api_operation(tag = "management", summary = "The version string")]
 async fn get_version() -> String {
     version()
+}
+
+/// The service's metrics in the Prometheus text format (version 0.0.4):
+/// with worker processes, summed across them (gauges per process, by
+/// `pid`).
+#[cfg(feature = "metrics")]
+#[api_operation(
+    tag = "management",
+    summary = "Metrics, Prometheus text format (the whole service's)"
+)]
+async fn get_metrics() -> HttpResponse {
+    let text = crate::metrics::render_service().await;
+    HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(text)
 }
 
 /// The API docs page lives under `/manage/docs/`.
