@@ -54,6 +54,10 @@ pub mod prelude;
 pub mod reloading;
 #[cfg(feature = "actix")]
 pub mod request_id;
+#[cfg(feature = "otel")]
+pub mod telemetry;
+#[cfg(feature = "actix")]
+pub mod trace_context;
 
 #[doc(hidden)]
 pub mod __private;

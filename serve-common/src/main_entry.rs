@@ -122,6 +122,8 @@ fn register_sections(config: &Config) -> Result<(), config::ConfigError> {
     event::EventsSettings::register(config)?;
     #[cfg(feature = "metrics")]
     std::mem::forget(crate::metrics::MetricsSettings::register(config)?);
+    #[cfg(feature = "otel")]
+    std::mem::forget(crate::telemetry::TelemetrySettings::register(config)?);
     #[cfg(feature = "actix")]
     crate::default::actix::ServerSettings::register(config)?;
     // The global config's (`config` is it): the service's rules follow it.
@@ -185,6 +187,10 @@ where
         }
     }
     let _flush = FlushOnDrop;
+    #[cfg(feature = "otel")]
+    if let Err(error) = crate::telemetry::install() {
+        fail("bad [telemetry] config", error);
+    }
     let _ = event::initialize();
     // A supervisor of worker processes runs no application handler.
     #[cfg(feature = "actix")]
@@ -228,6 +234,8 @@ where
         .unwrap_or_else(|e| fail("cannot start the runtime", e))
         .block_on(body());
 
+    #[cfg(feature = "otel")]
+    crate::telemetry::shutdown();
     #[cfg(feature = "nats")]
     if let Some(link) = event::nats::link() {
         link.close();

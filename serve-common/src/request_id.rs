@@ -28,7 +28,10 @@
 //!   of the inner service's `call` and its future, and over a root span
 //!   `request{request_id=...}`. It is gone after the response.
 //! - A task spawned inside a request does not inherit task-locals: wrap
-//!   its future in [`carry`].
+//!   its future in [`carry`] (it carries the [trace
+//!   context](crate::trace_context) too).
+//! - The middleware also reads the request's W3C `traceparent`: see
+//!   [`crate::trace_context`].
 //! - The default line format prints it after the level and pid.
 
 use std::fmt;
@@ -39,6 +42,8 @@ use std::sync::Arc;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use tracing::Instrument;
+
+use crate::trace_context::CURRENT as TRACE;
 
 /// The response and request header.
 pub const HEADER: &str = "x-request-id";
@@ -100,12 +105,15 @@ pub async fn scope<F: Future>(id: RequestId, future: F) -> F::Output {
 /// futures handed to `tokio::spawn` or `actix_web::rt::spawn`.
 pub fn carry<F: Future>(future: F) -> impl Future<Output = F::Output> {
     let id = get();
+    let trace = crate::trace_context::current();
     // The span too, so JSON lines (which read spans) carry the id.
     let span = tracing::Span::current();
     async move {
-        match id {
-            Some(id) => CURRENT.scope(id, future).await,
-            None => future.await,
+        match (id, trace) {
+            (Some(id), Some(trace)) => CURRENT.scope(id, TRACE.scope(trace, future)).await,
+            (Some(id), None) => CURRENT.scope(id, future).await,
+            (None, Some(trace)) => TRACE.scope(trace, future).await,
+            (None, None) => future.await,
         }
     }
     .instrument(span)
@@ -153,17 +161,59 @@ where
     fn call(&self, request: ServiceRequest) -> Self::Future {
         let incoming = request.headers().get(HEADER).and_then(|v| v.to_str().ok());
         let id = incoming.and_then(RequestId::parse).unwrap_or_default();
-        let span = tracing::info_span!("request", request_id = %id);
+        #[allow(unused_mut)]
+        let mut trace = crate::trace_context::of_request(request.headers());
+        let span = tracing::info_span!(
+            "request",
+            request_id = %id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            http.request.method = tracing::field::Empty,
+            http.route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        #[cfg(feature = "otel")]
+        let exported = crate::telemetry::active();
+        #[cfg(feature = "otel")]
+        if exported {
+            let method = request.method().as_str().to_owned();
+            let route = request.match_pattern();
+            let route = route.as_deref().unwrap_or("<unmatched>");
+            span.record("otel.name", format!("{method} {route}"));
+            span.record("otel.kind", "server");
+            span.record("http.request.method", method.as_str());
+            span.record("http.route", route);
+            crate::telemetry::link(&span, &mut trace);
+        }
+        span.record("trace_id", tracing::field::display(trace.trace_id));
+        span.record("span_id", tracing::field::display(trace.span_id));
         // `call` runs part of the inner service now: scope that part too.
-        let future =
-            CURRENT.sync_scope(id.clone(), || span.in_scope(|| self.service.call(request)));
+        let future = CURRENT.sync_scope(id.clone(), || {
+            TRACE.sync_scope(trace.clone(), || {
+                span.in_scope(|| self.service.call(request))
+            })
+        });
         let header = HeaderValue::from_str(id.as_str()).expect("a parsed id is a valid header");
-        Box::pin(CURRENT.scope(id, async move {
-            let mut response = future.instrument(span).await?;
-            response
-                .headers_mut()
-                .insert(HeaderName::from_static(HEADER), header);
-            Ok(response)
-        }))
+        Box::pin(CURRENT.scope(
+            id,
+            TRACE.scope(trace, async move {
+                #[cfg(feature = "otel")]
+                let recorded = span.clone();
+                let mut response = future.instrument(span).await?;
+                #[cfg(feature = "otel")]
+                if exported {
+                    recorded.record(
+                        "http.response.status_code",
+                        i64::from(response.status().as_u16()),
+                    );
+                }
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(HEADER), header);
+                Ok(response)
+            }),
+        ))
     }
 }

@@ -75,7 +75,7 @@ fn stop(mut service: Service) -> Service {
 fn read_lines(logs: &Path) -> Vec<String> {
     // Time, level, pid, the request id inside a request, the message.
     let line_format = regex::Regex::new(
-        r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] \[[A-Z]+ *\] \[\d+\] (\[[0-9a-f-]{36}\] )?[^\[]",
+        r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] \[[A-Z]+ *\] \[\d+\] (\[[0-9a-f-]{36} [0-9a-f]{8}\] )?[^\[]",
     )
     .unwrap();
     let timestamp = regex::Regex::new(r"\[\d{4}-\d\d-\d\d \d\d:").unwrap();

@@ -343,7 +343,7 @@ fn request_ids_are_in_headers_and_in_every_line_of_the_request() {
     let lines: Vec<String> = service
         .log()
         .into_iter()
-        .filter(|l| l.contains("[test-id-42]"))
+        .filter(|l| l.contains("[test-id-42 "))
         .collect();
     for needle in [
         "hit /hello/ann",

@@ -95,15 +95,16 @@ fn a_hundred_concurrent_requests_get_distinct_ids_in_every_line() {
         for (n, id) in &results {
             assert!(uuid_like(id), "{id}");
             // Exactly one line of each kind carries this request's id.
-            let handling = logs.lines_with(&format!("] [{id}] handling {n}"));
+            // `[<request id> <trace id's first 8 hex>]`.
+            let handling = of_request(logs, id, &format!("handling {n}"));
             assert_eq!(handling.len(), 1, "{handling:?}");
-            let hit = logs.lines_with(&format!("] [{id}] hit /work/{n}"));
+            let hit = of_request(logs, id, &format!("hit /work/{n}"));
             assert_eq!(hit.len(), 1, "{hit:?}");
         }
         let timing =
             regex::Regex::new(r"\] request completed with 200 \(took \d+\.\d\d ms\)$").unwrap();
         for (_, id) in &results {
-            let completed = logs.lines_with(&format!("] [{id}] request completed with 200"));
+            let completed = of_request(logs, id, "request completed with 200");
             assert_eq!(completed.len(), 1, "{completed:?}");
             assert!(timing.is_match(&completed[0]), "{}", completed[0]);
         }
@@ -118,6 +119,20 @@ fn a_hundred_concurrent_requests_get_distinct_ids_in_every_line() {
             .is_match(&line),
         "{line}"
     );
+}
+
+/// The lines `[<id> <8 hex>] <message>...` of the request `id`.
+fn of_request(logs: &LogCapture, id: &str, message: &str) -> Vec<String> {
+    let line = regex::Regex::new(&format!(
+        r"\] \[{} [0-9a-f]{{8}}\] {}",
+        regex::escape(id),
+        regex::escape(message)
+    ))
+    .unwrap();
+    logs.lines_with(&format!("] [{id} "))
+        .into_iter()
+        .filter(|l| line.is_match(l))
+        .collect()
 }
 
 fn uuid_like(id: &str) -> bool {

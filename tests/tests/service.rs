@@ -149,7 +149,9 @@ fn sigterm_lets_the_request_in_flight_finish_then_everything_exits_zero() {
         ],
         None,
     );
-    service.wait_log("[in-flight] hit /manage/logging/level");
+    // `[<request id> <trace>] hit ...`
+    let hit = service.wait_log("[in-flight ");
+    assert!(hit.ends_with("] hit /manage/logging/level"), "{hit}");
 
     service.signal(Signal::SIGTERM);
     for pid in &workers {

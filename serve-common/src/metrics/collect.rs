@@ -10,6 +10,15 @@ pub(super) fn internal(snapshot: &mut Snapshot) {
     events(snapshot);
     links(snapshot);
     config_and_logging(snapshot);
+    #[cfg(feature = "actix")]
+    {
+        let malformed = "serve_common_traceparent_malformed_total";
+        snapshot.counter(malformed, &[], crate::trace_context::malformed());
+        snapshot.describe(
+            malformed,
+            "Requests whose traceparent header was malformed (ignored: a new trace)",
+        );
+    }
     snapshot.gauge(
         "serve_common_build_info",
         &[

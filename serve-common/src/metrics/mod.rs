@@ -1,7 +1,7 @@
 //! Metrics in the Prometheus text format, for the whole service from one
 //! scrape: `GET /manage/metrics` (feature `metrics`, on by default).
 //!
-//! serve-common installs a recorder for the [`metrics`](::metrics) facade
+//! serve-common installs a recorder for the [`metrics`] facade
 //! when the service starts (`#[serve_common::main]` or
 //! [`default::actix::serve`](crate::default::actix::serve)), so what the
 //! application records with the facade's macros, re-exported here and in

@@ -34,6 +34,7 @@
 //! | `server.workers` | one per CPU | worker threads per process |
 //! | `server.processes` | `1` | worker processes (see below; which of them run event handlers: [here](crate::event#which-processes-run-handlers)) |
 //! | `server.shutdown_timeout` | `30` | seconds in-flight requests get after SIGTERM/SIGINT |
+//! | `server.drain_seconds` | `0` | seconds the service keeps serving after SIGTERM/SIGINT before it closes its listener, with `/manage/health/ready` answering 503 so a load balancer moves traffic away first (set it to the balancer's probe interval times its failure threshold) |
 //! | `server.backlog` | `2048` | the listen backlog |
 //! | `server.title` | the crate name | the OpenAPI document's title |
 //!
@@ -42,7 +43,8 @@
 //! loopback bind) is the `[management]` section's call: see [who reaches
 //! them](crate::default::management#who-reaches-them).
 //!
-//! SIGTERM and SIGINT stop the service gracefully: the listener closes,
+//! SIGTERM and SIGINT stop the service gracefully: readiness turns 503,
+//! the service serves on for `server.drain_seconds`, then the listener closes,
 //! in-flight requests finish (up to `server.shutdown_timeout`), then
 //! `serve` returns and `#[serve_common::main]` flushes the logs. A second
 //! signal stops at once.
@@ -316,6 +318,7 @@ where
             processes: server.processes.unwrap_or(1),
             backlog: server.backlog.unwrap_or(2048),
             shutdown_timeout: Duration::from_secs(server.shutdown_timeout.unwrap_or(30)),
+            drain: Duration::from_secs(server.drain_seconds.unwrap_or(0)),
         };
         let management = ManagementSettings::live()
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?
@@ -376,9 +379,26 @@ where
                 std::process::id()
             );
         }
+        crate::default::management::mark_ready();
         let handle = server.handle();
+        let drain = settings.drain;
         actix_web::rt::spawn(async move {
             let signal = stop.recv().await;
+            crate::default::management::mark_stopping();
+            if !drain.is_zero() {
+                tracing::info!(
+                    "{signal} received: readiness is 503; still serving for {} s (server.drain_seconds)",
+                    drain.as_secs()
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(drain) => {}
+                    signal = stop.recv() => {
+                        tracing::warn!("{signal} received again: stopping at once");
+                        handle.stop(false).await;
+                        return;
+                    }
+                }
+            }
             tracing::info!("{signal} received: finishing in-flight requests, then stopping");
             let graceful = actix_web::rt::spawn(handle.clone().stop(true));
             tokio::select! {
@@ -437,6 +457,9 @@ pub struct ServerSettings {
     pub backlog: Option<i32>,
     /// `server.shutdown_timeout`, seconds.
     pub shutdown_timeout: Option<u64>,
+    /// `server.drain_seconds`: after SIGTERM, how long to keep serving
+    /// (readiness 503) before the listener closes.
+    pub drain_seconds: Option<u64>,
     /// `server.title`.
     pub title: Option<String>,
 }
@@ -487,4 +510,5 @@ struct Settings {
     processes: usize,
     backlog: i32,
     shutdown_timeout: Duration,
+    drain: Duration,
 }

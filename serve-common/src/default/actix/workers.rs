@@ -413,7 +413,8 @@ pub(super) async fn supervise(listeners: Listeners, settings: &Settings) -> io::
     drop(spawner);
     drop(listeners);
     signal_workers(&workers, Signal::SIGTERM);
-    let deadline = Instant::now() + settings.shutdown_timeout + Duration::from_secs(5);
+    let deadline =
+        Instant::now() + settings.drain + settings.shutdown_timeout + Duration::from_secs(5);
     let mut killed = false;
     while workers.iter().any(|w| w.pid.is_some()) {
         tokio::select! {

@@ -200,9 +200,13 @@ fn state() -> Result<&'static State, LoggingError> {
             directives("INFO", &BTreeMap::new()).unwrap_or_else(|_| "info".to_owned()),
         ));
         let (outputs, outputs_handle) = reload::Layer::new(Vec::<Output>::new());
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(outputs)
+        let subscriber = tracing_subscriber::registry().with(filter).with(outputs);
+        // The OpenTelemetry layer is there from the start (nothing can be
+        // added later but through a reload, which hides it from the spans
+        // that look for it); it records nothing until an endpoint is set.
+        #[cfg(feature = "otel")]
+        let subscriber = subscriber.with(crate::telemetry::layer());
+        subscriber
             .try_init()
             .map_err(|e| LoggingError::OtherSubscriber(e.to_string()))?;
         let state = State {
@@ -815,6 +819,23 @@ fn current_request_id() -> Option<String> {
     None
 }
 
+/// The first 4 bytes of the current trace id, as 8 hex digits.
+#[cfg(feature = "actix")]
+fn current_trace_short() -> Option<[u8; 4]> {
+    crate::trace_context::CURRENT
+        .try_with(|trace| {
+            let mut short = [0; 4];
+            short.copy_from_slice(&trace.trace_id.0[..4]);
+            short
+        })
+        .ok()
+}
+
+#[cfg(not(feature = "actix"))]
+fn current_trace_short() -> Option<[u8; 4]> {
+    None
+}
+
 /// The original's line format.
 struct LineFormat {
     ansi: bool,
@@ -862,8 +883,12 @@ where
                 metadata.line().unwrap_or(0)
             )?;
         }
-        if let Some(id) = current_request_id() {
-            write!(writer, "[{id}] ")?;
+        match (current_request_id(), current_trace_short()) {
+            (Some(id), Some([a, b, c, d])) => {
+                write!(writer, "[{id} {a:02x}{b:02x}{c:02x}{d:02x}] ")?;
+            }
+            (Some(id), None) => write!(writer, "[{id}] ")?,
+            _ => {}
         }
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)

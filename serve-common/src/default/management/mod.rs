@@ -6,7 +6,9 @@
 //! |---|---|---|
 //! | GET | `/`, `/manage/spec` | the OpenAPI document (JSON) |
 //! | GET | `/manage/version` | the version, as text ([`set_version`]) |
-//! | GET | `/manage/health` | `{"status", "pid", "level", "version", "checks"}`; 503 when a check fails ([`add_health_check`]) |
+//! | GET | `/manage/health` | `{"status", "pid", "level", "version", "checks"}`: every check, with its kind and duration; 503 when one fails ([`add_health_check`], [`health_check`]) |
+//! | GET | `/manage/health/live` | liveness: 200 while the event dispatcher answers a ping (within 1 s) and the liveness checks pass, else 503 |
+//! | GET | `/manage/health/ready` | readiness: 200 once the service listens, while no graceful stop has begun and the readiness checks pass, else 503 (`"status": "starting"`, `"stopping"` or `"failing"`) |
 //! | GET | `/manage/logging/level` | `{"level": "INFO"}`: the level logging really uses |
 //! | POST | `/manage/logging/level` | `{"level": "DEBUG"}`: validated, then config `logging.level` is set, so every process follows; `{"level": null}` drops that runtime level (back to the file's) |
 //! | GET | `/manage/logging/targets` | `{"targets": {"my_app::db": "DEBUG"}}` |
@@ -59,7 +61,7 @@
 //! listener, their changes guarded by the token.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -78,9 +80,14 @@ use crate::default::logging::{self, LoggingError};
 use crate::event;
 
 mod access;
+mod probes;
 
 pub use access::ManagementSettings;
 pub(crate) use access::{warn_at_start, Endpoint, Gate, ManagementGate, Verdict};
+pub use probes::{
+    health_check, mark_ready, mark_stopping, phase, CheckKind, HealthCheckBuilder, Phase,
+    DEFAULT_CHECK_TIMEOUT,
+};
 
 /// The tag of every management operation in the OpenAPI document.
 pub const TAG: &str = "management";
@@ -89,13 +96,6 @@ static VERSION: Lazy<RwLock<Option<String>>> = Lazy::new(|| RwLock::new(None));
 static DEFAULT_VERSION: Lazy<RwLock<String>> = Lazy::new(|| RwLock::new("unknown".to_owned()));
 
 type Details = serde_json::Map<String, serde_json::Value>;
-
-#[derive(Clone)]
-struct HealthCheck {
-    check: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
-    details: Option<Arc<dyn Fn() -> Details + Send + Sync>>,
-}
-static CHECKS: Lazy<RwLock<Vec<(String, HealthCheck)>>> = Lazy::new(|| RwLock::new(Vec::new()));
 
 /// Sets the version `/manage/version` answers (the Python original's assignment to
 /// `management.version`). Without it: the application crate's
@@ -117,10 +117,13 @@ pub(crate) fn set_default_version(version: &str) {
     *DEFAULT_VERSION.write() = version.to_owned();
 }
 
-/// Adds (or replaces, by name) a check `/manage/health` runs on every
-/// request: `Ok(())` is healthy, `Err(reason)` makes the answer a 503 that
-/// names the check and the reason. Checks run on the request's worker
-/// thread: keep them quick (read a flag a background task maintains).
+/// Adds (or replaces, by name) a readiness check that `/manage/health`
+/// and `/manage/health/ready` run on every request: `Ok(())` is healthy,
+/// `Err(reason)` makes the answer a 503 that names the check and the
+/// reason. Checks run at once, on tokio's blocking pool; one that takes
+/// longer than [`DEFAULT_CHECK_TIMEOUT`] is reported as failing (see
+/// [`health_check`] for liveness checks and other timeouts). Keep them
+/// quick anyway (read a flag a background task maintains).
 ///
 /// ```
 /// use std::sync::atomic::{AtomicBool, Ordering};
@@ -135,13 +138,7 @@ pub fn add_health_check<F>(name: impl Into<String>, check: F)
 where
     F: Fn() -> Result<(), String> + Send + Sync + 'static,
 {
-    insert_check(
-        name.into(),
-        HealthCheck {
-            check: Arc::new(check),
-            details: None,
-        },
-    );
+    health_check(name).register(check);
 }
 
 /// [`add_health_check`], with `details`: what the check reports beside
@@ -166,27 +163,12 @@ where
     F: Fn() -> Result<(), String> + Send + Sync + 'static,
     D: Fn() -> serde_json::Map<String, serde_json::Value> + Send + Sync + 'static,
 {
-    insert_check(
-        name.into(),
-        HealthCheck {
-            check: Arc::new(check),
-            details: Some(Arc::new(details)),
-        },
-    );
-}
-
-fn insert_check(name: String, check: HealthCheck) {
-    let mut checks = CHECKS.write();
-    checks.retain(|(n, _)| *n != name);
-    checks.push((name, check));
+    health_check(name).details(details).register(check);
 }
 
 /// Removes the check named `name`; true if there was one.
 pub fn remove_health_check(name: &str) -> bool {
-    let mut checks = CHECKS.write();
-    let before = checks.len();
-    checks.retain(|(n, _)| n != name);
-    checks.len() != before
+    probes::remove(name)
 }
 
 /// The management routes the gate's `expose` asks for, for
@@ -203,7 +185,10 @@ pub(crate) fn routes(config: &mut ServiceConfig<'_>, gate: &Gate) {
         config.service(resource("/manage/version").route(get().to(get_version)));
     }
     if expose.contains(Endpoint::Health) {
-        config.service(resource("/manage/health").route(get().to(health)));
+        config
+            .service(resource("/manage/health").route(get().to(health)))
+            .service(resource("/manage/health/live").route(get().to(live)))
+            .service(resource("/manage/health/ready").route(get().to(ready)));
     }
     if expose.contains(Endpoint::Logging) {
         config
@@ -361,6 +346,12 @@ pub struct CheckResult {
     /// [`add_health_check_with_details`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<BTreeMap<String, serde_json::Value>>,
+    /// The probe it answers to.
+    #[serde(default)]
+    pub kind: CheckKind,
+    /// How long it ran (or was waited for), in milliseconds.
+    #[serde(default)]
+    pub duration_ms: f64,
 }
 
 /// The body of `/manage/health`.
@@ -424,28 +415,7 @@ impl ApiErrorComponent for Unhealthy {
     summary = "Health: per-check results and the answering process"
 )]
 async fn health() -> Result<web::Json<Health>, Unhealthy> {
-    let checks: Vec<(String, HealthCheck)> = CHECKS.read().clone();
-    let mut results = BTreeMap::new();
-    for (name, check) in checks {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (check.check)()))
-            .unwrap_or_else(|_| Err("the check panicked".to_owned()));
-        let details = check.details.as_ref().and_then(|details| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| details()))
-                .ok()
-                .map(|d| d.into_iter().collect())
-        });
-        if let Err(error) = &outcome {
-            tracing::warn!(check = %name, %error, "health check failed");
-        }
-        results.insert(
-            name,
-            CheckResult {
-                ok: outcome.is_ok(),
-                error: outcome.err(),
-                details,
-            },
-        );
-    }
+    let results = probes::run_checks(None).await;
     let healthy = results.values().all(|r| r.ok);
     let report = Health {
         status: if healthy { "ok" } else { "failing" }.to_owned(),
@@ -459,6 +429,122 @@ async fn health() -> Result<web::Json<Health>, Unhealthy> {
     } else {
         Err(Unhealthy(report))
     }
+}
+
+/// The body of `/manage/health/live` and `/manage/health/ready`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, ApiComponent)]
+pub struct Probe {
+    /// `ok`, or why not: `failing` (a check), `starting`, `stopping`.
+    pub status: String,
+    /// The answering process's pid.
+    pub pid: u32,
+    /// Where the process is in its life.
+    pub phase: Phase,
+    /// The probe's checks by name (live: the event dispatcher's ping too,
+    /// as `event_dispatcher`).
+    pub checks: BTreeMap<String, CheckResult>,
+}
+
+/// A failing probe: a 503 whose body is the [`Probe`].
+#[derive(Debug)]
+struct ProbeFailed(Probe);
+
+impl std::fmt::Display for ProbeFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the probe failed: {}", self.0.status)
+    }
+}
+
+impl ResponseError for ProbeFailed {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::ServiceUnavailable().json(&self.0)
+    }
+}
+
+impl ApiErrorComponent for ProbeFailed {
+    fn schemas_by_status_code() -> BTreeMap<String, (String, ReferenceOr<apistos::Schema>)> {
+        <Probe as ApiComponent>::schema()
+            .map(|schema| BTreeMap::from([("503".to_owned(), schema)]))
+            .unwrap_or_default()
+    }
+
+    fn error_responses() -> Vec<(String, Response)> {
+        let mut response = crate::default::actix::errors::documented(503, "The probe failed");
+        if let Some((name, _)) = <Probe as ApiComponent>::schema() {
+            for media in response.1.content.values_mut() {
+                media.schema = Some(ReferenceOr::Reference {
+                    _ref: format!("#/components/schemas/{name}"),
+                });
+            }
+        }
+        vec![response]
+    }
+}
+
+fn probe(
+    status: &str,
+    checks: BTreeMap<String, CheckResult>,
+) -> Result<web::Json<Probe>, ProbeFailed> {
+    let probe = Probe {
+        status: status.to_owned(),
+        pid: std::process::id(),
+        phase: phase(),
+        checks,
+    };
+    if status == "ok" {
+        Ok(web::Json(probe))
+    } else {
+        Err(ProbeFailed(probe))
+    }
+}
+
+/// Liveness: the event dispatcher answers a ping (within a second) and
+/// every liveness check passes; 503 otherwise. It stays 200 while the
+/// process starts and stops.
+#[api_operation(
+    tag = "management",
+    summary = "Liveness: the process works (its event dispatcher answers, liveness checks pass)"
+)]
+async fn live() -> Result<web::Json<Probe>, ProbeFailed> {
+    let started = std::time::Instant::now();
+    let ping = probes::ping_dispatcher().await;
+    let ping = CheckResult {
+        ok: ping.is_ok(),
+        error: ping.err(),
+        details: None,
+        kind: CheckKind::Liveness,
+        duration_ms: started.elapsed().as_secs_f64() * 1e3,
+    };
+    let mut checks = probes::run_checks(Some(CheckKind::Liveness)).await;
+    checks.insert("event_dispatcher".to_owned(), ping);
+    let status = if checks.values().all(|c| c.ok) {
+        "ok"
+    } else {
+        "failing"
+    };
+    probe(status, checks)
+}
+
+/// Readiness: start-up is over, no graceful stop has begun, and every
+/// readiness check passes; 503 otherwise (a load balancer sends traffic
+/// elsewhere).
+#[api_operation(
+    tag = "management",
+    summary = "Readiness: the process should get traffic (started, not stopping, readiness checks pass)"
+)]
+async fn ready() -> Result<web::Json<Probe>, ProbeFailed> {
+    let checks = probes::run_checks(Some(CheckKind::Readiness)).await;
+    let status = match phase() {
+        Phase::Starting => "starting",
+        Phase::Stopping => "stopping",
+        Phase::Ready if checks.values().all(|c| c.ok) => "ok",
+        Phase::Ready => "failing",
+    };
+    probe(status, checks)
 }
 
 /// A logging level, as the endpoints read and write it.
