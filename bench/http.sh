@@ -168,7 +168,7 @@ for round in 1 2 3; do
 done
 
 # The scrape: 2 workers, ~1,000 series; 30 timed scrapes after 5 warm-ups.
-scrape_dir="$SCRATCH/scrape"
+scrape_dir="$SCRATCH/scrape-service"
 mkdir -p "$scrape_dir"
 printf '[server]\nbind = "127.0.0.1:%s"\nprocesses = 2\nworkers = 2\n[logging]\nlevel = "WARNING"\nstderr = false\n' "$PORT" > "$scrape_dir/config.toml"
 cat "$scrape_dir/config.toml" >&2

@@ -163,19 +163,29 @@ where
         let id = incoming.and_then(RequestId::parse).unwrap_or_default();
         #[allow(unused_mut)]
         let mut trace = crate::trace_context::of_request(request.headers());
+        #[cfg(feature = "otel")]
+        let exported = crate::telemetry::active();
+        #[cfg(not(feature = "otel"))]
+        let exported = false;
+        // The ids are known now unless the span is exported (then the
+        // exported span's ids are taken, below): recorded at creation,
+        // which costs the log outputs less than a record afterwards.
+        let (trace_id, span_id) = if exported {
+            (None, None)
+        } else {
+            (Some(trace.trace_id), Some(trace.span_id))
+        };
         let span = tracing::info_span!(
             "request",
             request_id = %id,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
+            trace_id = trace_id.map(tracing::field::display),
+            span_id = span_id.map(tracing::field::display),
             otel.name = tracing::field::Empty,
             otel.kind = tracing::field::Empty,
             http.request.method = tracing::field::Empty,
             http.route = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
         );
-        #[cfg(feature = "otel")]
-        let exported = crate::telemetry::active();
         #[cfg(feature = "otel")]
         if exported {
             let method = request.method().as_str().to_owned();
@@ -186,9 +196,9 @@ where
             span.record("http.request.method", method.as_str());
             span.record("http.route", route);
             crate::telemetry::link(&span, &mut trace);
+            span.record("trace_id", tracing::field::display(trace.trace_id));
+            span.record("span_id", tracing::field::display(trace.span_id));
         }
-        span.record("trace_id", tracing::field::display(trace.trace_id));
-        span.record("span_id", tracing::field::display(trace.span_id));
         // `call` runs part of the inner service now: scope that part too.
         let future = CURRENT.sync_scope(id.clone(), || {
             TRACE.sync_scope(trace.clone(), || {

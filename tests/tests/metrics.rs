@@ -382,10 +382,17 @@ fn scrape_every_worker(service: &Service, pids: &BTreeSet<u32>, check: impl Fn(&
     }
 }
 
-#[test]
-fn with_two_workers_a_scrape_of_either_answers_for_the_service() {
+/// The example with 2 workers, the management routes not recorded (so
+/// scrapes do not count themselves): the service and the worker pids.
+fn two_workers() -> (Service, BTreeSet<u32>) {
     let service = start("[server]\nprocesses = 2\n[metrics]\nexclude = [\"/manage/*\"]\n");
     let pids = service.worker_pids(2);
+    (service, pids)
+}
+
+#[test]
+fn with_two_workers_a_scrape_of_either_answers_for_the_service() {
+    let (service, pids) = two_workers();
     for i in 0..40 {
         assert_eq!(get(service.address, &format!("/hello/n{i}")).status, 200);
     }
@@ -449,8 +456,7 @@ fn with_two_workers_a_scrape_of_either_answers_for_the_service() {
 
 #[test]
 fn a_killed_workers_requests_still_count_so_no_counter_goes_down() {
-    let service = start("[server]\nprocesses = 2\n[metrics]\nexclude = [\"/manage/*\"]\n");
-    let pids = service.worker_pids(2);
+    let (service, pids) = two_workers();
     for i in 0..30 {
         assert_eq!(get(service.address, &format!("/hello/n{i}")).status, 200);
     }

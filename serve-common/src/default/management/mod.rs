@@ -369,17 +369,18 @@ pub struct Health {
     pub checks: BTreeMap<String, CheckResult>,
 }
 
-/// A failing health report: a 503 whose body is the [`Health`].
+/// A failing report (a [`Health`] or a [`Probe`]): a 503 whose body is
+/// the report, documented as such.
 #[derive(Debug)]
-struct Unhealthy(Health);
+struct Unavailable<T>(T);
 
-impl std::fmt::Display for Unhealthy {
+impl<T> std::fmt::Display for Unavailable<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a health check failed")
     }
 }
 
-impl ResponseError for Unhealthy {
+impl<T: Serialize + std::fmt::Debug> ResponseError for Unavailable<T> {
     fn status_code(&self) -> StatusCode {
         StatusCode::SERVICE_UNAVAILABLE
     }
@@ -389,16 +390,16 @@ impl ResponseError for Unhealthy {
     }
 }
 
-impl ApiErrorComponent for Unhealthy {
+impl<T: ApiComponent> ApiErrorComponent for Unavailable<T> {
     fn schemas_by_status_code() -> BTreeMap<String, (String, ReferenceOr<apistos::Schema>)> {
-        <Health as ApiComponent>::schema()
+        <T as ApiComponent>::schema()
             .map(|schema| BTreeMap::from([("503".to_owned(), schema)]))
             .unwrap_or_default()
     }
 
     fn error_responses() -> Vec<(String, Response)> {
         let mut response = crate::default::actix::errors::documented(503, "A check failed");
-        if let Some((name, _)) = <Health as ApiComponent>::schema() {
+        if let Some((name, _)) = <T as ApiComponent>::schema() {
             for media in response.1.content.values_mut() {
                 media.schema = Some(ReferenceOr::Reference {
                     _ref: format!("#/components/schemas/{name}"),
@@ -414,7 +415,7 @@ impl ApiErrorComponent for Unhealthy {
     tag = "management",
     summary = "Health: per-check results and the answering process"
 )]
-async fn health() -> Result<web::Json<Health>, Unhealthy> {
+async fn health() -> Result<web::Json<Health>, Unavailable<Health>> {
     let results = probes::run_checks(None).await;
     let healthy = results.values().all(|r| r.ok);
     let report = Health {
@@ -427,7 +428,7 @@ async fn health() -> Result<web::Json<Health>, Unhealthy> {
     if healthy {
         Ok(web::Json(report))
     } else {
-        Err(Unhealthy(report))
+        Err(Unavailable(report))
     }
 }
 
@@ -445,50 +446,10 @@ pub struct Probe {
     pub checks: BTreeMap<String, CheckResult>,
 }
 
-/// A failing probe: a 503 whose body is the [`Probe`].
-#[derive(Debug)]
-struct ProbeFailed(Probe);
-
-impl std::fmt::Display for ProbeFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the probe failed: {}", self.0.status)
-    }
-}
-
-impl ResponseError for ProbeFailed {
-    fn status_code(&self) -> StatusCode {
-        StatusCode::SERVICE_UNAVAILABLE
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        HttpResponse::ServiceUnavailable().json(&self.0)
-    }
-}
-
-impl ApiErrorComponent for ProbeFailed {
-    fn schemas_by_status_code() -> BTreeMap<String, (String, ReferenceOr<apistos::Schema>)> {
-        <Probe as ApiComponent>::schema()
-            .map(|schema| BTreeMap::from([("503".to_owned(), schema)]))
-            .unwrap_or_default()
-    }
-
-    fn error_responses() -> Vec<(String, Response)> {
-        let mut response = crate::default::actix::errors::documented(503, "The probe failed");
-        if let Some((name, _)) = <Probe as ApiComponent>::schema() {
-            for media in response.1.content.values_mut() {
-                media.schema = Some(ReferenceOr::Reference {
-                    _ref: format!("#/components/schemas/{name}"),
-                });
-            }
-        }
-        vec![response]
-    }
-}
-
 fn probe(
     status: &str,
     checks: BTreeMap<String, CheckResult>,
-) -> Result<web::Json<Probe>, ProbeFailed> {
+) -> Result<web::Json<Probe>, Unavailable<Probe>> {
     let probe = Probe {
         status: status.to_owned(),
         pid: std::process::id(),
@@ -498,7 +459,7 @@ fn probe(
     if status == "ok" {
         Ok(web::Json(probe))
     } else {
-        Err(ProbeFailed(probe))
+        Err(Unavailable(probe))
     }
 }
 
@@ -509,7 +470,7 @@ fn probe(
     tag = "management",
     summary = "Liveness: the process works (its event dispatcher answers, liveness checks pass)"
 )]
-async fn live() -> Result<web::Json<Probe>, ProbeFailed> {
+async fn live() -> Result<web::Json<Probe>, Unavailable<Probe>> {
     let started = std::time::Instant::now();
     let ping = probes::ping_dispatcher().await;
     let ping = CheckResult {
@@ -536,7 +497,7 @@ async fn live() -> Result<web::Json<Probe>, ProbeFailed> {
     tag = "management",
     summary = "Readiness: the process should get traffic (started, not stopping, readiness checks pass)"
 )]
-async fn ready() -> Result<web::Json<Probe>, ProbeFailed> {
+async fn ready() -> Result<web::Json<Probe>, Unavailable<Probe>> {
     let checks = probes::run_checks(Some(CheckKind::Readiness)).await;
     let status = match phase() {
         Phase::Starting => "starting",
