@@ -9,7 +9,8 @@
 //! request's [`traceparent`](crate::trace_context) (its parent the
 //! caller's span), the service's name and version as resource attributes
 //! (`service.name`: `telemetry.service_name`, else the application crate's
-//! name; `service.version`: the version `/manage/version` answers). The
+//! name; `service.version`: the version `/manage/version` answers when
+//! the first batch leaves). The
 //! span ids are the ones [`trace_context::current`](crate::trace_context::current)
 //! hands out, so a call made with its headers continues the exported trace.
 //!
@@ -98,6 +99,10 @@ impl TelemetrySettings {
 /// Whether spans are recorded for OpenTelemetry (an endpoint is set).
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 static EXPORTER: OnceCell<opentelemetry_otlp::SpanExporter> = OnceCell::new();
+/// The exporter [`install`] made, and the service's name: it takes its
+/// resource (the version then, which `main` may have set meanwhile) at
+/// the first export.
+static PENDING: Mutex<Option<(opentelemetry_otlp::SpanExporter, String)>> = Mutex::new(None);
 static PROVIDER: OnceCell<SdkTracerProvider> = OnceCell::new();
 
 /// Failed exports, and when one was last logged.
@@ -112,6 +117,19 @@ struct LateExporter;
 
 impl SpanExporter for LateExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        // Not called concurrently (the SDK's contract).
+        if EXPORTER.get().is_none() {
+            let pending = PENDING.lock().take();
+            if let Some((mut exporter, name)) = pending {
+                exporter.set_resource(
+                    &Resource::builder()
+                        .with_service_name(name)
+                        .with_attribute(KeyValue::new("service.version", service_version()))
+                        .build(),
+                );
+                let _ = EXPORTER.set(exporter);
+            }
+        }
         let Some(exporter) = EXPORTER.get() else {
             return Ok(());
         };
@@ -191,7 +209,7 @@ pub fn install() -> Result<(), String> {
             return Ok(());
         };
         let endpoint = traces_url(&endpoint);
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_endpoint(endpoint.clone())
@@ -201,13 +219,7 @@ pub fn install() -> Result<(), String> {
         let name = settings
             .service_name
             .unwrap_or_else(crate::main_entry::app_name);
-        exporter.set_resource(
-            &Resource::builder()
-                .with_service_name(name.clone())
-                .with_attribute(KeyValue::new("service.version", service_version()))
-                .build(),
-        );
-        let _ = EXPORTER.set(exporter);
+        *PENDING.lock() = Some((exporter, name.clone()));
         // The layer's tracer comes from this provider: make sure it exists.
         provider();
         ACTIVE.store(true, Ordering::Release);

@@ -19,7 +19,8 @@
 //!   `traceparent` (version `00`, and later versions the way the spec
 //!   says: their first four fields) and `tracestate`. A valid one gives
 //!   the trace id and the parent span; this request gets a span id of its
-//!   own. A missing one starts a new trace; a malformed one too, and it is
+//!   own. Two `traceparent` headers count as malformed; several
+//!   `tracestate` headers are one list. A missing one starts a new trace; a malformed one too, and it is
 //!   counted ([`malformed`], and `serve_common_traceparent_malformed_total`
 //!   in `/manage/metrics`) and logged at DEBUG. A `tracestate` is kept
 //!   (at most 512 bytes, 32 members) only with a valid `traceparent`.
@@ -222,9 +223,15 @@ impl TraceContext {
         self.flags & 1 == 1
     }
 
-    /// The `traceparent` of a call made from this span (version 00).
+    /// The `traceparent` of a call made from this span (version 00; of
+    /// the flags, only `sampled` is passed on, as version 00 asks).
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-{:02x}", self.trace_id, self.span_id, self.flags)
+        format!(
+            "00-{}-{}-{:02x}",
+            self.trace_id,
+            self.span_id,
+            self.flags & 1
+        )
     }
 
     /// The headers that continue this trace in a call to another service:
@@ -250,11 +257,20 @@ pub fn current() -> Option<TraceContext> {
 /// The context of an incoming request's headers, the malformed ones
 /// counted and logged.
 pub(crate) fn of_request(headers: &actix_web::http::header::HeaderMap) -> TraceContext {
-    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    let parent = headers
-        .get(TRACEPARENT)
-        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
-    let (context, incoming) = TraceContext::from_headers(parent, text(TRACESTATE));
+    // Two `traceparent`s are not one trace: malformed. Several
+    // `tracestate`s are one list.
+    let mut parents = headers.get_all(TRACEPARENT);
+    let parent = match (parents.next(), parents.next()) {
+        (None, _) => None,
+        (Some(one), None) => Some(one.to_str().unwrap_or("\u{fffd}")),
+        (Some(_), Some(_)) => Some("\u{fffd}"),
+    };
+    let states: Vec<&str> = headers
+        .get_all(TRACESTATE)
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let state = (!states.is_empty()).then(|| states.join(","));
+    let (context, incoming) = TraceContext::from_headers(parent, state.as_deref());
     if incoming == Incoming::Malformed {
         MALFORMED.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("ignoring a malformed traceparent header: a new trace");

@@ -111,6 +111,26 @@ fn malformed_traceparents_start_new_traces_and_are_counted() {
         traces.insert(trace);
     }
     assert_eq!(traces.len(), bad.len(), "each a new trace");
+    // Two traceparents, each valid, are not one trace: malformed too.
+    let valid = format!("00-{TRACE}-{PARENT}-01");
+    let body = traced(
+        &service,
+        &[("traceparent", &valid), ("traceparent", &valid)],
+    );
+    assert_ne!(body["trace_id"], TRACE, "{body}");
+    // Several tracestates are one list; of the flags only `sampled` goes on.
+    let flagged = format!("00-{TRACE}-{PARENT}-03");
+    let body = traced(
+        &service,
+        &[
+            ("traceparent", &flagged),
+            ("tracestate", "a=1"),
+            ("tracestate", "b=2"),
+        ],
+    );
+    let outgoing = body["outgoing"].as_array().unwrap();
+    assert!(outgoing[0][1].as_str().unwrap().ends_with("-01"), "{body}");
+    assert_eq!(outgoing[1][1], "a=1,b=2");
     // Without the header: a new trace too, not counted.
     let body = traced(&service, &[]);
     assert!(body["parent_span_id"].is_null());
@@ -119,7 +139,7 @@ fn malformed_traceparents_start_new_traces_and_are_counted() {
         .lines()
         .find(|l| l.starts_with("serve_common_traceparent_malformed_total "))
         .unwrap_or_else(|| panic!("{metrics}"));
-    assert_eq!(count, "serve_common_traceparent_malformed_total 4");
+    assert_eq!(count, "serve_common_traceparent_malformed_total 5");
 }
 
 /// The OTLP export, decoded by a receiver of our own (feature `otel`:

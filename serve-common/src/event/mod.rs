@@ -1009,6 +1009,15 @@ impl EventBus {
         slot.wait_until(Instant::now() + timeout).is_some()
     }
 
+    /// Resolves once the dispatcher has gone past everything queued now
+    /// (registers nothing, so links' subscriptions stay as they are).
+    #[cfg_attr(not(feature = "actix"), allow(dead_code))]
+    pub(crate) async fn barrier(&self) {
+        let slot = Arc::new(WaitSlot::default());
+        self.core().enqueue(Item::Barrier(slot.clone()));
+        std::future::poll_fn(|cx| slot.poll(cx)).await;
+    }
+
     /// How many queued items (events, acknowledgements) the dispatcher has
     /// not taken yet.
     pub fn backlog(&self) -> u64 {

@@ -65,7 +65,7 @@ impl WaitSlot {
         }
     }
 
-    fn poll(&self, cx: &mut Context<'_>) -> Poll<Event> {
+    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<Event> {
         let mut state = self.state.lock();
         match state.event.take() {
             Some(event) => Poll::Ready(event),

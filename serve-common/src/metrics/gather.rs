@@ -4,11 +4,14 @@
 //!
 //! Every answer goes to the whole group, so each process keeps the newest
 //! values of each other one; the supervisor also keeps the last values of
-//! each worker that exited and hands their sum out with its own answer.
-//! So a counter never goes down from one scrape to the next: a worker that
-//! is slow to answer counts with the last values the scraped worker saw
-//! of it, and one that died with the last values the supervisor saw (every
-//! value a scrape ever used went to the supervisor too).
+//! each worker that exited and hands them out with its own answer. Every
+//! process's values carry a sequence number of that process, and a scrape
+//! counts each process once, with the newest values it has of it from any
+//! of these sources. So a counter never goes down from one scrape to the
+//! next: a worker that is slow to answer counts with the last values the
+//! scraped worker saw of it, and one that died with the last values the
+//! supervisor saw (every value a scrape ever used went to the supervisor
+//! too).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,20 +43,27 @@ struct Gather {
     group: u32,
 }
 
+/// One process's values at one time.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Record {
+    pid: u32,
+    /// Per process, growing: the newest record of a process wins.
+    seq: u64,
+    snapshot: Snapshot,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Answer {
     id: u64,
     group: u32,
-    pid: u32,
-    /// Per process, growing: the newest answer wins.
-    seq: u64,
     supervisor: bool,
-    snapshot: Snapshot,
+    record: Record,
     /// A supervisor's: its live workers.
     live: Vec<u32>,
-    /// A supervisor's: the summed counters and histograms of the workers
-    /// that exited.
-    retired: Snapshot,
+    /// A supervisor's: the last values of the workers that exited lately.
+    retired: Vec<Record>,
+    /// A supervisor's: the summed values of those that exited long ago.
+    folded: Snapshot,
 }
 
 #[derive(Default)]
@@ -64,8 +74,8 @@ struct State {
     pending: HashMap<u64, Pending>,
     /// In a supervisor: its workers now.
     live: BTreeSet<u32>,
-    /// In a supervisor: the last answers of workers that exited lately.
-    retired: HashMap<u32, (Instant, Answer)>,
+    /// In a supervisor: the last values of workers that exited lately.
+    retired: HashMap<u32, (Instant, Record)>,
     /// In a supervisor: the sums of those that exited longer ago.
     folded: Snapshot,
 }
@@ -105,9 +115,21 @@ pub(crate) fn worker_started(pid: u32) {
 pub(crate) fn worker_exited(pid: u32) {
     let mut state = STATE.lock();
     state.live.remove(&pid);
-    let now = Instant::now();
     if let Some(answer) = state.records.remove(&pid) {
-        state.retired.insert(pid, (now, answer));
+        retire(&mut state, answer.record);
+    }
+}
+
+/// Keeps `record` of a worker that exited (the newest one wins), and sums
+/// the records of those that exited long ago.
+fn retire(state: &mut State, record: Record) {
+    let now = Instant::now();
+    let newer = state
+        .retired
+        .get(&record.pid)
+        .is_none_or(|(_, known)| record.seq > known.seq);
+    if newer {
+        state.retired.insert(record.pid, (now, record));
     }
     let old: Vec<u32> = state
         .retired
@@ -116,34 +138,9 @@ pub(crate) fn worker_exited(pid: u32) {
         .map(|(pid, _)| *pid)
         .collect();
     for pid in old {
-        if let Some((_, answer)) = state.retired.remove(&pid) {
-            state.folded.add_sums(&answer.snapshot);
+        if let Some((_, record)) = state.retired.remove(&pid) {
+            state.folded.add_sums(&record.snapshot);
         }
-    }
-}
-
-fn own_answer(state: &mut State, id: u64, group: u32, supervisor: bool) -> Answer {
-    state.seq += 1;
-    let mut retired = Snapshot::default();
-    if supervisor {
-        retired.add_sums(&state.folded);
-        for (_, answer) in state.retired.values() {
-            retired.add_sums(&answer.snapshot);
-        }
-    }
-    Answer {
-        id,
-        group,
-        pid: std::process::id(),
-        seq: state.seq,
-        supervisor,
-        snapshot: super::local_snapshot(),
-        live: if supervisor {
-            state.live.iter().copied().collect()
-        } else {
-            Vec::new()
-        },
-        retired,
     }
 }
 
@@ -165,7 +162,37 @@ pub(crate) fn on_event(event: &Event) {
             }
         };
         if gather.group == group {
-            let answer = own_answer(&mut STATE.lock(), gather.id, group, supervisor);
+            // Read /proc and the registry before taking the lock.
+            let snapshot = super::local_snapshot();
+            let answer = {
+                let mut state = STATE.lock();
+                state.seq += 1;
+                Answer {
+                    id: gather.id,
+                    group,
+                    supervisor,
+                    record: Record {
+                        pid: std::process::id(),
+                        seq: state.seq,
+                        snapshot,
+                    },
+                    live: if supervisor {
+                        state.live.iter().copied().collect()
+                    } else {
+                        Vec::new()
+                    },
+                    retired: if supervisor {
+                        state.retired.values().map(|(_, r)| r.clone()).collect()
+                    } else {
+                        Vec::new()
+                    },
+                    folded: if supervisor {
+                        state.folded.clone()
+                    } else {
+                        Snapshot::default()
+                    },
+                }
+            };
             event::bus().notify(ANSWER_EVENT, answer);
         }
         return;
@@ -177,28 +204,30 @@ pub(crate) fn on_event(event: &Event) {
             return;
         }
     };
-    if answer.group != group || answer.pid == std::process::id() {
+    let pid = answer.record.pid;
+    if answer.group != group || pid == std::process::id() {
         return;
     }
     let mut state = STATE.lock();
     if let Some(pending) = state.pending.get_mut(&answer.id) {
-        pending.answers.insert(answer.pid, answer.clone());
+        pending.answers.insert(pid, answer.clone());
         if complete(&pending.answers) {
             pending.wake.notify_one();
         }
     }
-    if let Some((_, retired)) = state.retired.get_mut(&answer.pid) {
-        if answer.seq > retired.seq {
-            *retired = answer;
-        }
+    // In the supervisor, values of a worker that is gone (an answer sent
+    // just before it exited) are a retired worker's.
+    if supervisor && !answer.supervisor && !state.live.contains(&pid) {
+        state.records.remove(&pid);
+        retire(&mut state, answer.record);
         return;
     }
     let newer = state
         .records
-        .get(&answer.pid)
-        .is_none_or(|known| answer.seq > known.seq);
+        .get(&pid)
+        .is_none_or(|known| answer.record.seq > known.record.seq);
     if newer {
-        state.records.insert(answer.pid, answer);
+        state.records.insert(pid, answer);
     }
 }
 
@@ -237,6 +266,16 @@ pub(crate) async fn service_snapshot(timeout: Duration) -> Snapshot {
     total
 }
 
+/// Removes a scrape's pending entry however the scrape ends (a client
+/// that goes away drops the request's future mid-wait).
+struct PendingGuard(u64);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        STATE.lock().pending.remove(&self.0);
+    }
+}
+
 async fn gather(group: u32, local: Snapshot, timeout: Duration, total: &mut Snapshot) -> usize {
     let me = std::process::id();
     let id = (u64::from(me) << 32) | (NEXT_ID.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff);
@@ -254,14 +293,18 @@ async fn gather(group: u32, local: Snapshot, timeout: Duration, total: &mut Snap
         Answer {
             id,
             group,
-            pid: me,
-            seq: state.seq,
             supervisor: false,
-            snapshot: local,
+            record: Record {
+                pid: me,
+                seq: state.seq,
+                snapshot: local,
+            },
             live: Vec::new(),
-            retired: Snapshot::default(),
+            retired: Vec::new(),
+            folded: Snapshot::default(),
         }
     };
+    let guard = PendingGuard(id);
     // Our own values first, so the supervisor keeps what this scrape shows.
     let bus = event::bus();
     bus.notify(ANSWER_EVENT, mine);
@@ -281,63 +324,104 @@ async fn gather(group: u32, local: Snapshot, timeout: Duration, total: &mut Snap
         }
     })
     .await;
-    let mut state = STATE.lock();
-    let answers = state
-        .pending
-        .remove(&id)
-        .map(|p| p.answers)
-        .unwrap_or_default();
+    // What the merge needs, copied out of the lock.
+    let (answers, records) = {
+        let mut state = STATE.lock();
+        let answers = state
+            .pending
+            .remove(&id)
+            .map(|p| p.answers)
+            .unwrap_or_default();
+        (answers, state.records.clone())
+    };
+    drop(guard);
     let supervisor = answers
         .values()
         .find(|a| a.supervisor)
         .or_else(|| {
-            state
-                .records
+            records
                 .values()
                 .filter(|a| a.supervisor)
-                .max_by_key(|a| a.seq)
+                .max_by_key(|a| a.record.seq)
         })
         .cloned();
-    let mut counted = BTreeSet::from([me]);
+    merge(me, &answers, &records, supervisor.as_ref(), total)
+}
+
+/// Adds to `total` every process of the group but this one, each once,
+/// with the newest values known of it; returns how many live workers did
+/// not answer.
+fn merge(
+    me: u32,
+    answers: &HashMap<u32, Answer>,
+    records: &HashMap<u32, Answer>,
+    supervisor: Option<&Answer>,
+    total: &mut Snapshot,
+) -> usize {
+    // The newest record of each worker, and whether it is this scrape's.
+    let mut newest: HashMap<u32, (&Record, bool)> = HashMap::new();
     for answer in answers.values().filter(|a| !a.supervisor) {
-        total.add_sums(&answer.snapshot);
-        total.add_gauges(&answer.snapshot, answer.pid);
-        counted.insert(answer.pid);
+        keep_newest(&mut newest, &answer.record, true);
     }
-    let mut missing = 0;
-    match &supervisor {
-        Some(supervisor) => {
-            total.add_sums(&supervisor.snapshot);
-            if answers.contains_key(&supervisor.pid) {
-                total.add_gauges(&supervisor.snapshot, supervisor.pid);
-            }
-            total.add_sums(&supervisor.retired);
-            for pid in &supervisor.live {
-                if counted.contains(pid) {
-                    continue;
-                }
-                missing += 1;
-                if let Some(known) = state.records.get(pid) {
-                    total.add_sums(&known.snapshot);
-                }
-            }
-        }
-        None => {
-            // Not even the supervisor's list: the others we know of.
-            for (pid, known) in &state.records {
-                if !counted.contains(pid) {
-                    missing += 1;
-                    total.add_sums(&known.snapshot);
-                }
-            }
+    for answer in records.values().filter(|a| !a.supervisor) {
+        keep_newest(&mut newest, &answer.record, false);
+    }
+    if let Some(supervisor) = supervisor {
+        for record in &supervisor.retired {
+            keep_newest(&mut newest, record, false);
         }
     }
-    drop(state);
+    // Who counts: with the supervisor's word, its live and retired workers
+    // and whoever answered or is known alive since; else every one known.
+    let mut counted: BTreeSet<u32> = newest.keys().copied().collect();
+    let missing;
+    if let Some(supervisor) = supervisor {
+        total.add_sums(&supervisor.record.snapshot);
+        if answers.contains_key(&supervisor.record.pid) {
+            total.add_gauges(&supervisor.record.snapshot, supervisor.record.pid);
+        }
+        total.add_sums(&supervisor.folded);
+        counted.extend(supervisor.live.iter().copied());
+        missing = supervisor
+            .live
+            .iter()
+            .filter(|pid| **pid != me && !answers.contains_key(pid))
+            .count();
+    } else {
+        missing = newest.values().filter(|(_, fresh)| !fresh).count();
+    }
+    counted.remove(&me);
+    for pid in &counted {
+        if let Some((record, fresh)) = newest.get(pid) {
+            total.add_sums(&record.snapshot);
+            if *fresh {
+                total.add_gauges(&record.snapshot, *pid);
+            }
+        }
+    }
     if missing > 0 {
         tracing::debug!(
             missing,
             "metrics scrape: some processes did not answer in time"
         );
     }
+    // The supervisor's list is the truth about who lives: records of
+    // workers it no longer lists are its retired ones now.
+    if let Some(supervisor) = supervisor.filter(|s| answers.contains_key(&s.record.pid)) {
+        let live: BTreeSet<u32> = supervisor.live.iter().copied().collect();
+        STATE
+            .lock()
+            .records
+            .retain(|pid, answer| answer.supervisor || live.contains(pid));
+    }
     missing
+}
+
+fn keep_newest<'a>(newest: &mut HashMap<u32, (&'a Record, bool)>, record: &'a Record, fresh: bool) {
+    let replace = newest
+        .get(&record.pid)
+        .is_none_or(|(known, _)| record.seq > known.seq);
+    if replace {
+        newest.insert(record.pid, (record, fresh));
+    }
 }

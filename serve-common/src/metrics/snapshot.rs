@@ -84,6 +84,11 @@ pub(crate) struct Snapshot {
     pub(crate) histograms: BTreeMap<Series, HistogramData>,
     /// Descriptions by metric name (`# HELP`).
     pub(crate) help: BTreeMap<String, String>,
+    /// Histograms whose processes disagree on the buckets (after a change
+    /// of `metrics.buckets`, say): left out of a sum, whatever the order
+    /// the processes' values came in.
+    #[serde(skip)]
+    conflicts: std::collections::BTreeSet<Series>,
 }
 
 impl Snapshot {
@@ -99,14 +104,18 @@ impl Snapshot {
         self.help.insert(name.to_owned(), help.to_owned());
     }
 
-    /// Adds `other`'s counters and histograms to these (a histogram with
-    /// other buckets is left out, with a DEBUG line), and its descriptions.
+    /// Adds `other`'s counters and histograms to these (a histogram whose
+    /// buckets differ from the ones summed so far is left out of the sum
+    /// altogether, with a DEBUG line), and its descriptions.
     pub(crate) fn add_sums(&mut self, other: &Snapshot) {
         for (series, value) in &other.counters {
             let total = self.counters.entry(series.clone()).or_default();
             *total = total.saturating_add(*value);
         }
         for (series, data) in &other.histograms {
+            if self.conflicts.contains(series) {
+                continue;
+            }
             match self.histograms.get_mut(series) {
                 None => {
                     self.histograms.insert(series.clone(), data.clone());
@@ -117,10 +126,14 @@ impl Snapshot {
                     }
                     total.sum += data.sum;
                 }
-                Some(_) => tracing::debug!(
-                    metric = %series.name,
-                    "a process's histogram has other buckets: left out of the sum"
-                ),
+                Some(_) => {
+                    tracing::debug!(
+                        metric = %series.name,
+                        "the processes' histograms have other buckets: left out of the sum"
+                    );
+                    self.histograms.remove(series);
+                    self.conflicts.insert(series.clone());
+                }
             }
         }
         self.add_help(other);
@@ -149,32 +162,52 @@ impl Snapshot {
         let mut out = String::with_capacity(
             64 * (self.counters.len() + self.gauges.len() + 12 * self.histograms.len()) + 256,
         );
-        let family = |out: &mut String, name: &str, kind: &str, first: &mut Option<String>| {
-            if first.as_deref() != Some(name) {
-                if let Some(help) = self.help.get(name) {
-                    write_help_line(out, name, None, None, help);
-                }
-                write_type_line(out, name, None, None, kind);
-                *first = Some(name.to_owned());
+        // One family per name as written (sanitized), in name order: the
+        // raw names that sanitize to it, of one type (a name used with a
+        // second type is left out, with a DEBUG line: two TYPE lines would
+        // make Prometheus refuse the whole scrape).
+        let mut families: BTreeMap<String, (u8, Vec<&str>)> = BTreeMap::new();
+        let raw = self
+            .counters
+            .keys()
+            .map(|s| (s.name.as_str(), 0))
+            .chain(self.gauges.keys().map(|s| (s.name.as_str(), 1)))
+            .chain(self.histograms.keys().map(|s| (s.name.as_str(), 2)));
+        for (name, kind) in raw {
+            let family = families
+                .entry(sanitize_metric_name(name))
+                .or_insert((kind, Vec::new()));
+            if family.0 != kind {
+                tracing::debug!(
+                    metric = name,
+                    "a metric name used with two types: the second is left out"
+                );
+            } else if family.1.last() != Some(&name) {
+                family.1.push(name);
             }
-        };
-        // Families in name order, whatever their type.
-        let mut names: Vec<(&str, u8)> = Vec::new();
-        names.extend(self.counters.keys().map(|s| (s.name.as_str(), 0)));
-        names.extend(self.gauges.keys().map(|s| (s.name.as_str(), 1)));
-        names.extend(self.histograms.keys().map(|s| (s.name.as_str(), 2)));
-        names.sort_unstable();
-        names.dedup();
-        for (name, kind) in names {
-            let mut written = None;
-            let safe = sanitize_metric_name(name);
+        }
+        for (safe, (kind, names)) in &families {
+            let type_name = ["counter", "gauge", "histogram"][usize::from(*kind)];
+            if let Some(help) = names.iter().find_map(|n| self.help.get(*n)) {
+                write_help_line(&mut out, safe, None, None, help);
+            }
+            write_type_line(&mut out, safe, None, None, type_name);
+            for name in names {
+                self.render_series(&mut out, safe, name, *kind);
+            }
+        }
+        out
+    }
+
+    fn render_series(&self, out: &mut String, safe: &str, name: &str, kind: u8) {
+        let out = &mut *out;
+        {
             match kind {
                 0 => {
                     for (series, value) in self.range(&self.counters, name) {
-                        family(&mut out, &safe, "counter", &mut written);
                         write_metric_line::<&str, _>(
-                            &mut out,
-                            &safe,
+                            out,
+                            safe,
                             None,
                             &series.label_set(),
                             None,
@@ -185,10 +218,9 @@ impl Snapshot {
                 }
                 1 => {
                     for (series, value) in self.range(&self.gauges, name) {
-                        family(&mut out, &safe, "gauge", &mut written);
                         write_metric_line::<&str, _>(
-                            &mut out,
-                            &safe,
+                            out,
+                            safe,
                             None,
                             &series.label_set(),
                             None,
@@ -199,14 +231,13 @@ impl Snapshot {
                 }
                 _ => {
                     for (series, data) in self.range(&self.histograms, name) {
-                        family(&mut out, &safe, "histogram", &mut written);
                         let labels = series.label_set();
                         let mut cumulative = 0u64;
                         for (bound, count) in data.bounds.iter().zip(&data.counts) {
-                            cumulative += count;
+                            cumulative = cumulative.saturating_add(*count);
                             write_metric_line(
-                                &mut out,
-                                &safe,
+                                out,
+                                safe,
                                 Some("bucket"),
                                 &labels,
                                 Some(("le", PromFloat(*bound))),
@@ -214,10 +245,10 @@ impl Snapshot {
                                 None,
                             );
                         }
-                        let count: u64 = data.counts.iter().sum();
+                        let count = data.counts.iter().fold(0u64, |a, c| a.saturating_add(*c));
                         write_metric_line(
-                            &mut out,
-                            &safe,
+                            out,
+                            safe,
                             Some("bucket"),
                             &labels,
                             Some(("le", "+Inf")),
@@ -225,8 +256,8 @@ impl Snapshot {
                             None,
                         );
                         write_metric_line::<&str, _>(
-                            &mut out,
-                            &safe,
+                            out,
+                            safe,
                             Some("sum"),
                             &labels,
                             None,
@@ -234,8 +265,8 @@ impl Snapshot {
                             None,
                         );
                         write_metric_line::<&str, _>(
-                            &mut out,
-                            &safe,
+                            out,
+                            safe,
                             Some("count"),
                             &labels,
                             None,
@@ -246,7 +277,6 @@ impl Snapshot {
                 }
             }
         }
-        out
     }
 
     fn range<'a, V>(
@@ -280,6 +310,44 @@ impl std::fmt::Display for PromFloat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_family_per_written_name_and_one_type_each() {
+        let mut snapshot = Snapshot::default();
+        snapshot.counter("a.b", &[], 1);
+        snapshot.counter("a_b", &[("x", "1")], 2);
+        snapshot.gauge("a-b", &[], 3.0);
+        snapshot.describe("a.b", "the a b");
+        assert_eq!(
+            snapshot.render(),
+            "# HELP a_b the a b\n# TYPE a_b counter\na_b 1\na_b{x=\"1\"} 2\n"
+        );
+    }
+
+    #[test]
+    fn histograms_with_other_buckets_leave_the_sum_whatever_the_order() {
+        let histogram = |bounds: Vec<f64>| {
+            let mut snapshot = Snapshot::default();
+            let counts = vec![1; bounds.len() + 1];
+            snapshot.histograms.insert(
+                Series::new("h", &[]),
+                HistogramData {
+                    bounds,
+                    counts,
+                    sum: 1.0,
+                },
+            );
+            snapshot
+        };
+        let (one, two) = (histogram(vec![1.0]), histogram(vec![1.0, 2.0]));
+        for order in [[&one, &two, &one], [&two, &one, &one]] {
+            let mut total = Snapshot::default();
+            for snapshot in order {
+                total.add_sums(snapshot);
+            }
+            assert!(total.histograms.is_empty(), "{total:?}");
+        }
+    }
 
     #[test]
     fn sums_counters_and_histograms_and_labels_gauges_by_pid() {

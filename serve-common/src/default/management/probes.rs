@@ -3,7 +3,7 @@
 //! the liveness ping through the event bus.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -254,22 +254,12 @@ pub fn mark_stopping() {
     READINESS.store(STOPPING, Ordering::Release);
 }
 
-static PINGS: AtomicU64 = AtomicU64::new(0);
-
-/// Whether this process's event dispatcher answers: a local event it has
-/// to dispatch, awaited for up to a second.
+/// Whether this process's event dispatcher answers: a barrier queued
+/// behind what waits, awaited for up to a second (nothing is registered,
+/// so no link changes its subscriptions).
 pub(super) async fn ping_dispatcher() -> Result<(), String> {
-    let bus = crate::event::bus();
-    let name = format!(
-        "serve_common.health.ping.{}",
-        PINGS.fetch_add(1, Ordering::Relaxed)
-    );
-    let waiter = bus
-        .wait_for(crate::event::EventPattern::exact(name.clone()))
-        .map_err(|e| e.to_string())?;
-    bus.notify_local(name, ());
-    match tokio::time::timeout(PING_TIMEOUT, waiter).await {
-        Ok(_) => Ok(()),
+    match tokio::time::timeout(PING_TIMEOUT, crate::event::bus().barrier()).await {
+        Ok(()) => Ok(()),
         Err(_) => Err(format!(
             "the event dispatcher did not answer within {} ms (a handler is stuck?)",
             PING_TIMEOUT.as_millis()
