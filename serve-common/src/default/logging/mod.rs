@@ -589,6 +589,7 @@ where
     init()?;
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
+        .fmt_fields(NoSpanFields)
         .event_format(LineFormat { ansi })
         .with_writer(make_writer);
     push(Box::new(layer), false)
@@ -684,6 +685,7 @@ pub fn add_file(output: FileOutput) -> Result<PathBuf, LoggingError> {
     } else {
         let layer = tracing_subscriber::fmt::layer()
             .with_ansi(false)
+            .fmt_fields(NoSpanFields)
             .event_format(LineFormat { ansi: false })
             .with_writer(writer);
         push(Box::new(layer), true)?;
@@ -836,6 +838,27 @@ fn current_trace_short() -> Option<[u8; 4]> {
     None
 }
 
+/// The text outputs' span fields: none. The line format shows no span
+/// (the request id and trace come from the task-locals), so formatting a
+/// request span's fields for every text output would be work thrown away;
+/// event fields are formatted by [`LineFormat`] itself.
+struct NoSpanFields;
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for NoSpanFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        _writer: Writer<'w>,
+        _fields: R,
+    ) -> stdfmt::Result {
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// The last second a line of this thread was stamped with, formatted.
+    static STAMP: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+}
+
 /// The original's line format.
 struct LineFormat {
     ansi: bool,
@@ -863,17 +886,27 @@ where
         event: &Event<'_>,
     ) -> stdfmt::Result {
         let metadata = event.metadata();
-        let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.3f");
         let (name, colour) = level_name(metadata.level());
-        if self.ansi {
-            write!(
-                writer,
-                "[{now}] [{colour}{name:<8}\x1b[0m] [{}] ",
-                std::process::id()
-            )?;
-        } else {
-            write!(writer, "[{now}] [{name:<8}] [{}] ", std::process::id())?;
-        }
+        let pid = std::process::id();
+        STAMP.with(|stamp| {
+            let mut stamp = stamp.borrow_mut();
+            let now = chrono::Local::now();
+            let millis = now.timestamp_subsec_millis().min(999);
+            // The date and time to the second, formatted once a second.
+            if stamp.0 != now.timestamp() || stamp.1.is_empty() {
+                stamp.1 = now.format("%Y-%m-%d %H:%M:%S").to_string();
+                stamp.0 = now.timestamp();
+            }
+            let seconds = &stamp.1;
+            if self.ansi {
+                write!(
+                    writer,
+                    "[{seconds}.{millis:03}] [{colour}{name:<8}\x1b[0m] [{pid}] "
+                )
+            } else {
+                write!(writer, "[{seconds}.{millis:03}] [{name:<8}] [{pid}] ")
+            }
+        })?;
         if *metadata.level() == Level::TRACE {
             let span = ctx.lookup_current().map(|s| s.name()).unwrap_or("-");
             write!(
@@ -890,7 +923,8 @@ where
             (Some(id), None) => write!(writer, "[{id}] ")?,
             _ => {}
         }
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        tracing_subscriber::fmt::format::DefaultFields::new()
+            .format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }
 }
