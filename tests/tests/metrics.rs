@@ -382,6 +382,28 @@ fn scrape_every_worker(service: &Service, pids: &BTreeSet<u32>, check: impl Fn(&
     }
 }
 
+/// `count` greetings (`/hello/<prefix><i>`), each answered 200.
+fn greet(service: &Service, prefix: &str, count: usize) {
+    for i in 0..count {
+        assert_eq!(
+            get(service.address, &format!("/hello/{prefix}{i}")).status,
+            200
+        );
+    }
+}
+
+/// Both counts of the greetings (the service's and the application's)
+/// are `expected` in this scrape.
+fn assert_greetings(metrics: &Metrics, expected: f64) {
+    assert_eq!(
+        metrics.requests("/hello/{name}", "200"),
+        expected,
+        "{}",
+        metrics.text
+    );
+    assert_eq!(metrics.value("greetings_total", &[]), Some(expected));
+}
+
 /// The example with 2 workers, the management routes not recorded (so
 /// scrapes do not count themselves): the service and the worker pids.
 fn two_workers() -> (Service, BTreeSet<u32>) {
@@ -393,18 +415,10 @@ fn two_workers() -> (Service, BTreeSet<u32>) {
 #[test]
 fn with_two_workers_a_scrape_of_either_answers_for_the_service() {
     let (service, pids) = two_workers();
-    for i in 0..40 {
-        assert_eq!(get(service.address, &format!("/hello/n{i}")).status, 200);
-    }
+    greet(&service, "n", 40);
     let supervisor = service.pid().to_string();
     scrape_every_worker(&service, &pids, |metrics| {
-        assert_eq!(
-            metrics.requests("/hello/{name}", "200"),
-            40.0,
-            "{}",
-            metrics.text
-        );
-        assert_eq!(metrics.value("greetings_total", &[]), Some(40.0));
+        assert_greetings(metrics, 40.0);
         assert_eq!(
             metrics.value("serve_common_scrape_missing_workers", &[]),
             Some(0.0)
@@ -457,9 +471,7 @@ fn with_two_workers_a_scrape_of_either_answers_for_the_service() {
 #[test]
 fn a_killed_workers_requests_still_count_so_no_counter_goes_down() {
     let (service, pids) = two_workers();
-    for i in 0..30 {
-        assert_eq!(get(service.address, &format!("/hello/n{i}")).status, 200);
-    }
+    greet(&service, "n", 30);
     // Both workers have served and answered a scrape (so the supervisor
     // holds their values).
     scrape_every_worker(&service, &pids, |metrics| {
@@ -475,9 +487,7 @@ fn a_killed_workers_requests_still_count_so_no_counter_goes_down() {
         .and_then(|rest| rest.trim_end_matches(')').parse().ok())
         .unwrap_or_else(|| panic!("{restarted}"));
     service.wait_log(&format!(":{} (pid {new_pid})", service.address.port()));
-    for i in 0..10 {
-        assert_eq!(get(service.address, &format!("/hello/m{i}")).status, 200);
-    }
+    greet(&service, "m", 10);
     let survivors: BTreeSet<u32> = pids
         .iter()
         .copied()
@@ -485,13 +495,7 @@ fn a_killed_workers_requests_still_count_so_no_counter_goes_down() {
         .chain([new_pid])
         .collect();
     scrape_every_worker(&service, &survivors, |metrics| {
-        assert_eq!(
-            metrics.requests("/hello/{name}", "200"),
-            40.0,
-            "{}",
-            metrics.text
-        );
-        assert_eq!(metrics.value("greetings_total", &[]), Some(40.0));
+        assert_greetings(metrics, 40.0);
         assert!(
             metrics
                 .value("process_open_fds", &[("pid", &victim.to_string())])
