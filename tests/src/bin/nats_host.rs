@@ -95,6 +95,32 @@ fn bulk_event(text: &String) {
 }
 
 /// `seen missing dups disorder` for `count` numbers from each of `senders`.
+/// The first few runs of missing numbers, `sender:from-to,...`: what a
+/// failing test shows.
+fn gaps(senders: &[&str], count: u64) -> String {
+    let bulk = BULK.lock().unwrap();
+    let mut runs = Vec::new();
+    for sender in senders {
+        let Some(entry) = bulk.as_ref().and_then(|b| b.get(*sender)) else {
+            runs.push(format!("{sender}:all"));
+            continue;
+        };
+        let mut n = 0;
+        while n < count && runs.len() < 8 {
+            if entry.times.contains_key(&n) {
+                n += 1;
+                continue;
+            }
+            let from = n;
+            while n < count && !entry.times.contains_key(&n) {
+                n += 1;
+            }
+            runs.push(format!("{sender}:{from}-{}", n - 1));
+        }
+    }
+    runs.join(",")
+}
+
 fn tally(senders: &[&str], count: u64) -> (u64, u64, u64, u64) {
     let bulk = BULK.lock().unwrap();
     let empty = HashMap::new();
@@ -202,8 +228,9 @@ async fn main() {
                 }
                 let (seen, missing, dups, disorder) = result;
                 println!(
-                    "tally {} seen={seen} missing={missing} dups={dups} disorder={disorder}",
-                    std::process::id()
+                    "tally {} seen={seen} missing={missing} dups={dups} disorder={disorder} gaps={}",
+                    std::process::id(),
+                    gaps(&senders, count)
                 );
             }
             (Some("health"), _, _) => {
