@@ -38,10 +38,30 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
     cached::attribute(args.into(), item.into()).into()
 }
 
+/// See `serve_common::dependency`.
+#[proc_macro_attribute]
+pub fn dependency(args: TokenStream, item: TokenStream) -> TokenStream {
+    cached::stray("dependency", args.into(), item.into()).into()
+}
+
+/// See `serve_common::setter`.
+#[proc_macro_attribute]
+pub fn setter(args: TokenStream, item: TokenStream) -> TokenStream {
+    cached::stray("setter", args.into(), item.into()).into()
+}
+
 /// See `serve_common::Cached`.
 #[proc_macro_derive(Cached, attributes(cache, input))]
 pub fn derive_cached(input: TokenStream) -> TokenStream {
     cached::derive(input.into()).into()
+}
+
+/// The checks of a `#[cached]` impl that need the struct's fields; called
+/// through the macro `#[derive(Cached)]` generates. Not a public API.
+#[doc(hidden)]
+#[proc_macro]
+pub fn __cached_check(input: TokenStream) -> TokenStream {
+    cached::check_fields(input.into()).into()
 }
 
 /// See `serve_common::time_and_log`.

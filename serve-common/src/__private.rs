@@ -31,16 +31,8 @@ pub fn invalidate_input<O: HasCache + ?Sized>(owner: &mut O, input: u64) {
     );
 }
 
-/// Checks, at compile time, that a dependency name is an `#[input]` field.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` has no property or `#[input]` field by this name",
-    label = "unknown dependency",
-    note = "a dependency names a `#[cached]` method or a method with a `#[setter]` in the same impl, or a field marked `#[input]` in `#[derive(Cached)]`"
-)]
-pub trait Input<const ID: u64> {}
-
-/// Names a dependency check: `assert_input::<Self, ID>()`.
-pub const fn assert_input<T: Input<ID> + ?Sized, const ID: u64>() {}
+/// The checks of a `#[cached]` impl that need the struct's fields.
+pub use serve_common_macros::__cached_check as cached_check;
 
 use crate::event::{Event, Payload};
 use serde::de::DeserializeOwned;

@@ -54,12 +54,29 @@
 //! - `#[dependency(a, b, ...)]` on a cached method names what it reads: other
 //!   cached properties, plain properties (methods with a `#[setter]`), or
 //!   `#[input]` fields, in any order in the impl.
+//! - **The body is checked against the declaration.** A compute body that
+//!   reads another cached property (`self.b()`, `Self::b(self)`), a plain
+//!   property with a setter, or an `#[input]` field (`self.x`) without
+//!   naming it in `#[dependency(...)]` is a compile error on the read,
+//!   saying what to add: undeclared, it would go stale silently. Reads
+//!   inside macro arguments (`format!("{}", self.x)`) count. A property
+//!   reading itself is an error too (it would wait for its own value). What
+//!   the walk cannot see is allowed: a read through a helper method
+//!   (`self.helper()` that reads `self.x`) or through another binding of
+//!   `self`; declare those by hand.
 //! - `#[setter(name)]` on a `&mut self` method makes it the setter of
 //!   property `name`: after its body runs, `name` (if cached) and every
 //!   property depending on it, directly or transitively, are invalidated.
 //!   The original stored the assigned value in the cache, which is wrong
 //!   whenever the getter is not the setter's inverse; here the next read
 //!   recomputes.
+//! - `#[setter(field)]` may also name an `#[input]` field, to change it in
+//!   place: `#[setter(notes)] fn add(&mut self, ..) { self.notes.insert(..) }`
+//!   clears what depends on `notes`, like `set_notes` does. A field may have
+//!   several such setters (`add`, `remove`, `clear`).
+//! - `#[input(pub)]`, `#[input(pub(crate))]` set the generated setter's
+//!   visibility (default: the field's); `#[input(setter = name)]` its name
+//!   (default: `set_<field>`).
 //! - For each cached property, `invalidate_<name>(&mut self)` clears it and
 //!   its dependents (the original's deleter).
 //!
@@ -76,9 +93,46 @@
 //!
 //! Invalidation is straight-line code generated per setter: it costs
 //! O(dependents), whatever the number of properties. Mistakes (an unknown
-//! dependency, a cycle, a cached method with arguments or returning a
+//! dependency, with the similar name when there is one, a read not
+//! declared, a cycle, a cached method with arguments or returning a
 //! borrow, a setter for an unknown property, duplicates, one macro without
-//! the other) are compile errors pointing at the offending token.
+//! the other) are compile errors pointing at the offending token, one
+//! error per mistake.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use serve_common::prelude::*;
+//!
+//! #[derive(Cached)]
+//! struct Store {
+//!     #[input(pub, setter = replace_notes)]
+//!     notes: HashMap<String, String>,
+//!     cache: Cache<Self>,
+//! }
+//!
+//! #[cached]
+//! impl Store {
+//!     #[cached]
+//!     #[dependency(notes)]
+//!     fn keys(&self) -> Vec<String> {
+//!         let mut keys: Vec<String> = self.notes.keys().cloned().collect();
+//!         keys.sort();
+//!         keys
+//!     }
+//!
+//!     #[setter(notes)]
+//!     fn add(&mut self, key: &str, text: &str) {
+//!         self.notes.insert(key.into(), text.into());
+//!     }
+//! }
+//!
+//! let mut store = Store { notes: HashMap::new(), cache: Cache::new() };
+//! store.add("b", "");
+//! store.add("a", "");
+//! assert_eq!(*store.keys(), ["a", "b"]);
+//! store.replace_notes(HashMap::new());
+//! assert!(store.keys().is_empty());
+//! ```
 
 use std::fmt;
 use std::hash::{Hash, Hasher};

@@ -139,6 +139,17 @@ pub use serve_common_macros::cached;
 /// `#[input]` fields; see the [`cached`](mod@cached) module.
 pub use serve_common_macros::Cached;
 
+/// Names what a `#[cached]` method reads, inside a `#[cached]` impl block
+/// (which reads and removes it); see the [`cached`](mod@cached) module.
+/// Anywhere else it is a compile error saying where it goes.
+pub use serve_common_macros::dependency;
+
+/// Makes a `&mut self` method the setter of a property or of an
+/// `#[input]` field, inside a `#[cached]` impl block (which reads and
+/// removes it); see the [`cached`](mod@cached) module. Anywhere else it is
+/// a compile error saying where it goes.
+pub use serve_common_macros::setter;
+
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

@@ -204,6 +204,7 @@ impl Named {
 
     /// Owned function types are fine (not borrows).
     #[cached]
+    #[dependency(label)]
     fn checker(&self) -> Box<dyn Fn(&str) -> bool + Send + Sync> {
         let label = self.label.clone();
         Box::new(move |s: &str| s == label)
@@ -423,4 +424,105 @@ fn generic_structs_and_non_copy_values() {
         cache: Cache::new(),
     };
     assert_eq!(*numbers.largest(), Some(3));
+}
+
+/// Counts its computations; a clone must count its own.
+#[derive(Cached, Clone)]
+struct Counted {
+    #[input]
+    n: u64,
+    computed: Arc<AtomicUsize>,
+    cache: Cache<Self>,
+}
+
+#[cached]
+impl Counted {
+    #[cached]
+    #[dependency(n)]
+    fn squared(&self) -> u64 {
+        self.computed.fetch_add(1, Ordering::SeqCst);
+        self.n * self.n
+    }
+}
+
+#[test]
+fn a_clone_starts_with_an_empty_cache() {
+    let computed = Arc::new(AtomicUsize::new(0));
+    let original = Counted {
+        n: 3,
+        computed: computed.clone(),
+        cache: Cache::new(),
+    };
+    assert_eq!(*original.squared(), 9);
+    assert_eq!(*original.squared(), 9);
+    assert_eq!(computed.load(Ordering::SeqCst), 1);
+    let clone = original.clone();
+    assert_eq!(*clone.squared(), 9);
+    assert_eq!(
+        computed.load(Ordering::SeqCst),
+        2,
+        "the clone computed its own value"
+    );
+    assert_eq!(*clone.squared(), 9);
+    assert_eq!(computed.load(Ordering::SeqCst), 2);
+}
+
+/// The first-week shape: a map changed in place, and an index over it.
+#[derive(Cached)]
+struct Store {
+    #[input(pub, setter = replace_notes)]
+    notes: std::collections::HashMap<String, String>,
+    calls: Calls,
+    cache: Cache<Self>,
+}
+
+#[cached]
+impl Store {
+    #[cached]
+    #[dependency(notes)]
+    fn keys(&self) -> Vec<String> {
+        self.calls.hit("keys");
+        let mut keys: Vec<String> = self.notes.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    #[cached]
+    #[dependency(keys)]
+    fn count(&self) -> usize {
+        self.keys().len()
+    }
+
+    /// Changes the field in place: its dependents are cleared.
+    #[setter(notes)]
+    fn add(&mut self, key: &str, text: &str) {
+        self.notes.insert(key.to_owned(), text.to_owned());
+    }
+
+    /// A second setter of the same field.
+    #[setter(notes)]
+    fn remove(&mut self, key: &str) -> Option<String> {
+        self.notes.remove(key)
+    }
+}
+
+#[test]
+fn a_setter_changes_an_input_field_in_place() {
+    let mut store = Store {
+        notes: Default::default(),
+        calls: Calls::default(),
+        cache: Cache::new(),
+    };
+    assert_eq!(*store.count(), 0);
+    store.add("b", "second");
+    store.add("a", "first");
+    assert_eq!(*store.keys(), ["a", "b"]);
+    assert_eq!(*store.count(), 2);
+    assert_eq!(store.calls.of("keys"), 2);
+    assert_eq!(store.remove("a").as_deref(), Some("first"));
+    assert_eq!(*store.count(), 1);
+    // The derive's setter, renamed, clears the same properties.
+    store.replace_notes([("z".to_owned(), String::new())].into());
+    assert_eq!(*store.keys(), ["z"]);
+    assert_eq!(store.calls.of("keys"), 4);
 }

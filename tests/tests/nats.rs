@@ -571,7 +571,11 @@ fn a_receiver_cut_off_for_more_than_65536_events_gets_them_all_in_order() {
         "{} / sender {} {:?}\n{}",
         receiver.stats(),
         sender.stats(),
-        receiver.proc.seen().iter().rfind(|l| l.starts_with("tally")),
+        receiver
+            .proc
+            .seen()
+            .iter()
+            .rfind(|l| l.starts_with("tally")),
         receiver.proc.stderr_so_far()
     );
     assert_eq!(receiver.stat("dropped_incoming"), 0);

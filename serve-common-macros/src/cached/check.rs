@@ -17,8 +17,21 @@ pub(crate) struct Graph {
     /// a field `n`): an entry for a name that is no input is never used.
     pub(crate) input_arms: BTreeMap<String, Vec<usize>>,
     /// Dependencies that must be `#[input]` fields, with the token naming
-    /// them: the compiler checks each, with the error on that token.
+    /// them: the derive's macro checks each, with the error on that token.
     pub(crate) input_checks: Vec<(String, syn::Ident)>,
+    /// Setter targets that must be `#[input]` fields (a setter changing a
+    /// field in place: `#[setter(notes)] fn add(..)`).
+    pub(crate) field_setters: Vec<syn::Ident>,
+    /// Field reads the derive's macro checks: a read of an `#[input]`
+    /// field must be declared. (property, its dependencies, the field).
+    pub(crate) field_reads: Vec<FieldRead>,
+}
+
+/// A compute body reading `self.field`.
+pub(crate) struct FieldRead {
+    pub(crate) property: syn::Ident,
+    pub(crate) deps: Vec<syn::Ident>,
+    pub(crate) field: syn::Ident,
 }
 
 /// What a dependency name resolves to.
@@ -42,18 +55,18 @@ impl Graph {
         let plain: BTreeSet<String> = model.plain.iter().map(ToString::to_string).collect();
         // Setters: a known property, one setter each.
         let mut has_setter: BTreeSet<String> = model.failed_setter_targets.clone();
+        let mut field_setters: Vec<syn::Ident> = Vec::new();
         for setter in &model.setters {
             let name = setter.target.to_string();
             let known = index_of.contains_key(&name)
                 || plain.contains(&name)
                 || model.failed.contains(&name);
             if !known {
-                errors.push(syn::Error::new_spanned(
-                    &setter.target,
-                    format!(
-                        "`#[setter({name})]` names no property of this impl: a setter targets a `#[cached]` method or a plain getter method of the same impl"
-                    ),
-                ));
+                // An `#[input]` field changed in place (several setters
+                // may): the derive's macro checks that it is one.
+                if !field_setters.iter().any(|f| *f == name) {
+                    field_setters.push(setter.target.clone());
+                }
             } else if !has_setter.insert(name.clone()) {
                 errors.push(syn::Error::new_spanned(
                     &setter.target,
@@ -92,6 +105,7 @@ impl Graph {
         if let Some(error) = find_cycle(model, &index_of) {
             errors.push(error);
         }
+        let field_reads = check_reads(model, &index_of, &has_setter, errors);
         let closure = |start: &Node| -> Vec<usize> {
             let mut out = BTreeSet::new();
             let mut stack: Vec<usize> = dependents.get(start).cloned().unwrap_or_default();
@@ -118,7 +132,8 @@ impl Graph {
                 let name = s.target.to_string();
                 match index_of.get(&name) {
                     Some(&i) => invalidates[i].clone(),
-                    None => closure(&Node::Plain(name)),
+                    None if has_setter.contains(&name) => closure(&Node::Plain(name)),
+                    None => closure(&Node::Field(name)),
                 }
             })
             .collect();
@@ -138,14 +153,93 @@ impl Graph {
         for (name, _) in &input_checks {
             add(name, &closure(&Node::Field(name.clone())));
         }
+        for field in &field_setters {
+            let name = field.to_string();
+            add(&name, &closure(&Node::Field(name.clone())));
+        }
         input_arms.retain(|_, clears| !clears.is_empty());
         Self {
             invalidates,
             setter_clears,
             input_arms,
             input_checks,
+            field_setters,
+            field_reads,
         }
     }
+}
+
+/// Checks each compute body against its declared dependencies: a read of
+/// another cached property or of a property with a setter must be
+/// declared, and a property cannot read itself. Field reads are returned
+/// for the derive's macro, which knows the `#[input]` fields.
+fn check_reads(
+    model: &CachedImpl,
+    index_of: &BTreeMap<String, usize>,
+    has_setter: &BTreeSet<String>,
+    errors: &mut Vec<syn::Error>,
+) -> Vec<FieldRead> {
+    let mut field_reads = Vec::new();
+    for p in &model.properties {
+        let own = p.ident.to_string();
+        let declared = |name: &str| p.deps.iter().any(|d| d == name);
+        let is_property = |name: &str| {
+            index_of.contains_key(name) || has_setter.contains(name) || model.failed.contains(name)
+        };
+        let add_hint = |name: &str| {
+            if p.deps.is_empty() {
+                format!("add `#[dependency({name})]`")
+            } else {
+                format!("add `{name}` to its `#[dependency(...)]`")
+            }
+        };
+        let mut reported = BTreeSet::new();
+        for method in &p.reads.methods {
+            let name = method.to_string();
+            if name == own {
+                if reported.insert(name.clone()) {
+                    errors.push(syn::Error::new_spanned(
+                        method,
+                        format!(
+                            "`{own}` reads itself: a cached property cannot use its own value while computing it (the read would wait for itself)"
+                        ),
+                    ));
+                }
+            } else if is_property(&name) && !declared(&name) && reported.insert(name.clone()) {
+                errors.push(syn::Error::new_spanned(
+                    method,
+                    format!(
+                        "`{own}` reads `{name}` without declaring it, so it would not be recomputed when `{name}` changes: {}",
+                        add_hint(&name)
+                    ),
+                ));
+            }
+        }
+        for field in &p.reads.fields {
+            let name = field.to_string();
+            // Its own name is the field it reads (`fn n(&self)` over `n`).
+            if name == own || declared(&name) || !reported.insert(name.clone()) {
+                continue;
+            }
+            if is_property(&name) {
+                // The field behind a property of the same name.
+                errors.push(syn::Error::new_spanned(
+                    field,
+                    format!(
+                        "`{own}` reads `{name}` without declaring it, so it would not be recomputed when `{name}` changes: {}",
+                        add_hint(&name)
+                    ),
+                ));
+            } else {
+                field_reads.push(FieldRead {
+                    property: p.ident.clone(),
+                    deps: p.deps.clone(),
+                    field: field.clone(),
+                });
+            }
+        }
+    }
+    field_reads
 }
 
 /// A dependency cycle among cached properties, reported on the dependency

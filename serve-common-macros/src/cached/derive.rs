@@ -1,4 +1,9 @@
-//! `#[derive(Cached)]`: the cache slot and the setters of `#[input]` fields.
+//! `#[derive(Cached)]`: the cache slot, the setters of `#[input]` fields,
+//! and the macro through which the `#[cached]` impl learns the fields.
+//!
+//! Every mistake is reported and the impls are emitted anyway (from what
+//! could be read), so the `#[cached]` impl and the rest of the crate add
+//! no errors of their own.
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
@@ -25,91 +30,148 @@ fn is_cache_type(ty: &syn::Type, name: &syn::Ident) -> bool {
             if arg.path.is_ident("Self") || arg.path.segments.last().is_some_and(|s| s.ident == *name))
 }
 
-pub(crate) fn expand(input: TokenStream) -> syn::Result<TokenStream> {
-    let input: DeriveInput = syn::parse2(input)?;
+/// An `#[input]` field and its setter's options.
+struct Input<'a> {
+    field: &'a syn::Field,
+    /// `#[input(pub)]`, `#[input(pub(crate))]`: the setter's visibility
+    /// (default: the field's).
+    vis: Option<syn::Visibility>,
+    /// `#[input(setter = name)]` (default: `set_<field>`).
+    setter: Option<syn::Ident>,
+}
+
+/// Reads `#[input]` / `#[input(pub, setter = name)]`.
+fn parse_input<'a>(
+    field: &'a syn::Field,
+    attr: &syn::Attribute,
+    errors: &mut Vec<syn::Error>,
+) -> Input<'a> {
+    let mut input = Input {
+        field,
+        vis: None,
+        setter: None,
+    };
+    if let syn::Meta::Path(_) = attr.meta {
+        return input;
+    }
+    let result = attr.parse_nested_meta(|meta| {
+        if meta.path.is_ident("pub") {
+            if input.vis.is_some() {
+                return Err(meta.error("the setter's visibility is given twice"));
+            }
+            // `pub` or `pub(crate)` / `pub(super)` / `pub(in path)`.
+            let tokens = if meta.input.peek(syn::token::Paren) {
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let inner: TokenStream = content.parse()?;
+                quote!(pub(#inner))
+            } else {
+                quote!(pub)
+            };
+            input.vis = Some(syn::parse2(tokens)?);
+            Ok(())
+        } else if meta.path.is_ident("setter") {
+            if input.setter.is_some() {
+                return Err(meta.error("the setter's name is given twice"));
+            }
+            input.setter = Some(meta.value()?.parse()?);
+            Ok(())
+        } else {
+            Err(meta.error(
+                "unknown `#[input]` option; expected `pub`, `pub(crate)` or `setter = name`",
+            ))
+        }
+    });
+    if let Err(error) = result {
+        errors.push(error);
+    }
+    input
+}
+
+pub(crate) fn expand(input: TokenStream) -> TokenStream {
+    let input: DeriveInput = match syn::parse2(input) {
+        Ok(input) => input,
+        Err(error) => return error.into_compile_error(),
+    };
     let private = quote!(::serve_common::__private);
+    let mut errors: Vec<syn::Error> = Vec::new();
+    let empty = syn::punctuated::Punctuated::new();
     let fields = match &input.data {
         Data::Struct(data) => match &data.fields {
             Fields::Named(named) => &named.named,
             other => {
-                return Err(syn::Error::new(
+                errors.push(syn::Error::new(
                     other.span(),
                     "`#[derive(Cached)]` needs a struct with named fields",
                 ));
+                &empty
             }
         },
         Data::Enum(e) => {
-            return Err(syn::Error::new(
+            errors.push(syn::Error::new(
                 e.enum_token.span,
                 "`#[derive(Cached)]` needs a struct with named fields, not an enum",
             ));
+            &empty
         }
         Data::Union(u) => {
-            return Err(syn::Error::new(
+            errors.push(syn::Error::new(
                 u.union_token.span,
                 "`#[derive(Cached)]` needs a struct with named fields, not a union",
             ));
+            &empty
         }
     };
-    let mut errors: Vec<syn::Error> = Vec::new();
+    let shape_ok = errors.is_empty();
     let mut cache_field = None;
     let mut marked = None;
-    let mut inputs = Vec::new();
+    let mut inputs: Vec<Input<'_>> = Vec::new();
     for field in fields {
         for attr in &field.attrs {
-            let ours = attr.path().is_ident("cache") || attr.path().is_ident("input");
-            if let (true, Err(e)) = (ours, attr.meta.require_path_only()) {
-                let name = attr
-                    .path()
-                    .get_ident()
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
-                errors.push(syn::Error::new(
-                    e.span(),
-                    format!("`#[{name}]` takes no arguments"),
-                ));
-            }
             if attr.path().is_ident("cache") {
+                if let Err(e) = attr.meta.require_path_only() {
+                    errors.push(syn::Error::new(e.span(), "`#[cache]` takes no arguments"));
+                }
                 if marked.is_some() {
                     errors.push(syn::Error::new_spanned(
                         attr,
                         "only one field can be the `#[cache]`",
                     ));
+                } else {
+                    marked = Some(field);
                 }
-                marked = Some(field);
             }
             if attr.path().is_ident("input") {
-                inputs.push(field);
+                if inputs.iter().any(|i| std::ptr::eq(i.field, field)) {
+                    errors.push(syn::Error::new_spanned(attr, "one `#[input]` per field"));
+                } else {
+                    inputs.push(parse_input(field, attr, &mut errors));
+                }
             }
         }
         if cache_field.is_none() && is_cache_type(&field.ty, &input.ident) {
             cache_field = Some(field);
         }
     }
-    let Some(cache) = marked.or(cache_field) else {
-        return Err(syn::Error::new(
+    let cache = marked.or(cache_field);
+    if cache.is_none() && shape_ok {
+        errors.push(syn::Error::new(
             input.ident.span(),
             "`#[derive(Cached)]` needs a cache slot: add a field `cache: serve_common::cached::Cache<Self>` (or mark one `#[cache]`)",
         ));
-    };
-    if let Some(clash) = inputs.iter().find(|f| f.ident == cache.ident) {
-        errors.push(syn::Error::new_spanned(
-            &clash.ident,
-            "the cache slot cannot be an `#[input]`",
-        ));
     }
-    if let Some(mut first) = errors.pop() {
-        for error in errors.into_iter().rev() {
-            let mut combined = error;
-            combined.combine(first);
-            first = combined;
+    if let Some(cache) = cache {
+        if let Some(clash) = inputs.iter().find(|i| i.field.ident == cache.ident) {
+            errors.push(syn::Error::new_spanned(
+                &clash.field.ident,
+                "the cache slot cannot be an `#[input]`",
+            ));
         }
-        return Err(first);
+        inputs.retain(|i| i.field.ident != cache.ident);
     }
 
     let name = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
-    let cache_ident = &cache.ident;
     let key = generics::key_ident(name);
     let unbounded = generics::unbounded(&input.generics);
     let (key_decl, key_args) = (&unbounded.decl, &unbounded.args);
@@ -120,16 +182,35 @@ pub(crate) fn expand(input: TokenStream) -> syn::Result<TokenStream> {
     let key_ty = quote!(#key #key_args);
     // Spanned on the cache field's type: without a `#[cached]` impl, every
     // error lands there with the same text, and the compiler shows it once.
-    let cache_span = cache.ty.span();
+    let cache_span = cache.map_or_else(|| name.span(), |c| c.ty.span());
     let slots = generics::slots_ident(name);
     let slots_ty = quote!(#slots #key_args);
+    // Without a slot (already an error), the accessors are never run.
+    let (slots_ref, slots_mut) = match cache.and_then(|c| c.ident.as_ref()) {
+        Some(ident) => (
+            quote!(::serve_common::cached::Cache::__slots(&owner.#ident)),
+            quote!(::serve_common::cached::Cache::__slots_mut(&mut owner.#ident)),
+        ),
+        None => (
+            quote!({
+                let _ = owner;
+                ::core::unreachable!()
+            }),
+            quote!({
+                let _ = owner;
+                ::core::unreachable!()
+            }),
+        ),
+    };
     let has_cache = quote_spanned! {cache_span=>
+        #[automatically_derived]
         impl #impl_generics #private::HasCache for #name #ty_generics #where_clause {
             type Key = #key_ty;
         }
 
         // The slots type comes from the `#[cached]` impl: without one, this
         // is the single error, naming it `__<Struct>_needs_cached_impl`.
+        #[automatically_derived]
         impl #key_decl #private::CacheSlots for #key_ty {
             type Slots = #slots_ty;
 
@@ -139,26 +220,32 @@ pub(crate) fn expand(input: TokenStream) -> syn::Result<TokenStream> {
             }
         }
 
+        #[automatically_derived]
         impl #impl_generics #private::CacheAccess<#name #ty_generics> for #key_ty #where_clause {
             #[inline(always)]
             fn __slots<'__serve_common_owner>(
                 owner: &'__serve_common_owner #name #ty_generics,
             ) -> &'__serve_common_owner #slots_ty {
-                ::serve_common::cached::Cache::__slots(&owner.#cache_ident)
+                #slots_ref
             }
 
             #[inline(always)]
             fn __slots_mut<'__serve_common_owner>(
                 owner: &'__serve_common_owner mut #name #ty_generics,
             ) -> &'__serve_common_owner mut #slots_ty {
-                ::serve_common::cached::Cache::__slots_mut(&mut owner.#cache_ident)
+                #slots_mut
             }
         }
     };
-    let setters = inputs.iter().map(|field| {
+    let setters = inputs.iter().map(|input| {
+        let field = input.field;
         let ident = field.ident.as_ref().expect("named");
-        let (vis, ty) = (&field.vis, &field.ty);
-        let setter = format_ident!("set_{}", ident);
+        let ty = &field.ty;
+        let vis = input.vis.as_ref().unwrap_or(&field.vis);
+        let setter = input
+            .setter
+            .clone()
+            .unwrap_or_else(|| format_ident!("set_{}", ident));
         let id = input_id(&ident.to_string());
         let doc = format!(
             "Sets `{ident}` and invalidates every cached property that depends on it (assigning the field directly would not)."
@@ -176,19 +263,49 @@ pub(crate) fn expand(input: TokenStream) -> syn::Result<TokenStream> {
             }
         }
     });
-    let input_impls = inputs.iter().map(|field| {
-        let id = input_id(&field.ident.as_ref().expect("named").to_string());
-        quote!(impl #impl_generics #private::Input<#id> for #name #ty_generics #where_clause {})
-    });
-    Ok(quote! {
+    // The fields, for the `#[cached]` impl's checks: it calls this macro
+    // (named like the key, so a missing derive is one "cannot find" error
+    // that says what to add).
+    let field_names = fields.iter().filter_map(|f| f.ident.as_ref());
+    let input_names = inputs.iter().filter_map(|i| i.field.ident.as_ref());
+    let channel = generics::channel_ident(name);
+    let tokens = quote! {
         #[doc(hidden)]
         #[allow(non_camel_case_types)]
         #key_struct
 
         #has_cache
-        #(#input_impls)*
+
+        #[automatically_derived]
         impl #impl_generics #name #ty_generics #where_clause {
             #(#setters)*
         }
-    })
+
+        #[doc(hidden)]
+        #[allow(unused_macros)]
+        macro_rules! #channel {
+            (slots [$($args:tt)*] $owner:tt) => {
+                #private::slots::<#key $($args)*, _>($owner)
+            };
+            (slots_mut [$($args:tt)*] $owner:tt) => {
+                #private::slots_mut::<#key $($args)*, _>($owner)
+            };
+            (check $($rest:tt)*) => {
+                #private::cached_check! {
+                    struct #name
+                    fields [#(#field_names)*]
+                    inputs [#(#input_names)*]
+                    $($rest)*
+                }
+            };
+        }
+        #[allow(unused_imports)]
+        use #channel;
+    };
+    let mut out = TokenStream::new();
+    for error in errors {
+        out.extend(error.into_compile_error());
+    }
+    out.extend(tokens);
+    out
 }

@@ -43,8 +43,9 @@ fn type_ident(ty: &Type) -> syn::Result<syn::Ident> {
     }
 }
 
-/// `path::Name<Args>` -> `path::__Name_needs_derive_Cached<Args>`.
-fn key_type(self_ty: &Type) -> syn::Result<TokenStream> {
+/// `path::Name<Args>` -> `path::__Name_needs_derive_Cached` (the derive's
+/// macro) and `<Args>`.
+fn channel(self_ty: &Type) -> syn::Result<(TokenStream, TokenStream)> {
     let Type::Path(path) = self_ty else {
         return Err(syn::Error::new_spanned(
             self_ty,
@@ -53,8 +54,30 @@ fn key_type(self_ty: &Type) -> syn::Result<TokenStream> {
     };
     let mut path = path.clone();
     let last = path.path.segments.last_mut().expect("a path has a segment");
-    last.ident = generics::key_ident(&last.ident);
-    Ok(quote_spanned!(self_ty.span()=> #path))
+    last.ident = generics::channel_ident(&last.ident);
+    let args = std::mem::replace(&mut last.arguments, syn::PathArguments::None);
+    let span = self_ty.span();
+    // Every token spanned on the self type: without the derive, each use
+    // is the same error at the same place, which the compiler shows once.
+    let path = respan(quote!(#path), span);
+    Ok((path, quote!(#args)))
+}
+
+fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let TokenTree::Group(group) = &tree {
+                let mut new =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                new.set_span(span);
+                tree = TokenTree::Group(new);
+            } else {
+                tree.set_span(span);
+            }
+            tree
+        })
+        .collect()
 }
 
 pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<TokenStream> {
@@ -62,7 +85,12 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
     let item = &model.item;
     let self_ty = &item.self_ty;
     let props = &model.properties;
-    let key = key_type(self_ty)?;
+    let (channel, key_args) = channel(self_ty)?;
+    // The slots are reached through the derive's macro, in expression
+    // position: without the derive, each use is the same "cannot find
+    // macro" error at the same place (shown once), and nothing else fails.
+    let slots_ref = quote_spanned!(self_ty.span()=> #channel!(slots [#key_args] self));
+    let slots_mut = quote_spanned!(self_ty.span()=> #channel!(slots_mut [#key_args] self));
     let slots_ident = generics::slots_ident(&type_ident(self_ty)?);
     // The slots struct takes one parameter per argument of the self type,
     // without bounds, so the derive can name it with the struct's own
@@ -110,7 +138,7 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
     let clear = |indices: &[usize]| -> TokenStream {
         let body = clear_slots(quote!(__serve_common_slots), indices);
         quote! {
-            let __serve_common_slots = #private::slots_mut::<#key, Self>(self);
+            let __serve_common_slots = #slots_mut;
             #body
         }
     };
@@ -156,7 +184,7 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
             #(#attrs)*
             #[inline]
             #vis fn #ident(&self) -> &#ty {
-                #private::slots::<#key, Self>(self)
+                #slots_ref
                     .#ident
                     .get_or_init(|| Self::#compute(self))
             }
@@ -234,21 +262,23 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
             items.push(quote!(#impl_item));
         }
     }
-    // Every dependency that is not a property must be an `#[input]` field:
-    // the compiler checks it here, with the error on the dependency's name.
-    let input_checks = graph.input_checks.iter().map(|(name, token)| {
-        let id = input_id(name);
-        quote_spanned!(token.span()=> #private::assert_input::<Self, #id>();)
+    // What only the derive knows (the fields) is checked by its macro:
+    // dependencies and setter targets that are no property must be
+    // `#[input]` fields, and a field read of an input must be declared.
+    let deps = graph.input_checks.iter().map(|(_, token)| token);
+    let setters = &graph.field_setters;
+    let reads = graph.field_reads.iter().map(|read| {
+        let (property, deps, field) = (&read.property, &read.deps, &read.field);
+        quote!((#property [#(#deps)*] #field))
     });
-    let check_fn = if graph.input_checks.is_empty() {
-        quote!()
-    } else {
-        quote! {
-            #[doc(hidden)]
-            #[allow(dead_code)]
-            fn __serve_common_check_inputs() {
-                #(#input_checks)*
-            }
+    let names = props.iter().map(|p| &p.ident).chain(model.plain.iter());
+    let check = quote_spanned! {self_ty.span()=>
+        #channel! {
+            check
+            names [#(#names)*]
+            deps [#(#deps)*]
+            setters [#(#setters)*]
+            reads [#(#reads)*]
         }
     };
 
@@ -286,7 +316,8 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
         #(#impl_attrs)*
         #unsafety impl #impl_generics #self_ty #where_clause {
             #(#items)*
-            #check_fn
         }
+
+        #check
     })
 }

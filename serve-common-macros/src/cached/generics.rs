@@ -72,9 +72,15 @@ pub(crate) fn unbounded(generics: &Generics) -> Unbounded {
     render(&params)
 }
 
-/// The key type's name for a struct named `name`: shown by the compiler
-/// when the derive is missing, so it says what to do.
+/// The key type's name for a struct named `name`.
 pub(crate) fn key_ident(name: &syn::Ident) -> syn::Ident {
+    format_ident!("__{}_cached_key", name)
+}
+
+/// The name of the macro through which the derive tells the `#[cached]`
+/// impl its key and its fields: shown by the compiler when the derive is
+/// missing, so it says what to do.
+pub(crate) fn channel_ident(name: &syn::Ident) -> syn::Ident {
     format_ident!("__{}_needs_derive_Cached", name)
 }
 

@@ -3,15 +3,16 @@
 mod check;
 mod derive;
 mod expand;
+mod fields;
 mod generics;
 mod model;
+mod reads;
 
 use proc_macro2::TokenStream;
 use syn::spanned::Spanned;
 
-/// The id shared by the derive (which implements `Input<ID>` for an
-/// `#[input]` field) and the impl attribute (which invalidates by it):
-/// FNV-1a of the field name.
+/// The id by which the derive's setter of an `#[input]` field tells the
+/// impl's storage what to invalidate: FNV-1a of the field name.
 pub(crate) fn input_id(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
@@ -36,6 +37,9 @@ pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
                 tokens.extend(expand::cached_impl(&model, &graph)?);
                 Ok(tokens)
             }
+            syn::Item::Fn(func) if func.sig.receiver().is_some() => {
+                Ok(method_without_impl(&func.vis, &func.sig))
+            }
             syn::Item::Fn(func) => Err(syn::Error::new(
                 func.sig.fn_token.span,
                 "`#[cached]` goes on an `impl` block (and, inside it, on methods); a free fn cannot be cached",
@@ -49,6 +53,69 @@ pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
     crate::or_fallback(result, || model::strip_inert_attributes(item))
 }
 
+/// A `#[cached]` method in an impl block without `#[cached]`: one error,
+/// and the method as it would have been (returning `&T`), so its callers
+/// add none.
+fn method_without_impl(vis: &syn::Visibility, sig: &syn::Signature) -> TokenStream {
+    let error = syn::Error::new(
+        sig.ident.span(),
+        "`#[cached]` on a method works inside a `#[cached]` impl block: add `#[cached]` to the `impl` block too",
+    )
+    .into_compile_error();
+    let mut sig = sig.clone();
+    if let syn::ReturnType::Type(_, ty) = &mut sig.output {
+        **ty = syn::parse_quote!(&#ty);
+    }
+    // The attributes of the method are left out: this is only what its
+    // callers see.
+    quote::quote! {
+        #error
+        #[allow(unused_variables, dead_code)]
+        #vis #sig {
+            ::core::unreachable!()
+        }
+    }
+}
+
+/// `#[dependency]` / `#[setter]` outside a `#[cached]` impl block (inside
+/// one, the impl's macro reads and removes them): an error saying where
+/// they go, or nothing when a `#[cached]` on the same method says it.
+pub(crate) fn stray(name: &str, args: TokenStream, item: TokenStream) -> TokenStream {
+    let _ = args;
+    let Ok(func) = syn::parse2::<syn::ImplItemFn>(item.clone()) else {
+        let error = syn::Error::new(
+            proc_macro2::Span::call_site(),
+            format!("`#[{name}]` goes on a method of a `#[cached]` impl block"),
+        );
+        let mut tokens = error.into_compile_error();
+        tokens.extend(item);
+        return tokens;
+    };
+    let cached_too = func.attrs.iter().any(|attr| {
+        let path = attr.path();
+        path.is_ident("cached")
+            || (path.segments.len() == 2
+                && path.segments[0].ident == "serve_common"
+                && path.segments[1].ident == "cached")
+    });
+    if cached_too {
+        return item;
+    }
+    let error = syn::Error::new(
+        proc_macro2::Span::call_site(),
+        format!(
+            "`#[{name}]` works inside a `#[cached]` impl block: add `#[cached]` to the `impl` block"
+        ),
+    );
+    let mut tokens = error.into_compile_error();
+    tokens.extend(item);
+    tokens
+}
+
 pub(crate) fn derive(input: TokenStream) -> TokenStream {
-    derive::expand(input).unwrap_or_else(syn::Error::into_compile_error)
+    derive::expand(input)
+}
+
+pub(crate) fn check_fields(input: TokenStream) -> TokenStream {
+    fields::check(input)
 }

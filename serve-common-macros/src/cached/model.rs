@@ -14,6 +14,8 @@ pub(crate) struct Property {
     pub(crate) deps: Vec<syn::Ident>,
     /// Index of the method in `item.items`.
     pub(crate) index: usize,
+    /// What its body reads off `self`.
+    pub(crate) reads: super::reads::Reads,
 }
 
 /// A `#[setter(name)]` method.
@@ -307,6 +309,7 @@ impl CachedImpl {
                         ty,
                         deps,
                         index,
+                        reads: super::reads::reads(&func.block),
                     }),
                     None => {
                         failed.insert(func.sig.ident.to_string());

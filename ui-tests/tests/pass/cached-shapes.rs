@@ -1,6 +1,7 @@
 //! Accepted `#[derive(Cached)]` / `#[cached]` shapes compile, in a crate
 //! that forbids unsafe code.
 #![forbid(unsafe_code)]
+#![deny(warnings)]
 
 use serve_common::prelude::*;
 
@@ -35,7 +36,51 @@ impl<'a, T: Clone + Default + Send + Sync, const N: usize> Model<'a, T, N> {
     fn unit(&self) {}
 }
 
+/// The impl may come before the struct; setters change an input in place;
+/// reads inside macros and through `Self::` are declared.
+#[cached]
+impl Store {
+    #[cached]
+    #[dependency(notes)]
+    fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.notes.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    #[cached]
+    #[dependency(keys)]
+    fn summary(&self) -> String {
+        format!("{} notes: {:?}", Self::keys(self).len(), self.keys())
+    }
+
+    #[setter(notes)]
+    fn add(&mut self, key: &str) {
+        self.notes.insert(key.to_owned(), String::new());
+    }
+
+    #[setter(notes)]
+    fn clear(&mut self) {
+        self.notes.clear();
+    }
+}
+
+#[derive(Cached)]
+struct Store {
+    #[input(pub(crate), setter = replace_notes)]
+    notes: std::collections::HashMap<String, String>,
+    cache: Cache<Self>,
+}
+
 fn main() {
+    let mut store = Store {
+        notes: std::collections::HashMap::new(),
+        cache: Cache::new(),
+    };
+    store.add("a");
+    let _ = store.summary();
+    store.clear();
+    store.replace_notes(std::collections::HashMap::new());
     let mut model = Model {
         items: [1_u8, 2],
         name: "m",

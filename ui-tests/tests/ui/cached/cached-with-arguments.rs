@@ -10,6 +10,7 @@ struct S {
 #[cached(lazy)]
 impl S {
     #[cached]
+    #[dependency(x)]
     fn doubled(&self) -> i32 {
         self.x * 2
     }

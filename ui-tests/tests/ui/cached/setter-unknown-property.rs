@@ -10,6 +10,7 @@ struct S {
 #[cached]
 impl S {
     #[cached]
+    #[dependency(x)]
     fn doubled(&self) -> i32 {
         self.x * 2
     }
