@@ -50,6 +50,12 @@ pub fn setter(args: TokenStream, item: TokenStream) -> TokenStream {
     cached::stray("setter", args.into(), item.into()).into()
 }
 
+/// See `serve_common::compute`.
+#[proc_macro_attribute]
+pub fn compute(args: TokenStream, item: TokenStream) -> TokenStream {
+    cached::stray("compute", args.into(), item.into()).into()
+}
+
 /// See `serve_common::Cached`.
 #[proc_macro_derive(Cached, attributes(cache, input))]
 pub fn derive_cached(input: TokenStream) -> TokenStream {

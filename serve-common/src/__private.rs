@@ -8,7 +8,30 @@ pub use crate::log_util::TimedCall;
 pub use crate::main_entry::{run as run_main, MainOptions};
 
 pub use crate::cached::{CacheAccess, CacheSlots, HasCache};
+pub use once_cell::sync::OnceCell;
 pub use std::sync::OnceLock;
+
+/// The parts of the `Result` a `#[cached(result)]` method returns.
+#[diagnostic::on_unimplemented(
+    message = "`#[cached(result)]` needs a method returning a `Result`, not `{Self}`"
+)]
+pub trait CachedResult {
+    /// What is kept.
+    type Ok;
+    /// What is returned and not kept.
+    type Err;
+    /// As a `Result`.
+    fn into_result(self) -> Result<Self::Ok, Self::Err>;
+}
+
+impl<T, E> CachedResult for Result<T, E> {
+    type Ok = T;
+    type Err = E;
+    #[inline(always)]
+    fn into_result(self) -> Result<T, E> {
+        self
+    }
+}
 
 /// The slots of `owner`, reached through its key `K`.
 #[inline(always)]

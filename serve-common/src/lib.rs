@@ -150,6 +150,12 @@ pub use serve_common_macros::dependency;
 /// a compile error saying where it goes.
 pub use serve_common_macros::setter;
 
+/// Puts an attribute on the computation of a cached property instead of
+/// its getter, inside a `#[cached]` impl block:
+/// `#[compute(time_and_log("index built"))]` times the computation, not
+/// every cache hit. See the [`cached`](mod@cached) module.
+pub use serve_common_macros::compute;
+
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

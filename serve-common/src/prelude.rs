@@ -17,7 +17,7 @@ pub use crate::on_event;
 pub use crate::reloading::Reloader;
 pub use crate::time_and_log;
 pub use crate::HandlerOutcome;
-pub use crate::{cached, dependency, setter, Cached};
+pub use crate::{cached, compute, dependency, setter, Cached};
 /// The `metrics` facade's macros: what they record is in `/manage/metrics`.
 pub use ::metrics::{counter, gauge, histogram};
 pub use serde::{Deserialize, Serialize};

@@ -526,3 +526,53 @@ fn a_setter_changes_an_input_field_in_place() {
     assert_eq!(*store.keys(), ["z"]);
     assert_eq!(store.calls.of("keys"), 4);
 }
+
+/// Parsed once it parses; an error is returned, not kept.
+#[derive(Cached)]
+struct Source {
+    #[input]
+    text: String,
+    calls: Calls,
+    cache: Cache<Self>,
+}
+
+#[cached]
+impl Source {
+    #[cached(result)]
+    #[dependency(text)]
+    fn number(&self) -> Result<u64, std::num::ParseIntError> {
+        self.calls.hit("number");
+        self.text.trim().parse()
+    }
+
+    /// An alias of `Result` works too.
+    #[cached(result)]
+    #[dependency(text)]
+    fn length(&self) -> std::io::Result<usize> {
+        if self.text.is_empty() {
+            return Err(std::io::Error::other("empty"));
+        }
+        Ok(self.text.len())
+    }
+}
+
+#[test]
+fn result_properties_keep_only_ok() {
+    let mut source = Source {
+        text: "x".into(),
+        calls: Calls::default(),
+        cache: Cache::new(),
+    };
+    assert!(source.number().is_err());
+    assert!(source.number().is_err());
+    assert_eq!(source.calls.of("number"), 2, "an error is computed again");
+    source.set_text(" 42 ".into());
+    assert_eq!(source.number(), Ok(&42));
+    assert_eq!(source.number(), Ok(&42));
+    assert_eq!(source.calls.of("number"), 3, "an Ok is kept");
+    assert_eq!(source.length().unwrap(), &4);
+    source.set_text(String::new());
+    assert!(source.length().is_err());
+    assert!(source.number().is_err());
+    assert_eq!(source.calls.of("number"), 4);
+}

@@ -348,3 +348,45 @@ fn the_builder_installs_outputs_in_one_go() {
         "{text}"
     );
 }
+
+#[derive(serve_common::Cached)]
+struct Indexed {
+    #[input]
+    words: Vec<String>,
+    cache: serve_common::cached::Cache<Self>,
+}
+
+#[serve_common::cached]
+impl Indexed {
+    /// Timed where it computes, not at every cache hit.
+    #[cached]
+    #[dependency(words)]
+    #[compute(serve_common::time_and_log("index built", level = "info"))]
+    fn longest(&self) -> usize {
+        self.words.iter().map(String::len).max().unwrap_or(0)
+    }
+
+    /// Timed once per call (the attribute is not repeated on the body).
+    #[setter(words)]
+    #[serve_common::time_and_log("word added", level = "info")]
+    fn add(&mut self, word: &str) {
+        self.words.push(word.to_owned());
+    }
+}
+
+#[test]
+fn cached_properties_time_their_computation_and_setters_once() {
+    let (_serial, setup) = setup();
+    let mut index = Indexed {
+        words: vec!["a".into()],
+        cache: Default::default(),
+    };
+    for _ in 0..3 {
+        assert_eq!(*index.longest(), 1);
+    }
+    assert_eq!(setup.capture.lines_with("index built: ").len(), 1);
+    index.add("abc");
+    assert_eq!(*index.longest(), 3);
+    assert_eq!(setup.capture.lines_with("index built: ").len(), 2);
+    assert_eq!(setup.capture.lines_with("word added: ").len(), 1);
+}

@@ -114,10 +114,17 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
         let ident = &p.ident;
         let declared = &p.ty;
         let ty = replace_self(quote!(#declared), self_ty);
-        quote!(#(#cfg)* #ident: #private::OnceLock<#ty>)
+        if p.result {
+            quote!(#(#cfg)* #ident: #private::OnceCell<<#ty as #private::CachedResult>::Ok>)
+        } else {
+            quote!(#(#cfg)* #ident: #private::OnceLock<#ty>)
+        }
     });
     let slot_inits = props.iter().zip(&cfgs).map(|(p, cfg)| {
         let ident = &p.ident;
+        if p.result {
+            return quote!(#(#cfg)* #ident: #private::OnceCell::new());
+        }
         quote!(#(#cfg)* #ident: #private::OnceLock::new())
     });
     let (marker_field, marker_init) = match &unbounded.marker {
@@ -180,16 +187,34 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
         let invalidate_doc = format!(
             "Clears the cached `{ident}` and every cached property that depends on it; the next read recomputes."
         );
+        let getter = if p.result {
+            quote! {
+                #vis fn #ident(&self) -> ::core::result::Result<
+                    &<#ty as #private::CachedResult>::Ok,
+                    <#ty as #private::CachedResult>::Err,
+                > #where_clause {
+                    #slots_ref
+                        .#ident
+                        .get_or_try_init(|| #private::CachedResult::into_result(Self::#compute(self)))
+                }
+            }
+        } else {
+            quote! {
+                #vis fn #ident(&self) -> &#ty #where_clause {
+                    #slots_ref
+                        .#ident
+                        .get_or_init(|| Self::#compute(self))
+                }
+            }
+        };
+        let compute_attrs = &p.compute_attrs;
         items.push(quote! {
             #(#attrs)*
             #[inline]
-            #vis fn #ident(&self) -> &#ty {
-                #slots_ref
-                    .#ident
-                    .get_or_init(|| Self::#compute(self))
-            }
+            #getter
 
             #(#carried)*
+            #(#[#compute_attrs])*
             #[doc(hidden)]
             #[inline(never)]
             fn #compute(&self) -> #ty #where_clause #block
@@ -212,9 +237,13 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
         let inner_ident = format_ident!("__serve_common_set_{}", func.sig.ident);
         inner.sig.ident = inner_ident.clone();
         inner.vis = syn::Visibility::Inherited;
-        inner
-            .attrs
-            .retain(|a| !a.path().is_ident("doc") && !a.path().is_ident("inline"));
+        // The user's attributes go to the setter they call (once), not to
+        // the body inside it: only `cfg` and lint levels go to both.
+        inner.attrs.retain(|a| {
+            ["cfg", "allow", "expect", "warn", "deny"]
+                .iter()
+                .any(|n| a.path().is_ident(n))
+        });
         let mut outer_sig = func.sig.clone();
         let mut forwarded = Vec::new();
         for (n, arg) in outer_sig.inputs.iter_mut().enumerate().skip(1) {
@@ -293,6 +322,7 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
             #marker_field
         }
 
+        #[automatically_derived]
         impl #generics_decl ::core::default::Default for #slots_ident #generics_use {
             fn default() -> Self {
                 Self {
@@ -302,6 +332,7 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
             }
         }
 
+        #[automatically_derived]
         impl #generics_decl #slots_ident #generics_use {
             #[doc(hidden)]
             #[inline]

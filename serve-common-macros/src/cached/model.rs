@@ -16,6 +16,10 @@ pub(crate) struct Property {
     pub(crate) index: usize,
     /// What its body reads off `self`.
     pub(crate) reads: super::reads::Reads,
+    /// `#[cached(result)]`: only an `Ok` is kept.
+    pub(crate) result: bool,
+    /// `#[compute(attr)]`: attributes for the computation (not the getter).
+    pub(crate) compute_attrs: Vec<TokenStream>,
 }
 
 /// A `#[setter(name)]` method.
@@ -41,9 +45,12 @@ pub(crate) struct CachedImpl {
 }
 
 enum Marker {
-    Cached(Attribute),
+    /// `#[cached]`, or `#[cached(result)]` (true).
+    Cached(Attribute, bool),
     Dependency(Attribute, Vec<syn::Ident>),
     Setter(Attribute, syn::Ident),
+    /// `#[compute(attr)]`: `attr`.
+    Compute(Attribute, TokenStream),
 }
 
 fn is_named(attr: &Attribute, name: &str) -> bool {
@@ -57,13 +64,34 @@ fn take_markers(attrs: &mut Vec<Attribute>, errors: &mut Vec<syn::Error>) -> Vec
     let mut markers = Vec::new();
     attrs.retain(|attr| {
         if is_named(attr, "cached") {
+            let mut result = false;
             if !matches!(attr.meta, syn::Meta::Path(_)) {
-                errors.push(syn::Error::new_spanned(
-                    &attr.meta,
-                    "`#[cached]` on a method takes no arguments; name dependencies with `#[dependency(...)]`",
-                ));
+                let parsed = attr.parse_nested_meta(|meta| {
+                    if meta.path.is_ident("result") {
+                        result = true;
+                        Ok(())
+                    } else {
+                        Err(meta.error(
+                            "unknown option of a cached method; expected `#[cached]` or `#[cached(result)]` (name dependencies with `#[dependency(...)]`)",
+                        ))
+                    }
+                });
+                if let Err(error) = parsed {
+                    errors.push(error);
+                }
             }
-            markers.push(Marker::Cached(attr.clone()));
+            markers.push(Marker::Cached(attr.clone(), result));
+            false
+        } else if is_named(attr, "compute") {
+            match &attr.meta {
+                syn::Meta::List(list) if !list.tokens.is_empty() => {
+                    markers.push(Marker::Compute(attr.clone(), list.tokens.clone()));
+                }
+                _ => errors.push(syn::Error::new_spanned(
+                    attr,
+                    "`#[compute(...)]` holds an attribute for the computation, e.g. `#[compute(time_and_log(\"index built\"))]`",
+                )),
+            }
             false
         } else if is_named(attr, "dependency") {
             let parsed = attr.parse_args_with(
@@ -110,7 +138,25 @@ fn check_getter(func: &ImplItemFn, errors: &mut Vec<syn::Error>) -> Option<Type>
     if let Some(asyncness) = &sig.asyncness {
         fail(syn::Error::new(
             asyncness.span,
-            "a cached property cannot be async",
+            "a cached property cannot be async: it is read through `&self` without awaiting. Compute the value in a sync method, or keep a `tokio::sync::OnceCell` field and `get_or_init(..).await` it",
+        ));
+    }
+    if let Some(constness) = &sig.constness {
+        fail(syn::Error::new(
+            constness.span,
+            "a cached property cannot be `const`: its cache is filled at run time",
+        ));
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        fail(syn::Error::new(
+            unsafety.span,
+            "a cached property cannot be `unsafe`: the getter is safe to call; keep the `unsafe` block inside the body",
+        ));
+    }
+    if let Some(abi) = &sig.abi {
+        fail(syn::Error::new_spanned(
+            abi,
+            "a cached property cannot have an ABI: the getter is a Rust method",
         ));
     }
     if !sig.generics.params.is_empty() {
@@ -194,6 +240,21 @@ fn find_borrow(ty: &Type) -> Option<proc_macro2::Span> {
     finder.0
 }
 
+/// For `#[cached(result)]`: the return type must be spelled `Result<..>`
+/// (any path, aliases such as `io::Result<T>` included).
+fn check_result(ty: &Type, errors: &mut Vec<syn::Error>) -> bool {
+    let is_result = matches!(ty, Type::Path(p) if p.qself.is_none()
+        && p.path.segments.last().is_some_and(|s| s.ident == "Result"
+            && matches!(s.arguments, syn::PathArguments::AngleBracketed(_))));
+    if !is_result {
+        errors.push(syn::Error::new_spanned(
+            ty,
+            "`#[cached(result)]` keeps the `Ok` value of a method returning `Result<T, E>` (an `Err` is returned and computed again next time); this method does not return a `Result`",
+        ));
+    }
+    is_result
+}
+
 fn check_setter(func: &ImplItemFn, attr: &Attribute, errors: &mut Vec<syn::Error>) -> bool {
     let sig = &func.sig;
     if let Some(asyncness) = &sig.asyncness {
@@ -254,14 +315,26 @@ impl CachedImpl {
             };
             let markers = take_markers(&mut func.attrs, &mut errors);
             let cached = markers.iter().find_map(|m| match m {
-                Marker::Cached(attr) => Some(attr),
+                Marker::Cached(attr, _) => Some(attr),
                 _ => None,
             });
+            let result = markers.iter().any(|m| matches!(m, Marker::Cached(_, true)));
+            let mut compute_attrs = Vec::new();
             let mut deps = Vec::new();
             let mut setter = None;
             for marker in &markers {
                 match marker {
-                    Marker::Cached(_) => {}
+                    Marker::Cached(..) => {}
+                    Marker::Compute(attr, tokens) => {
+                        if cached.is_none() {
+                            errors.push(syn::Error::new_spanned(
+                                attr.path(),
+                                "`#[compute(...)]` goes with `#[cached]`: it puts an attribute on the computation of a cached property",
+                            ));
+                        } else {
+                            compute_attrs.push(tokens.clone());
+                        }
+                    }
                     Marker::Dependency(attr, names) => {
                         if cached.is_none() {
                             errors.push(syn::Error::new_spanned(
@@ -303,13 +376,17 @@ impl CachedImpl {
                 ));
                 dropped.push(index);
             } else if cached.is_some() {
-                match check_getter(func, &mut errors) {
+                let checked = check_getter(func, &mut errors)
+                    .filter(|ty| !result || check_result(ty, &mut errors));
+                match checked {
                     Some(ty) => properties.push(Property {
                         ident: func.sig.ident.clone(),
                         ty,
                         deps,
                         index,
                         reads: super::reads::reads(&func.block),
+                        result,
+                        compute_attrs,
                     }),
                     None => {
                         failed.insert(func.sig.ident.to_string());
