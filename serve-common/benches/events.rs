@@ -146,6 +146,71 @@ fn notify_and_wait() -> f64 {
     median(samples)
 }
 
+const ASYNC_EVENTS: u64 = 200_000;
+
+/// Waits until `count` reaches `ASYNC_EVENTS`: the last run says so.
+fn counting_future(
+    count: &Arc<AtomicU64>,
+    done: &Arc<parking_lot::Mutex<Option<mpsc::Sender<()>>>>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let (count, done) = (count.clone(), done.clone());
+    async move {
+        if count.fetch_add(1, Ordering::Relaxed) + 1 == ASYNC_EVENTS {
+            if let Some(tx) = done.lock().take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+/// Events per second through one async handler that does nothing.
+fn async_handler(bus: &EventBus) -> f64 {
+    let count = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel();
+    let done = Arc::new(parking_lot::Mutex::new(Some(tx)));
+    let (c, d) = (count.clone(), done.clone());
+    let registration = bus
+        .on("bench.async")
+        .call_async(move |_: Event| counting_future(&c, &d))
+        .unwrap();
+    let start = Instant::now();
+    for n in 0..ASYNC_EVENTS {
+        bus.notify("bench.async", n);
+    }
+    rx.recv_timeout(Duration::from_secs(120)).unwrap();
+    let elapsed = start.elapsed();
+    registration.unregister();
+    assert_eq!(bus.async_handlers_dropped(), 0);
+    ASYNC_EVENTS as f64 / elapsed.as_secs_f64()
+}
+
+/// The baseline: a plain thread takes each event from a channel and
+/// `spawn`s an empty future on a one-worker tokio runtime.
+fn spawn_baseline(runtime: &tokio::runtime::Runtime) -> f64 {
+    let count = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel();
+    let done = Arc::new(parking_lot::Mutex::new(Some(tx)));
+    let (events_tx, events_rx) = mpsc::channel::<(Arc<str>, u64)>();
+    let handle = runtime.handle().clone();
+    let (c, d) = (count.clone(), done.clone());
+    let spawner = thread::spawn(move || {
+        for (name, n) in events_rx {
+            black_box((&name, n));
+            handle.spawn(counting_future(&c, &d));
+        }
+    });
+    let name: Arc<str> = Arc::from("bench.async");
+    let start = Instant::now();
+    for n in 0..ASYNC_EVENTS {
+        events_tx.send((name.clone(), n)).unwrap();
+    }
+    rx.recv_timeout(Duration::from_secs(120)).unwrap();
+    let elapsed = start.elapsed();
+    drop(events_tx);
+    spawner.join().unwrap();
+    ASYNC_EVENTS as f64 / elapsed.as_secs_f64()
+}
+
 fn line(metric: &str, value: f64, baseline: f64) {
     println!(
         "{metric}: {value:.2} baseline: {baseline:.2} ratio: {:.3}",
@@ -165,7 +230,23 @@ fn main() {
         ping_pong = ping_pong.min(park_ping_pong());
         round_trip = round_trip.min(notify_and_wait());
     }
+    // Ours and the baseline alternate; medians of 5.
+    let bus = EventBus::new();
+    bus.limit_async_handlers(1024, Duration::from_secs(60));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        ours.push(async_handler(&bus));
+        theirs.push(spawn_baseline(&runtime));
+    }
+    println!("# events_async_per_s rounds: ours {ours:.0?} baseline {theirs:.0?}");
+    let (async_ours, async_theirs) = (median(ours), median(theirs));
     line("events_exact_per_s", exact, baseline);
     line("events_1000_patterns_per_s", patterns, exact);
     line("notify_and_wait_us", round_trip, ping_pong);
+    line("events_async_per_s", async_ours, async_theirs);
 }

@@ -90,7 +90,30 @@ pub struct OnEventHandler {
     /// The line of the fn, for ordering.
     pub line: u32,
     /// The generated adapter.
-    pub call: fn(&Event) -> Result<(), String>,
+    pub call: HandlerCall,
+}
+
+/// An `#[on_event]` handler's adapter.
+#[derive(Clone, Copy)]
+pub enum HandlerCall {
+    /// A sync fn: runs on the dispatcher thread.
+    Sync(fn(&Event) -> Result<(), String>),
+    /// An `async fn`: makes the future the bus's runtime runs.
+    #[cfg(feature = "tokio")]
+    Async(fn(&Event) -> Result<AsyncRun, String>),
+}
+
+/// An async handler's run, as its adapter makes it.
+pub type AsyncRun =
+    ::std::pin::Pin<Box<dyn ::std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// What an `#[on_event]` `async fn` expands to: present with the `tokio`
+/// feature only, so without it the error names the feature.
+#[cfg(feature = "tokio")]
+pub const fn async_on_event_needs_the_tokio_feature_of_serve_common(
+    start: fn(&Event) -> Result<AsyncRun, String>,
+) -> HandlerCall {
+    HandlerCall::Async(start)
 }
 
 inventory::collect!(OnEventHandler);

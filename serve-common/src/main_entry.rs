@@ -119,7 +119,19 @@ fn install_logging(config: &Config) -> Result<(), logging::LoggingError> {
 
 fn register_sections(config: &Config) -> Result<(), config::ConfigError> {
     logging::LoggingSettings::guard_global()?;
-    event::EventsSettings::register(config)?;
+    let events = event::EventsSettings::register(config)?;
+    #[cfg(feature = "tokio")]
+    {
+        events.get().apply_async_limits(event::bus());
+        // Edits apply too.
+        let section = events.clone();
+        let _ = event::bus()
+            .on("config:events.*")
+            .label("serve-common async handler limits")
+            .call(move |_: &event::Event| section.get().apply_async_limits(event::bus()));
+    }
+    #[cfg(not(feature = "tokio"))]
+    drop(events);
     #[cfg(feature = "metrics")]
     std::mem::forget(crate::metrics::MetricsSettings::register(config)?);
     #[cfg(feature = "otel")]

@@ -289,6 +289,31 @@ pub fn process_gone(pid: u32) -> bool {
     }
 }
 
+/// Waits (at most 10 s) until the process `pid` is stopped (state `T`):
+/// `kill(SIGSTOP)` returns before the signal has taken effect, and a
+/// process still running in that window may accept a connection meant to
+/// find it stopped. Its state has no notification: read again shortly.
+pub fn wait_stopped(pid: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stopped = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+            })
+            .unwrap_or(false);
+        if stopped {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// What the IPC tests and their helper process share.
 pub mod ipc_support {
     use serde::{Deserialize, Serialize};

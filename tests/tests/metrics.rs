@@ -441,6 +441,7 @@ fn with_two_workers_a_scrape_of_either_answers_for_the_service() {
     let stopped = *pids.first().unwrap();
     let stopped_pid = Pid::from_raw(stopped as i32);
     kill(stopped_pid, Signal::SIGSTOP).unwrap();
+    serve_common_tests::wait_stopped(stopped);
     let started = Instant::now();
     let metrics = Metrics::of(&service);
     let waited = started.elapsed();

@@ -13,4 +13,13 @@ fn ui() {
     t.compile_fail("tests/ui/time_and_log/*.rs");
     t.compile_fail("tests/ui/main/*.rs");
     t.pass("tests/pass/*.rs");
+    // What needs serve-common's `tokio` feature, with it and without it
+    // (`cargo test -p serve-common-ui-tests --no-default-features`).
+    #[cfg(feature = "tokio")]
+    {
+        t.compile_fail("tests/ui/tokio/*.rs");
+        t.pass("tests/pass-tokio/*.rs");
+    }
+    #[cfg(not(feature = "tokio"))]
+    t.compile_fail("tests/ui/no-tokio/*.rs");
 }

@@ -5,6 +5,8 @@ use syn::{FnArg, ItemFn, Type};
 pub(crate) struct Signature {
     pub(crate) takes_name: bool,
     pub(crate) payload: Option<Type>,
+    /// `async fn`: its future runs on the bus's runtime.
+    pub(crate) asyncness: Option<syn::Token![async]>,
 }
 
 fn is_str(ty: &Type) -> bool {
@@ -13,12 +15,6 @@ fn is_str(ty: &Type) -> bool {
 
 pub(crate) fn signature(func: &ItemFn) -> syn::Result<Signature> {
     let sig = &func.sig;
-    if let Some(asyncness) = &sig.asyncness {
-        return Err(syn::Error::new(
-            asyncness.span,
-            "#[on_event] handlers run on the event thread and cannot be async; spawn a task from a sync fn instead",
-        ));
-    }
     if !sig.generics.params.is_empty() {
         return Err(syn::Error::new_spanned(
             &sig.generics,
@@ -34,6 +30,7 @@ pub(crate) fn signature(func: &ItemFn) -> syn::Result<Signature> {
     let mut out = Signature {
         takes_name: false,
         payload: None,
+        asyncness: sig.asyncness,
     };
     for (index, arg) in sig.inputs.iter().enumerate() {
         let pat_type = match arg {

@@ -114,6 +114,12 @@ pub struct EventsSettings {
     /// `[events.nats]`: see the NATS link's options.
     #[serde(default)]
     pub nats: NatsSettings,
+    /// `events.async_max_in_flight`: the cap on async handler runs in
+    /// flight on the global bus (see [async handlers](crate::event#async-handlers)).
+    pub async_max_in_flight: Option<u64>,
+    /// `events.async_wait_ms`: how long the dispatcher waits for room
+    /// under the cap before it drops a run.
+    pub async_wait_ms: Option<u64>,
 }
 
 /// `[events.ipc]`, typed.
@@ -199,6 +205,21 @@ impl EventsSettings {
     /// Registers the section on `config`.
     pub fn register(config: &Config) -> Result<crate::config::Section<Self>, ConfigError> {
         config.section("events")
+    }
+
+    /// Applies the async handlers' limits to `bus` (the defaults where
+    /// unset).
+    #[cfg(feature = "tokio")]
+    pub fn apply_async_limits(&self, bus: &super::EventBus) {
+        let max = self
+            .async_max_in_flight
+            .map_or(super::DEFAULT_MAX_IN_FLIGHT, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            });
+        let wait = self
+            .async_wait_ms
+            .map_or(super::DEFAULT_WAIT, std::time::Duration::from_millis);
+        bus.limit_async_handlers(max, wait);
     }
 }
 

@@ -41,6 +41,40 @@
 //! - Creating processes by `fork` without `exec` after the bus started is
 //!   not supported (its thread does not survive a fork).
 //!
+//! # Async handlers
+//!
+//! With the `tokio` feature (on by default), a handler may be an `async
+//! fn`: `#[on_event("job.submitted")] async fn run(job: &Job)`, or
+//! [`HandlerBuilder::call_async`]. The dispatcher makes the future (the
+//! payload is read inside it) and hands it to a tokio runtime the bus owns:
+//! one worker thread named `serve-common-async-handlers`, made on the
+//! first async run, so the service needs no runtime of its own and an
+//! actix worker's runtime is never borrowed. Then:
+//!
+//! - the dispatcher does not wait: a slow future delays neither the events
+//!   after it nor the sync handlers (which still run on the dispatcher);
+//! - async runs start in the order they were handed over (registration
+//!   order within an event, event order across events); they then run
+//!   concurrently on the one worker, so a handler that blocks the thread
+//!   (CPU work, blocking I/O) should use `tokio::task::spawn_blocking`;
+//! - `once` unregisters at the first match, as for a sync handler; `ack`
+//!   notifies `completed:<event>` when the future finishes; an `Err` or a
+//!   panic inside the future is logged with the event name and counted,
+//!   and the acknowledgement carries it; a one-per-service event counts as
+//!   handled (to NATS or the IPC server) when its future finishes;
+//! - bounded: at most `events.async_max_in_flight` runs (default
+//!   [`DEFAULT_MAX_IN_FLIGHT`]) are in flight per bus. At the cap the
+//!   dispatcher waits for room (back-pressure), up to
+//!   `events.async_wait_ms` (default 1,000 ms); after that the new run is
+//!   dropped: counted ([`EventBus::async_handlers_dropped`]), logged at
+//!   ERROR, and acknowledged with the error. The wait is bounded so that
+//!   handlers awaiting other events cannot deadlock the bus.
+//!   [`EventBus::limit_async_handlers`] sets both on any bus.
+//!
+//! A future must be `Send` (the runtime may move it); the compiler says so
+//! on the `async` keyword. Without the `tokio` feature, `#[on_event]` on
+//! an `async fn` is a compile error naming the feature.
+//!
 //! # Across processes: the IPC link
 //!
 //! The link is a small state machine owned by one thread: connecting, up,
@@ -148,6 +182,8 @@
 //! forgotten by the server a day later; a group made for the first time
 //! takes the events from where the process that made it started reading.
 
+#[cfg(feature = "tokio")]
+mod async_handlers;
 mod ipc;
 mod ipc_groups;
 #[cfg(feature = "nats")]
@@ -171,6 +207,8 @@ use parking_lot::{Mutex, MutexGuard, RwLock};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "tokio")]
+pub use self::async_handlers::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_WAIT};
 pub use self::ipc::{
     enable_ipc, enable_ipc_with, ipc_link, Delivery, EventsSettings, IpcEvents, IpcLinkLost,
     IpcOptions, IpcRejoined, IpcSettings, NatsSettings, NatsStreamSettings, EVENTS_GROUP,
@@ -181,7 +219,7 @@ pub use self::nats::{enable_nats, NatsEvents, NatsOptions};
 pub use self::pattern::{EventPattern, PatternError};
 use self::payload::PayloadRepr;
 pub use self::payload::{Payload, PayloadError};
-use self::registry::{Ack, Entry, HandlerFn, Registry};
+use self::registry::{Ack, Entry, Registry};
 use self::wait::WaitSlot;
 pub use self::wait::{EventWaiter, WaitError};
 use crate::HandlerOutcome;
@@ -371,6 +409,22 @@ pub(crate) enum SharedOutcome {
 
 pub(crate) type SharedDone = Box<dyn FnOnce(SharedOutcome) + Send>;
 
+/// Tells the link how a one-per-service event went when the last run
+/// holding it finished (on the dispatcher, or after an async run).
+pub(crate) struct SharedGuard(Mutex<Option<(SharedDone, SharedOutcome, Arc<str>)>>);
+
+impl Drop for SharedGuard {
+    fn drop(&mut self) {
+        let Some((done, outcome, name)) = self.0.lock().take() else {
+            return;
+        };
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| done(outcome))) {
+            tracing::error!(event = %name, panic = %panic_message(&*panic),
+                "one-per-service acknowledgement panicked");
+        }
+    }
+}
+
 struct QueueState {
     items: VecDeque<Item>,
     idle: bool,
@@ -410,6 +464,11 @@ pub(crate) struct Core {
     /// Whether a link hands out the one-per-service events: then the
     /// normal dispatch skips their handlers.
     shared_routed: std::sync::atomic::AtomicBool,
+    /// Itself, for the async handlers' tasks.
+    me: Weak<Core>,
+    /// Async handlers: the runtime and the cap.
+    #[cfg(feature = "tokio")]
+    asyncs: async_handlers::AsyncRunner,
 }
 
 impl Core {
@@ -542,7 +601,7 @@ impl Core {
             if !application && !entry.in_supervisor {
                 continue;
             }
-            let _ = self.run_entry(&entry, event);
+            self.run_entry(&entry, event);
         }
         self.dispatched.fetch_add(1, Ordering::Relaxed);
     }
@@ -579,37 +638,65 @@ impl Core {
         if shared_removed {
             self.interest_changed();
         }
+        // The link hears how it went once every run finished: an async
+        // run holds the guard until its future is done.
+        let guard = Arc::new(SharedGuard(Mutex::new(Some((
+            done,
+            outcome,
+            event.name.clone(),
+        )))));
         for entry in matched.drain(..) {
-            let _ = self.run_entry(&entry, event);
+            self.run_entry_held(&entry, event, Some(guard.clone()));
         }
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| done(outcome))) {
-            tracing::error!(event = %event.name, panic = %panic_message(&*panic),
-                "one-per-service acknowledgement panicked");
-        }
+        drop(guard);
         self.dispatched.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Runs one handler: a failure or a panic is logged and counted, and
-    /// the acknowledgement it asked for is notified.
-    fn run_entry(&self, entry: &Entry, event: &Event) -> Result<(), String> {
+    /// the acknowledgement it asked for is notified. An async handler is
+    /// started: its future runs on the bus's runtime, and all this
+    /// happens when it finishes.
+    fn run_entry(&self, entry: &Arc<Entry>, event: &Event) {
+        self.run_entry_held(entry, event, None);
+    }
+
+    /// [`run_entry`](Self::run_entry), keeping `hold` alive until the run
+    /// finished (an async run's future included).
+    fn run_entry_held(&self, entry: &Arc<Entry>, event: &Event, hold: Option<Arc<SharedGuard>>) {
         self.handler_runs.fetch_add(1, Ordering::Relaxed);
-        let outcome = match catch_unwind(AssertUnwindSafe(|| (entry.handler)(event))) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => {
-                tracing::error!(event = %event.name, handler = %entry.label, %error,
-                    "event handler failed");
-                Err(error)
-            }
-            Err(panic) => {
-                self.panics.fetch_add(1, Ordering::Relaxed);
-                let error = format!("panicked: {}", panic_message(&*panic));
-                tracing::error!(event = %event.name, handler = %entry.label, %error,
-                    "event handler panicked");
-                Err(error)
+        let handler = match &entry.handler {
+            registry::Handler::Sync(handler) => handler,
+            #[cfg(feature = "tokio")]
+            registry::Handler::Async(start) => {
+                return self.start_async(entry, &**start, event, hold);
             }
         };
-        if outcome.is_err() {
+        let _hold = hold;
+        let outcome = match catch_unwind(AssertUnwindSafe(|| handler(event))) {
+            Ok(outcome) => outcome,
+            Err(panic) => Err(self.panicked(&*panic)),
+        };
+        self.finish_run(entry, event, outcome);
+    }
+
+    /// Counts a panic; the error it becomes.
+    fn panicked(&self, panic: &(dyn std::any::Any + Send)) -> String {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+        format!("panicked: {}", panic_message(panic))
+    }
+
+    /// What follows a handler's run: the failure logged and counted, the
+    /// acknowledgement notified.
+    fn finish_run(&self, entry: &Entry, event: &Event, outcome: Result<(), String>) {
+        if let Err(error) = &outcome {
             self.failures.fetch_add(1, Ordering::Relaxed);
+            if error.starts_with("panicked: ") {
+                tracing::error!(event = %event.name, handler = %entry.label, %error,
+                    "event handler panicked");
+            } else {
+                tracing::error!(event = %event.name, handler = %entry.label, %error,
+                    "event handler failed");
+            }
         }
         if let Some(ack) = &entry.ack {
             let name: Arc<str> = match ack {
@@ -618,11 +705,58 @@ impl Core {
             };
             let completion = Completion {
                 event: event.name.to_string(),
-                error: outcome.clone().err(),
+                error: outcome.err(),
             };
             self.notify(Event::new(name, completion).with_local_only(event.local_only));
         }
-        outcome
+    }
+
+    /// Starts an async handler's run under the cap: its future goes to
+    /// the bus's runtime. Without room within the wait, or without a
+    /// runtime, the run is dropped: counted, logged, and acknowledged
+    /// with the error.
+    #[cfg(feature = "tokio")]
+    fn start_async(
+        &self,
+        entry: &Arc<Entry>,
+        start: &async_handlers::AsyncHandlerFn,
+        event: &Event,
+        hold: Option<Arc<SharedGuard>>,
+    ) {
+        let runtime = match self.asyncs.handle() {
+            Ok(runtime) => runtime,
+            Err(error) => return self.finish_run(entry, event, Err(error)),
+        };
+        let future = match catch_unwind(AssertUnwindSafe(|| start(event))) {
+            Ok(Ok(future)) => future,
+            Ok(Err(error)) => return self.finish_run(entry, event, Err(error)),
+            Err(panic) => {
+                let error = self.panicked(&*panic);
+                return self.finish_run(entry, event, Err(error));
+            }
+        };
+        if !self.asyncs.acquire() {
+            let dropped = self.asyncs.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let error = format!(
+                "dropped: {} async handler runs in flight, none finished within the wait ({dropped} dropped so far)",
+                self.asyncs.in_flight()
+            );
+            return self.finish_run(entry, event, Err(error));
+        }
+        let Some(core) = self.me.upgrade() else {
+            self.asyncs.release();
+            return;
+        };
+        let (entry, event) = (entry.clone(), event.clone());
+        runtime.spawn(async move {
+            let outcome = match async_handlers::CatchUnwind(future).await {
+                Ok(outcome) => outcome,
+                Err(panic) => Err(core.panicked(&*panic)),
+            };
+            core.asyncs.release();
+            core.finish_run(&entry, &event, outcome);
+            drop(hold);
+        });
     }
 }
 
@@ -724,7 +858,7 @@ impl Default for EventBus {
 impl EventBus {
     /// A new bus with no registrations, and its dispatcher thread.
     pub fn new() -> Self {
-        let core = Arc::new(Core {
+        let core = Arc::new_cyclic(|me| Core {
             queue: Mutex::new(QueueState {
                 items: VecDeque::new(),
                 idle: false,
@@ -747,6 +881,9 @@ impl EventBus {
             application_handlers: std::sync::atomic::AtomicBool::new(true),
             remote_bytes: std::sync::atomic::AtomicUsize::new(0),
             shared_routed: std::sync::atomic::AtomicBool::new(false),
+            me: me.clone(),
+            #[cfg(feature = "tokio")]
+            asyncs: async_handlers::AsyncRunner::new(),
         });
         let thread_core = core.clone();
         let handle = thread::Builder::new()
@@ -820,6 +957,30 @@ impl EventBus {
 
     fn core(&self) -> &Arc<Core> {
         &self.owner.core
+    }
+
+    /// Caps the async handler runs in flight on this bus at
+    /// `max_in_flight` (default [`DEFAULT_MAX_IN_FLIGHT`]); at the cap, the
+    /// dispatcher waits up to `wait` (default [`DEFAULT_WAIT`]) for a run
+    /// to finish, then drops the new run: counted
+    /// ([`async_handlers_dropped`](Self::async_handlers_dropped)), logged,
+    /// and acknowledged with the error. Config: `events.async_max_in_flight`,
+    /// `events.async_wait_ms` (the global bus).
+    #[cfg(feature = "tokio")]
+    pub fn limit_async_handlers(&self, max_in_flight: usize, wait: Duration) {
+        self.core().asyncs.set_limits(max_in_flight, wait);
+    }
+
+    /// Async handler runs started and not finished.
+    #[cfg(feature = "tokio")]
+    pub fn async_handlers_in_flight(&self) -> usize {
+        self.core().asyncs.in_flight()
+    }
+
+    /// Async handler runs dropped because the cap stayed full.
+    #[cfg(feature = "tokio")]
+    pub fn async_handlers_dropped(&self) -> u64 {
+        self.core().asyncs.dropped.load(Ordering::Relaxed)
     }
 
     /// Starts a registration for `pattern` (see [`EventPattern::parse`] for
@@ -953,10 +1114,10 @@ impl EventBus {
         let shown = pattern.to_string();
         let id = self.core().register(pattern, |id| Entry {
             id,
-            handler: Arc::new(move |event: &Event| {
+            handler: registry::Handler::Sync(Arc::new(move |event: &Event| {
                 fill.fill(event);
                 Ok(())
-            }),
+            })),
             once: true,
             ack: None,
             label: label.into(),
@@ -1076,8 +1237,14 @@ impl EventBus {
                     crate::__private::AckDef::Completed => builder.ack(),
                     crate::__private::AckDef::Named(name) => builder.ack_as(name),
                 };
-                let call = def.call;
-                match builder.call(call) {
+                let registered = match def.call {
+                    crate::__private::HandlerCall::Sync(call) => builder.call(call),
+                    #[cfg(feature = "tokio")]
+                    crate::__private::HandlerCall::Async(start) => {
+                        builder.__call_async_adapter(start)
+                    }
+                };
+                match registered {
                     Ok(registration) => Some(registration),
                     Err(error) => {
                         tracing::error!(handler = def.name, %error, "cannot register #[on_event] handler");
@@ -1153,7 +1320,7 @@ impl HandlerBuilder<'_> {
     fn finish(
         self,
         label: &'static str,
-        handler: Arc<HandlerFn>,
+        handler: registry::Handler,
     ) -> Result<Registration, PatternError> {
         let core = self.bus.core();
         let (once, ack, in_supervisor) = (self.once, self.ack, self.in_supervisor);
@@ -1186,7 +1353,7 @@ impl HandlerBuilder<'_> {
     {
         self.finish(
             std::any::type_name::<F>(),
-            Arc::new(move |event: &Event| handler(event).into_outcome()),
+            registry::Handler::Sync(Arc::new(move |event: &Event| handler(event).into_outcome())),
         )
     }
 
@@ -1199,10 +1366,10 @@ impl HandlerBuilder<'_> {
     {
         self.finish(
             std::any::type_name::<F>(),
-            Arc::new(move |event: &Event| {
+            registry::Handler::Sync(Arc::new(move |event: &Event| {
                 let payload = event.payload::<T>().map_err(|e| e.to_string())?;
                 handler(event.name(), &payload).into_outcome()
-            }),
+            })),
         )
     }
 
@@ -1216,10 +1383,45 @@ impl HandlerBuilder<'_> {
     {
         self.finish(
             std::any::type_name::<F>(),
-            Arc::new(move |event: &Event| {
+            registry::Handler::Sync(Arc::new(move |event: &Event| {
                 let payload = event.payload::<T>().map_err(|e| e.to_string())?;
                 handler(&payload).into_outcome()
-            }),
+            })),
+        )
+    }
+
+    /// Registers an async handler: for each event, `handler` makes a
+    /// future (it gets its own clone of the event, so the future is
+    /// `'static`), which runs on the bus's tokio runtime; the dispatcher
+    /// does not wait for it. See [async handlers](crate::event#async-handlers).
+    #[cfg(feature = "tokio")]
+    pub fn call_async<F, Fut, R>(self, handler: F) -> Result<Registration, PatternError>
+    where
+        F: Fn(Event) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = R> + Send + 'static,
+        R: HandlerOutcome,
+    {
+        self.finish(
+            std::any::type_name::<F>(),
+            registry::Handler::Async(Arc::new(move |event: &Event| {
+                let future = handler(event.clone());
+                let started: async_handlers::BoxFuture =
+                    Box::pin(async move { future.await.into_outcome() });
+                Ok(started)
+            })),
+        )
+    }
+
+    /// Registers an `#[on_event]` async handler's adapter.
+    #[cfg(feature = "tokio")]
+    #[doc(hidden)]
+    pub fn __call_async_adapter(
+        self,
+        adapter: fn(&Event) -> Result<async_handlers::BoxFuture, String>,
+    ) -> Result<Registration, PatternError> {
+        self.finish(
+            std::any::type_name_of_val(&adapter),
+            registry::Handler::Async(Arc::new(adapter)),
         )
     }
 }

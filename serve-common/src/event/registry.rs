@@ -20,9 +20,18 @@ pub(crate) enum Ack {
     Named(Arc<str>),
 }
 
+/// A registered handler's code: run on the dispatcher thread, or (async)
+/// started there and run on the bus's runtime.
+#[derive(Clone)]
+pub(crate) enum Handler {
+    Sync(Arc<HandlerFn>),
+    #[cfg(feature = "tokio")]
+    Async(Arc<super::async_handlers::AsyncHandlerFn>),
+}
+
 pub(crate) struct Entry {
     pub(crate) id: u64,
-    pub(crate) handler: Arc<HandlerFn>,
+    pub(crate) handler: Handler,
     pub(crate) once: bool,
     pub(crate) ack: Option<Ack>,
     pub(crate) label: Cow<'static, str>,

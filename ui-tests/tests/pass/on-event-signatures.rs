@@ -1,5 +1,6 @@
 //! Every accepted `#[on_event]` shape compiles.
 #![forbid(unsafe_code)]
+#![deny(warnings)]
 
 use serve_common::on_event;
 
@@ -31,5 +32,6 @@ fn name_and_payload(event: &str, job: &Job) -> Result<(), String> {
 fn also_in_the_supervisor(event: &str) {
     let _ = event;
 }
+
 
 fn main() {}
