@@ -3,7 +3,7 @@
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::parse::{ParseStream, Parser};
-use syn::{FnArg, ItemFn, LitStr, Pat, Token};
+use syn::{ItemFn, LitStr, Token};
 
 mod kw {
     syn::custom_keyword!(level);
@@ -72,76 +72,51 @@ fn parse_args(input: ParseStream<'_>) -> syn::Result<Args> {
     })
 }
 
-/// The names a `{...}` in the message uses, checked against the arguments.
-fn check_message(message: &LitStr, params: &[String]) -> syn::Result<()> {
+/// The message without its escapes (`{{` -> `{`) if it has no
+/// placeholder: then it is logged as it is, with nothing formatted or
+/// allocated. A message with placeholders goes to `format!`, which checks
+/// each one and reports a mistake on the placeholder itself.
+fn plain_text(message: &LitStr) -> Option<String> {
     let text = message.value();
+    let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             '{' if chars.peek() == Some(&'{') => {
                 chars.next();
+                out.push('{');
             }
             '}' if chars.peek() == Some(&'}') => {
                 chars.next();
+                out.push('}');
             }
-            '{' => {
-                let mut inside = String::new();
-                for c in chars.by_ref() {
-                    if c == '}' {
-                        break;
-                    }
-                    inside.push(c);
-                }
-                let name = inside.split(':').next().unwrap_or_default().trim();
-                if name.is_empty() || name.chars().all(|c| c.is_ascii_digit()) {
-                    return Err(syn::Error::new(
-                        message.span(),
-                        "name the argument in the message, as in \"running f({x})\"; positional `{}` has nothing to refer to",
-                    ));
-                }
-                if !params.iter().any(|p| p == name) {
-                    return Err(syn::Error::new(
-                        message.span(),
-                        format!(
-                            "the message names `{name}`, which is not an argument of this function (arguments: {})",
-                            if params.is_empty() {
-                                "none".to_owned()
-                            } else {
-                                params.join(", ")
-                            }
-                        ),
-                    ));
-                }
-            }
-            _ => {}
+            '{' => return None,
+            c => out.push(c),
         }
     }
-    Ok(())
+    Some(out)
 }
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let result = (|| -> syn::Result<TokenStream> {
         let args = parse_args.parse2(args)?;
         let mut func: ItemFn = syn::parse2(item.clone())?;
-        let params: Vec<String> = func
-            .sig
-            .inputs
-            .iter()
-            .filter_map(|arg| match arg {
-                FnArg::Receiver(_) => Some("self".to_owned()),
-                FnArg::Typed(t) => match &*t.pat {
-                    Pat::Ident(ident) => Some(ident.ident.to_string()),
-                    _ => None,
-                },
-            })
-            .collect();
-        check_message(&args.message, &params)?;
         let private = quote!(::serve_common::__private);
         let (message, level) = (&args.message, &args.level);
+        let (start, text) = match plain_text(message) {
+            Some(text) => {
+                let text = LitStr::new(&text, message.span());
+                (quote!(start_static), quote!(#text))
+            }
+            None => (
+                quote!(start),
+                quote_spanned!(message.span()=> ::std::format!(#message)),
+            ),
+        };
         let guard = quote_spanned! {message.span()=>
             let __serve_common_time_and_log = if #private::tracing::enabled!(#private::tracing::Level::#level) {
-                #private::TimedCall::start(
-                    ::std::format!(#message),
+                #private::TimedCall::#start(
+                    #text,
                     |message: &str, nanos: u128| {
                         #private::tracing::event!(#private::tracing::Level::#level, "{}: {} ns", message, nanos)
                     },

@@ -55,7 +55,7 @@ type LogFn = fn(&str, u128);
 /// What `#[time_and_log]` expands to.
 #[doc(hidden)]
 pub struct TimedCall {
-    started: Option<(String, Instant, LogFn)>,
+    started: Option<(std::borrow::Cow<'static, str>, Instant, LogFn)>,
 }
 
 impl TimedCall {
@@ -63,7 +63,16 @@ impl TimedCall {
     #[inline]
     pub fn start(message: String, log: LogFn) -> Self {
         Self {
-            started: Some((message, Instant::now(), log)),
+            started: Some((message.into(), Instant::now(), log)),
+        }
+    }
+
+    /// A message without placeholders: nothing to format or allocate.
+    #[doc(hidden)]
+    #[inline]
+    pub fn start_static(message: &'static str, log: LogFn) -> Self {
+        Self {
+            started: Some((message.into(), Instant::now(), log)),
         }
     }
 

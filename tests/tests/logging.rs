@@ -242,6 +242,10 @@ fn add(a: u64, b: u64) -> u64 {
     a + b
 }
 
+/// No placeholder: logged as written (escapes undone), nothing formatted.
+#[serve_common::time_and_log("braces {{kept}}", level = "info")]
+fn plain_message() {}
+
 #[serve_common::time_and_log("lazy {c}")]
 fn lazy(c: &Counted) {
     let _ = c;
@@ -298,6 +302,8 @@ fn time_and_log_on_sync_async_and_methods() {
         let line = line.unwrap_or_else(|| panic!("no line for {message}"));
         assert!(debug_line.is_match(&line), "{line}");
     }
+    plain_message();
+    assert_eq!(setup.capture.lines_with("braces {kept}: ").len(), 1);
     // The guard form.
     {
         let _timer = serve_common::log_util::time_and_log("guarded block");
