@@ -126,17 +126,19 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         let ipc = options.ipc.is_none_or(|b| b.value);
         let logging = options.logging.is_none_or(|b| b.value);
         let (attrs, vis, output, body) = (&func.attrs, &func.vis, &sig.output, &func.block);
+        let asyncness = sig.asyncness.expect("checked above");
+        let run = quote::quote_spanned! {asyncness.span=>
+            ::serve_common::__private::serve_common_main_needs_the_tokio_feature
+        };
         Ok(quote! {
             #(#attrs)*
             #vis fn main() #output {
-                ::serve_common::__private::run_main(
-                    ::serve_common::__private::MainOptions {
-                        config: #config,
-                        ipc: #ipc,
-                        logging: #logging,
-                        package: ::core::env!("CARGO_PKG_NAME"),
-                        version: ::core::env!("CARGO_PKG_VERSION"),
-                    },
+                #run(
+                    #config,
+                    #ipc,
+                    #logging,
+                    ::core::env!("CARGO_PKG_NAME"),
+                    ::core::env!("CARGO_PKG_VERSION"),
                     || async move #body,
                 )
             }

@@ -7,6 +7,33 @@ pub use crate::log_util::TimedCall;
 #[cfg(feature = "tokio")]
 pub use crate::main_entry::{run as run_main, MainOptions};
 
+/// What `#[serve_common::main]` expands to: present with the `tokio`
+/// feature only, so without it the one error names the feature.
+#[cfg(feature = "tokio")]
+pub fn serve_common_main_needs_the_tokio_feature<F, Fut, R>(
+    config: Option<&'static str>,
+    ipc: bool,
+    logging: bool,
+    package: &'static str,
+    version: &'static str,
+    body: F,
+) -> R
+where
+    F: FnOnce() -> Fut,
+    Fut: ::std::future::Future<Output = R>,
+{
+    run_main(
+        MainOptions {
+            config,
+            ipc,
+            logging,
+            package,
+            version,
+        },
+        body,
+    )
+}
+
 pub use crate::cached::{CacheAccess, CacheSlots, HasCache};
 pub use once_cell::sync::OnceCell;
 pub use std::sync::OnceLock;

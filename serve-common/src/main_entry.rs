@@ -237,6 +237,10 @@ where
         config::config().request_sync();
     }
 
+    // Torn down when the body returns, and when it panics (on the way
+    // out, while unwinding): the links flush what they hold, the IPC
+    // server stops, rather than the kernel killing it with this process.
+    let teardown = Teardown { starts_ipc_server };
     #[cfg(feature = "actix")]
     let result = actix_web::rt::System::new().block_on(body());
     #[cfg(not(feature = "actix"))]
@@ -245,20 +249,35 @@ where
         .build()
         .unwrap_or_else(|e| fail("cannot start the runtime", e))
         .block_on(body());
+    drop(teardown);
+    result
+}
 
-    #[cfg(feature = "otel")]
-    crate::telemetry::shutdown();
-    #[cfg(feature = "nats")]
-    if let Some(link) = event::nats::link() {
-        link.close();
-    }
-    if let Some(link) = event::ipc_link() {
-        link.close();
-    }
-    if starts_ipc_server {
-        if let Err(error) = ipc::shutdown() {
-            tracing::warn!(%error, "IPC server did not shut down cleanly");
+/// What `run` undoes after the body, returning or panicking.
+struct Teardown {
+    starts_ipc_server: bool,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                "the main body panicked: closing the event links and stopping the IPC server"
+            );
+        }
+        #[cfg(feature = "otel")]
+        crate::telemetry::shutdown();
+        #[cfg(feature = "nats")]
+        if let Some(link) = event::nats::link() {
+            link.close();
+        }
+        if let Some(link) = event::ipc_link() {
+            link.close();
+        }
+        if self.starts_ipc_server {
+            if let Err(error) = ipc::shutdown() {
+                tracing::warn!(%error, "IPC server did not shut down cleanly");
+            }
         }
     }
-    result
 }

@@ -63,6 +63,23 @@ fn the_body_runs_with_everything_set_up_and_torn_down_after() {
 }
 
 #[test]
+fn a_panic_in_main_still_tears_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(dir.path(), "[logging]\nfile = \"svc.log\"\n", &["panic"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(output.status.code(), Some(101), "{stderr}");
+    assert!(stderr.contains("asked to panic"), "{stderr}");
+    let file = std::fs::read_to_string(dir.path().join("logs/svc.log")).unwrap();
+    assert!(file.contains("the main body panicked"), "{file}");
+    // Stopped by the teardown, not killed by the kernel with its parent.
+    assert!(file.contains("IPC server stopped"), "{file}");
+    assert!(!listening(line(&stdout, "address ")));
+}
+
+#[test]
 fn an_error_from_main_still_tears_down() {
     let dir = tempfile::tempdir().unwrap();
     let output = run(dir.path(), "[logging]\nfile = \"svc.log\"\n", &["fail"]);

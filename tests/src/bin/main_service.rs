@@ -16,6 +16,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     tokio::task::yield_now().await;
     tracing::info!("inside main");
+    if std::env::args().any(|a| a == "panic") {
+        panic!("asked to panic");
+    }
     if std::env::args().any(|a| a == "fail") {
         return Err("asked to fail".into());
     }
