@@ -26,6 +26,14 @@ fn or_fallback(
     })
 }
 
+/// All of `errors` as one (each shown on its own span), if any.
+fn combine(errors: Vec<syn::Error>) -> Option<syn::Error> {
+    errors.into_iter().reduce(|mut all, error| {
+        all.combine(error);
+        all
+    })
+}
+
 /// See `serve_common::on_event`.
 #[proc_macro_attribute]
 pub fn on_event(args: TokenStream, item: TokenStream) -> TokenStream {

@@ -12,7 +12,7 @@ struct Options {
     logging: Option<LitBool>,
 }
 
-fn parse_options(input: ParseStream<'_>) -> syn::Result<Options> {
+fn parse_options(input: ParseStream<'_>, errors: &mut Vec<syn::Error>) -> syn::Result<Options> {
     let mut options = Options::default();
     while !input.is_empty() {
         let name: syn::Ident = input.parse()?;
@@ -22,7 +22,7 @@ fn parse_options(input: ParseStream<'_>) -> syn::Result<Options> {
         match name.to_string().as_str() {
             "config" => {
                 if options.config.is_some() {
-                    return Err(syn::Error::new(name.span(), "duplicate option `config`"));
+                    errors.push(syn::Error::new(name.span(), "duplicate option `config`"));
                 }
                 let value: syn::Expr = input.parse()?;
                 match value {
@@ -36,7 +36,7 @@ fn parse_options(input: ParseStream<'_>) -> syn::Result<Options> {
                         options.config = Some(value)
                     }
                     other => {
-                        return Err(syn::Error::new_spanned(
+                        errors.push(syn::Error::new_spanned(
                             other,
                             "`config` takes a string literal (or `concat!`/`env!`): the config file's path, as in `config = \"service.toml\"`",
                         ));
@@ -50,7 +50,7 @@ fn parse_options(input: ParseStream<'_>) -> syn::Result<Options> {
                     &mut options.logging
                 };
                 if slot.is_some() {
-                    return Err(syn::Error::new(
+                    errors.push(syn::Error::new(
                         name.span(),
                         format!("duplicate option `{name}`"),
                     ));
@@ -62,7 +62,7 @@ fn parse_options(input: ParseStream<'_>) -> syn::Result<Options> {
                         ..
                     }) => *slot = Some(lit),
                     other => {
-                        return Err(syn::Error::new_spanned(
+                        errors.push(syn::Error::new_spanned(
                             other,
                             format!("`{name}` takes `true` or `false`"),
                         ));
@@ -75,12 +75,13 @@ fn parse_options(input: ParseStream<'_>) -> syn::Result<Options> {
                     "events" => " (events cross processes with `ipc`)",
                     _ => "",
                 };
-                return Err(syn::Error::new(
+                errors.push(syn::Error::new(
                     name.span(),
                     format!(
                         "unknown option `{other}`; expected `config = \"path\"`, `ipc = false` or `logging = false`{hint}"
                     ),
                 ));
+                let _: syn::Expr = input.parse()?;
             }
         }
         if !input.is_empty() {
@@ -92,32 +93,38 @@ fn parse_options(input: ParseStream<'_>) -> syn::Result<Options> {
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let result = (|| -> syn::Result<TokenStream> {
-        let options = parse_options.parse2(args)?;
+        // Syntax errors stop here; every other mistake of the options and
+        // of the signature is reported, together.
+        let mut errors = Vec::new();
+        let options = (|input: ParseStream<'_>| parse_options(input, &mut errors)).parse2(args)?;
         let func: ItemFn = syn::parse2(item.clone())?;
         let sig = &func.sig;
         if sig.asyncness.is_none() {
-            return Err(syn::Error::new(
+            errors.push(syn::Error::new(
                 sig.fn_token.span,
                 "`#[serve_common::main]` goes on `async fn main()`: add `async`",
             ));
         }
         if !sig.inputs.is_empty() {
-            return Err(syn::Error::new_spanned(
+            errors.push(syn::Error::new_spanned(
                 &sig.inputs,
                 "`main` takes no parameters: read arguments with `std::env::args()`",
             ));
         }
         if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-            return Err(syn::Error::new_spanned(
+            errors.push(syn::Error::new_spanned(
                 &sig.generics,
                 "`main` cannot be generic",
             ));
         }
         if sig.ident != "main" {
-            return Err(syn::Error::new_spanned(
+            errors.push(syn::Error::new_spanned(
                 &sig.ident,
                 "`#[serve_common::main]` goes on the program's `main` function",
             ));
+        }
+        if let Some(error) = crate::combine(errors) {
+            return Err(error);
         }
         let config = match &options.config {
             Some(lit) => quote!(::core::option::Option::Some(#lit)),

@@ -14,7 +14,7 @@ struct Args {
     level: proc_macro2::Ident,
 }
 
-fn parse_args(input: ParseStream<'_>) -> syn::Result<Args> {
+fn parse_args(input: ParseStream<'_>, errors: &mut Vec<syn::Error>) -> syn::Result<Args> {
     if input.is_empty() {
         return Err(input.error("expected a message: #[time_and_log(\"running f({x})\")]"));
     }
@@ -37,7 +37,7 @@ fn parse_args(input: ParseStream<'_>) -> syn::Result<Args> {
         if lookahead.peek(kw::level) {
             let token = input.parse::<kw::level>()?;
             if level.is_some() {
-                return Err(syn::Error::new(token.span, "duplicate option `level`"));
+                errors.push(syn::Error::new(token.span, "duplicate option `level`"));
             }
             input.parse::<Token![=]>()?;
             let value: LitStr = input.parse()?;
@@ -48,19 +48,24 @@ fn parse_args(input: ParseStream<'_>) -> syn::Result<Args> {
                 "warn" | "warning" => "WARN",
                 "error" => "ERROR",
                 _ => {
-                    return Err(syn::Error::new(
+                    errors.push(syn::Error::new(
                         value.span(),
                         "unknown level: expected \"trace\", \"debug\", \"info\", \"warn\" or \"error\"",
                     ));
+                    continue;
                 }
             };
             level = Some(proc_macro2::Ident::new(ident, value.span()));
         } else if input.peek(syn::Ident) {
             let ident: syn::Ident = input.parse()?;
-            return Err(syn::Error::new(
+            errors.push(syn::Error::new(
                 ident.span(),
                 format!("unknown option `{ident}`; expected `level = \"...\"`"),
             ));
+            // Its value, if any, goes with it.
+            if input.parse::<Option<Token![=]>>()?.is_some() {
+                let _: syn::Expr = input.parse()?;
+            }
         } else {
             return Err(lookahead.error());
         }
@@ -99,7 +104,11 @@ fn plain_text(message: &LitStr) -> Option<String> {
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let result = (|| -> syn::Result<TokenStream> {
-        let args = parse_args.parse2(args)?;
+        let mut errors = Vec::new();
+        let args = (|input: ParseStream<'_>| parse_args(input, &mut errors)).parse2(args)?;
+        // A mistake in the options is reported with the expansion (at the
+        // default level), so the message's own mistakes show too.
+        let option_errors = crate::combine(errors).map(syn::Error::into_compile_error);
         let mut func: ItemFn = syn::parse2(item.clone())?;
         let private = quote!(::serve_common::__private);
         let (message, level) = (&args.message, &args.level);
@@ -130,7 +139,9 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             #guard
             #body
         });
-        Ok(quote!(#func))
+        let mut out = option_errors.unwrap_or_default();
+        out.extend(quote!(#func));
+        Ok(out)
     })();
     crate::or_fallback(result, || item)
 }

@@ -12,6 +12,8 @@ fn ui() {
     t.compile_fail("tests/ui/cached/*.rs");
     t.compile_fail("tests/ui/time_and_log/*.rs");
     t.compile_fail("tests/ui/main/*.rs");
+    // Several independent mistakes in one item: one error each.
+    t.compile_fail("tests/ui/multi/*.rs");
     t.pass("tests/pass/*.rs");
     // What needs serve-common's `tokio` feature, with it and without it
     // (`cargo test -p serve-common-ui-tests --no-default-features`).

@@ -13,16 +13,24 @@ fn is_str(ty: &Type) -> bool {
     matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.is_ident("str"))
 }
 
-pub(crate) fn signature(func: &ItemFn) -> syn::Result<Signature> {
+/// What the handler takes, and every mistake in its signature (each its
+/// own error).
+pub(crate) fn signature(func: &ItemFn) -> (Signature, Vec<syn::Error>) {
+    let mut errors = Vec::new();
+    let out = read(func, &mut errors);
+    (out, errors)
+}
+
+fn read(func: &ItemFn, errors: &mut Vec<syn::Error>) -> Signature {
     let sig = &func.sig;
     if !sig.generics.params.is_empty() {
-        return Err(syn::Error::new_spanned(
+        errors.push(syn::Error::new_spanned(
             &sig.generics,
             "#[on_event] handlers cannot be generic: the payload type must be known",
         ));
     }
     if let Some(variadic) = &sig.variadic {
-        return Err(syn::Error::new_spanned(
+        errors.push(syn::Error::new_spanned(
             variadic,
             "#[on_event] handlers cannot be variadic",
         ));
@@ -32,30 +40,39 @@ pub(crate) fn signature(func: &ItemFn) -> syn::Result<Signature> {
         payload: None,
         asyncness: sig.asyncness,
     };
-    for (index, arg) in sig.inputs.iter().enumerate() {
+    // The position among the handler's own parameters (a receiver is
+    // already an error, and does not shift them).
+    let mut index = 0;
+    for arg in &sig.inputs {
+        let mut fail = |error: syn::Error| errors.push(error);
         let pat_type = match arg {
             FnArg::Receiver(receiver) => {
-                return Err(syn::Error::new(
+                fail(syn::Error::new(
                     receiver.span(),
                     "#[on_event] goes on a free fn, not a method",
                 ));
+                continue;
             }
             FnArg::Typed(pat_type) => pat_type,
         };
+        index += 1;
+        let index = index - 1;
         if index >= 2 {
-            return Err(syn::Error::new_spanned(
+            fail(syn::Error::new_spanned(
                 arg,
                 "#[on_event] handlers take at most two parameters: the event name (`&str`) and the payload (`&T`)",
             ));
+            continue;
         }
         let Type::Reference(reference) = &*pat_type.ty else {
-            return Err(syn::Error::new_spanned(
+            fail(syn::Error::new_spanned(
                 &pat_type.ty,
                 "take the event name as `&str` and the payload by reference, as `&T`",
             ));
+            continue;
         };
         if let Some(mutability) = &reference.mutability {
-            return Err(syn::Error::new(
+            fail(syn::Error::new(
                 mutability.span,
                 "event parameters are shared references: remove `mut`",
             ));
@@ -63,14 +80,15 @@ pub(crate) fn signature(func: &ItemFn) -> syn::Result<Signature> {
         let inner = &*reference.elem;
         if is_str(inner) {
             if index > 0 || out.payload.is_some() {
-                return Err(syn::Error::new_spanned(
+                fail(syn::Error::new_spanned(
                     &pat_type.ty,
                     "the event name (`&str`) comes first; a payload of text is `&String`",
                 ));
+                continue;
             }
             out.takes_name = true;
         } else if out.payload.is_some() {
-            return Err(syn::Error::new_spanned(
+            fail(syn::Error::new_spanned(
                 &pat_type.ty,
                 "only one payload parameter is allowed",
             ));
@@ -78,5 +96,5 @@ pub(crate) fn signature(func: &ItemFn) -> syn::Result<Signature> {
             out.payload = Some(inner.clone());
         }
     }
-    Ok(out)
+    out
 }

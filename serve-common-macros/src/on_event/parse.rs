@@ -24,11 +24,16 @@ pub(crate) struct Args {
 }
 
 impl Args {
-    pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Self> {
-        Self::parse_stream.parse2(tokens)
+    /// The arguments, and every mistake in them (each its own error, so
+    /// several are reported at once); `Err` for a syntax error.
+    pub(crate) fn parse(tokens: TokenStream) -> syn::Result<(Self, Vec<syn::Error>)> {
+        let mut errors = Vec::new();
+        let args =
+            (|input: ParseStream<'_>| Self::parse_stream(input, &mut errors)).parse2(tokens)?;
+        Ok((args, errors))
     }
 
-    fn parse_stream(input: ParseStream<'_>) -> syn::Result<Self> {
+    fn parse_stream(input: ParseStream<'_>, errors: &mut Vec<syn::Error>) -> syn::Result<Self> {
         if input.is_empty() {
             return Err(input.error(
                 "expected an event pattern: #[on_event(\"name\")], #[on_event(\"config:*\")] or #[on_event(\"re:job\\\\.\\\\d+\")]",
@@ -44,7 +49,7 @@ impl Args {
             ));
         };
         if let Err(message) = crate::pattern::validate(&pattern.value()) {
-            return Err(syn::Error::new(pattern.span(), message));
+            errors.push(syn::Error::new(pattern.span(), message));
         }
         let mut args = Self {
             pattern,
@@ -65,20 +70,20 @@ impl Args {
             if lookahead.peek(kw::once) {
                 let token = input.parse::<kw::once>()?;
                 if std::mem::replace(&mut seen_once, true) {
-                    return Err(syn::Error::new(token.span, "duplicate option `once`"));
+                    errors.push(syn::Error::new(token.span, "duplicate option `once`"));
                 }
                 once_span = Some(token.span);
                 args.once = true;
             } else if lookahead.peek(kw::ack) {
                 let token = input.parse::<kw::ack>()?;
                 if std::mem::replace(&mut seen_ack, true) {
-                    return Err(syn::Error::new(token.span, "duplicate option `ack`"));
+                    errors.push(syn::Error::new(token.span, "duplicate option `ack`"));
                 }
                 args.ack = if input.peek(Token![=]) {
                     input.parse::<Token![=]>()?;
                     let name: LitStr = input.parse()?;
                     if name.value().is_empty() {
-                        return Err(syn::Error::new(
+                        errors.push(syn::Error::new(
                             name.span(),
                             "the acknowledgement name is empty",
                         ));
@@ -90,42 +95,42 @@ impl Args {
             } else if lookahead.peek(kw::supervisor) {
                 let token = input.parse::<kw::supervisor>()?;
                 if std::mem::replace(&mut seen_supervisor, true) {
-                    return Err(syn::Error::new(token.span, "duplicate option `supervisor`"));
+                    errors.push(syn::Error::new(token.span, "duplicate option `supervisor`"));
                 }
-                no_value(
+                errors.extend(no_value(
                     input,
                     "`supervisor` takes no value: write `supervisor` to run the handler in the supervisor process too, or leave it out",
-                )?;
+                )?);
                 args.supervisor = true;
             } else if lookahead.peek(kw::one_per_service) {
                 let token = input.parse::<kw::one_per_service>()?;
                 if one_per_service_span.replace(token.span).is_some() {
-                    return Err(syn::Error::new(
+                    errors.push(syn::Error::new(
                         token.span,
                         "duplicate option `one_per_service`",
                     ));
                 }
-                no_value(
+                errors.extend(no_value(
                     input,
                     "`one_per_service` takes no value: write `one_per_service` to run the handler in one process of the service per event, or leave it out",
-                )?;
+                )?);
                 args.one_per_service = true;
+            } else if input.peek(syn::Ident) {
+                let ident: syn::Ident = input.parse()?;
+                errors.push(syn::Error::new(
+                    ident.span(),
+                    format!(
+                        "unknown option `{ident}`; expected `once`, `ack`, `ack = \"name\"`, `supervisor` or `one_per_service`"
+                    ),
+                ));
+                // Its value, if any, goes with it.
+                skip_to_comma(input)?;
             } else {
-                let mut error = lookahead.error();
-                if input.peek(syn::Ident) {
-                    let ident: syn::Ident = input.parse()?;
-                    error = syn::Error::new(
-                        ident.span(),
-                        format!(
-                            "unknown option `{ident}`; expected `once`, `ack`, `ack = \"name\"`, `supervisor` or `one_per_service`"
-                        ),
-                    );
-                }
-                return Err(error);
+                return Err(lookahead.error());
             }
         }
         if let (Some(_), Some(span)) = (once_span, one_per_service_span) {
-            return Err(syn::Error::new(
+            errors.push(syn::Error::new(
                 span,
                 "`once` and `one_per_service` cannot be combined: `once` unregisters the handler in the process that ran it, while the others keep theirs; register it with `EventBus::on(..).once()` in one process instead",
             ));
@@ -134,13 +139,9 @@ impl Args {
     }
 }
 
-/// Refuses a value after a flag option (`flag = x`, `flag(x)`), spanned
-/// on the value.
-fn no_value(input: ParseStream<'_>, message: &str) -> syn::Result<()> {
-    if !(input.peek(Token![=]) || input.peek(syn::token::Paren)) {
-        return Ok(());
-    }
-    let value: TokenStream = input.step(|cursor| {
+/// The tokens up to the next `,` (not included).
+fn skip_to_comma(input: ParseStream<'_>) -> syn::Result<TokenStream> {
+    input.step(|cursor| {
         let mut rest = *cursor;
         let mut tokens = TokenStream::new();
         while let Some((tt, next)) = rest.token_tree() {
@@ -151,6 +152,15 @@ fn no_value(input: ParseStream<'_>, message: &str) -> syn::Result<()> {
             rest = next;
         }
         Ok((tokens, rest))
-    })?;
-    Err(syn::Error::new_spanned(value, message))
+    })
+}
+
+/// A value after a flag option (`flag = x`, `flag(x)`) is an error,
+/// spanned on the value (which is skipped).
+fn no_value(input: ParseStream<'_>, message: &str) -> syn::Result<Option<syn::Error>> {
+    if !(input.peek(Token![=]) || input.peek(syn::token::Paren)) {
+        return Ok(None);
+    }
+    let value = skip_to_comma(input)?;
+    Ok(Some(syn::Error::new_spanned(value, message)))
 }
