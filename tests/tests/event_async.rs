@@ -21,23 +21,18 @@ fn async_handlers_start_in_order_and_a_pending_one_blocks_nothing() {
     let finished = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));
     for name in ["a", "b", "c"] {
-        let (started_tx, finished, gate) = (
-            Mutex::new(started_tx.clone()),
-            finished.clone(),
-            gate.clone(),
-        );
+        let (started_tx, finished, gate) = (started_tx.clone(), finished.clone(), gate.clone());
         let builder = if name == "c" {
             bus.on("job").ack()
         } else {
             bus.on("job")
         };
-        let started_tx = Arc::new(started_tx);
         builder
             .call_async(move |_: Event| {
                 let (started_tx, finished, gate) =
                     (started_tx.clone(), finished.clone(), gate.clone());
                 async move {
-                    started_tx.lock().unwrap().send(name).unwrap();
+                    started_tx.send(name).unwrap();
                     // Pending until the test opens the gate.
                     gate.acquire().await.unwrap().forget();
                     finished.fetch_add(1, Ordering::SeqCst);

@@ -91,13 +91,10 @@ pub(crate) fn stray(name: &str, args: TokenStream, item: TokenStream) -> TokenSt
         tokens.extend(item);
         return tokens;
     };
-    let cached_too = func.attrs.iter().any(|attr| {
-        let path = attr.path();
-        path.is_ident("cached")
-            || (path.segments.len() == 2
-                && path.segments[0].ident == "serve_common"
-                && path.segments[1].ident == "cached")
-    });
+    let cached_too = func
+        .attrs
+        .iter()
+        .any(|attr| model::is_named(attr, "cached"));
     if cached_too {
         return item;
     }

@@ -53,7 +53,8 @@ enum Marker {
     Compute(Attribute, TokenStream),
 }
 
-fn is_named(attr: &Attribute, name: &str) -> bool {
+/// `#[name]` or `#[serve_common::name]`.
+pub(crate) fn is_named(attr: &Attribute, name: &str) -> bool {
     attr.path().is_ident(name)
         || (attr.path().segments.len() == 2
             && attr.path().segments[0].ident == "serve_common"

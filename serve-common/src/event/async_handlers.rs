@@ -36,8 +36,6 @@ pub(crate) struct AsyncRunner {
     wait: AtomicU64,
     /// Runs dropped because the cap stayed full for `wait`.
     pub(crate) dropped: AtomicU64,
-    /// Times the dispatcher had to wait for room.
-    pub(crate) waited: AtomicU64,
 }
 
 impl AsyncRunner {
@@ -49,7 +47,6 @@ impl AsyncRunner {
             max_in_flight: AtomicUsize::new(DEFAULT_MAX_IN_FLIGHT),
             wait: AtomicU64::new(DEFAULT_WAIT.as_millis() as u64),
             dropped: AtomicU64::new(0),
-            waited: AtomicU64::new(0),
         }
     }
 
@@ -92,7 +89,6 @@ impl AsyncRunner {
             *in_flight += 1;
             return true;
         }
-        self.waited.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_millis(self.wait.load(Ordering::Relaxed));
         while *in_flight >= self.max_in_flight.load(Ordering::Relaxed) {
             if self.room.wait_until(&mut in_flight, deadline).timed_out()
