@@ -11,6 +11,97 @@ mod pattern;
 mod time_and_log;
 
 use proc_macro::TokenStream;
+use quote::{ToTokens, quote};
+
+/// The path of the runtime crate in generated code: `::serve_common`, or
+/// what `crate = "path"` gives (for a dependency renamed in Cargo.toml).
+#[derive(Clone)]
+pub(crate) struct Runtime(proc_macro2::TokenStream, Option<proc_macro2::Span>);
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self(quote!(::serve_common), None)
+    }
+}
+
+impl Runtime {
+    /// For generated code inside one block: a `use` of a `crate = "path"`
+    /// (so a path that names nothing is one error, on the option) and the
+    /// runtime's name after it; for the default, nothing and `::serve_common`.
+    pub(crate) fn imported(&self) -> (proc_macro2::TokenStream, Self) {
+        match self.1 {
+            None => (proc_macro2::TokenStream::new(), self.clone()),
+            Some(span) => {
+                let path = &self.0;
+                let import = quote::quote_spanned!(span=> use #path as __serve_common_runtime;);
+                (import, Self(quote!(__serve_common_runtime), Some(span)))
+            }
+        }
+    }
+
+    /// `= "path"`, after the option's `crate` keyword.
+    pub(crate) fn parse_value(input: syn::parse::ParseStream<'_>) -> syn::Result<Self> {
+        input.parse::<syn::Token![=]>()?;
+        Self::from_value(&input.parse()?)
+    }
+
+    /// The path in a string literal, as `crate = "::sc"` gives it.
+    pub(crate) fn from_value(value: &syn::Expr) -> syn::Result<Self> {
+        const EXPECTED: &str =
+            "`crate` takes the path of serve-common as a string, as in `crate = \"::sc\"`";
+        let syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(text),
+            ..
+        }) = value
+        else {
+            return Err(syn::Error::new_spanned(value, EXPECTED));
+        };
+        let path: syn::Path = text
+            .parse()
+            .map_err(|_| syn::Error::new(text.span(), EXPECTED))?;
+        Ok(Self(path.into_token_stream(), Some(text.span())))
+    }
+
+    /// `<path>::__private`, where generated code finds the runtime's
+    /// internals.
+    pub(crate) fn private(&self) -> proc_macro2::TokenStream {
+        let path = &self.0;
+        quote!(#path::__private)
+    }
+
+    /// [`Self::private`], every token spanned at `span`: inside
+    /// `quote_spanned!`, so an error there points where the rest does.
+    pub(crate) fn private_at(&self, span: proc_macro2::Span) -> proc_macro2::TokenStream {
+        respan(self.private(), span)
+    }
+}
+
+/// `tokens`, every one (and every group) spanned at `span`.
+pub(crate) fn respan(
+    tokens: proc_macro2::TokenStream,
+    span: proc_macro2::Span,
+) -> proc_macro2::TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let proc_macro2::TokenTree::Group(group) = &tree {
+                let mut new =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                new.set_span(span);
+                tree = proc_macro2::TokenTree::Group(new);
+            } else {
+                tree.set_span(span);
+            }
+            tree
+        })
+        .collect()
+}
+
+impl ToTokens for Runtime {
+    fn to_tokens(&self, tokens: &mut proc_macro2::TokenStream) {
+        self.0.to_tokens(tokens);
+    }
+}
 
 /// The expansion, or the error followed by `fallback` (the user's item,
 /// cleaned up), so one mistake does not cascade into "cannot find" errors

@@ -10,12 +10,14 @@ struct Options {
     config: Option<syn::Expr>,
     ipc: Option<LitBool>,
     logging: Option<LitBool>,
+    runtime: Option<crate::Runtime>,
 }
 
 fn parse_options(input: ParseStream<'_>, errors: &mut Vec<syn::Error>) -> syn::Result<Options> {
     let mut options = Options::default();
     while !input.is_empty() {
-        let name: syn::Ident = input.parse()?;
+        // `crate` is a keyword.
+        let name: syn::Ident = input.call(syn::ext::IdentExt::parse_any)?;
         input
             .parse::<Token![=]>()
             .map_err(|e| syn::Error::new(e.span(), format!("expected `{name} = ...`")))?;
@@ -69,6 +71,15 @@ fn parse_options(input: ParseStream<'_>, errors: &mut Vec<syn::Error>) -> syn::R
                     }
                 }
             }
+            "crate" => {
+                if options.runtime.is_some() {
+                    errors.push(syn::Error::new(name.span(), "duplicate option `crate`"));
+                }
+                match crate::Runtime::from_value(&input.parse()?) {
+                    Ok(runtime) => options.runtime = Some(runtime),
+                    Err(error) => errors.push(error),
+                }
+            }
             other => {
                 let hint = match other {
                     "config_path" | "path" | "file" => " (did you mean `config = \"...\"`?)",
@@ -78,7 +89,7 @@ fn parse_options(input: ParseStream<'_>, errors: &mut Vec<syn::Error>) -> syn::R
                 errors.push(syn::Error::new(
                     name.span(),
                     format!(
-                        "unknown option `{other}`; expected `config = \"path\"`, `ipc = false` or `logging = false`{hint}"
+                        "unknown option `{other}`; expected `config = \"path\"`, `ipc = false`, `logging = false` or `crate = \"path\"`{hint}"
                     ),
                 ));
                 let _: syn::Expr = input.parse()?;
@@ -134,8 +145,9 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         let logging = options.logging.is_none_or(|b| b.value);
         let (attrs, vis, output, body) = (&func.attrs, &func.vis, &sig.output, &func.block);
         let asyncness = sig.asyncness.expect("checked above");
+        let private = options.runtime.unwrap_or_default().private();
         let run = quote::quote_spanned! {asyncness.span=>
-            ::serve_common::__private::serve_common_main_needs_the_tokio_feature
+            #private::serve_common_main_needs_the_tokio_feature
         };
         Ok(quote! {
             #(#attrs)*

@@ -12,6 +12,7 @@ mod kw {
 struct Args {
     message: LitStr,
     level: proc_macro2::Ident,
+    runtime: crate::Runtime,
 }
 
 fn parse_args(input: ParseStream<'_>, errors: &mut Vec<syn::Error>) -> syn::Result<Args> {
@@ -28,6 +29,7 @@ fn parse_args(input: ParseStream<'_>, errors: &mut Vec<syn::Error>) -> syn::Resu
         ));
     };
     let mut level = None;
+    let mut runtime = None;
     while !input.is_empty() {
         input.parse::<Token![,]>()?;
         if input.is_empty() {
@@ -56,11 +58,22 @@ fn parse_args(input: ParseStream<'_>, errors: &mut Vec<syn::Error>) -> syn::Resu
                 }
             };
             level = Some(proc_macro2::Ident::new(ident, value.span()));
+        } else if lookahead.peek(Token![crate]) {
+            let token = input.parse::<Token![crate]>()?;
+            if runtime.is_some() {
+                errors.push(syn::Error::new(token.span, "duplicate option `crate`"));
+            }
+            match crate::Runtime::parse_value(input) {
+                Ok(path) => runtime = Some(path),
+                Err(error) => errors.push(error),
+            }
         } else if input.peek(syn::Ident) {
             let ident: syn::Ident = input.parse()?;
             errors.push(syn::Error::new(
                 ident.span(),
-                format!("unknown option `{ident}`; expected `level = \"...\"`"),
+                format!(
+                    "unknown option `{ident}`; expected `level = \"...\"` or `crate = \"path\"`"
+                ),
             ));
             // Its value, if any, goes with it.
             if input.parse::<Option<Token![=]>>()?.is_some() {
@@ -74,6 +87,7 @@ fn parse_args(input: ParseStream<'_>, errors: &mut Vec<syn::Error>) -> syn::Resu
         message,
         level: level
             .unwrap_or_else(|| proc_macro2::Ident::new("DEBUG", proc_macro2::Span::call_site())),
+        runtime: runtime.unwrap_or_default(),
     })
 }
 
@@ -110,7 +124,6 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         // default level), so the message's own mistakes show too.
         let option_errors = crate::combine(errors).map(syn::Error::into_compile_error);
         let mut func: ItemFn = syn::parse2(item.clone())?;
-        let private = quote!(::serve_common::__private);
         let (message, level) = (&args.message, &args.level);
         let (start, text) = match plain_text(message) {
             Some(text) => {
@@ -122,6 +135,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
                 quote_spanned!(message.span()=> ::std::format!(#message)),
             ),
         };
+        let private = args.runtime.private_at(message.span());
         let guard = quote_spanned! {message.span()=>
             let __serve_common_time_and_log = if #private::tracing::enabled!(#private::tracing::Level::#level) {
                 #private::TimedCall::#start(

@@ -84,8 +84,20 @@
 //!   `n`) is invalidated by that field's setter; in its own
 //!   `#[dependency(...)]`, its name means the field.
 //!
-//! Limits: one `#[cached]` impl per struct, in the struct's module (the
-//! two macros meet through generated types named after the struct); a
+//! - With serve-common renamed in `Cargo.toml`, `#[cached(crate = "sc")]`
+//!   on the impl block and `#[cache(crate = "sc")]` on the struct say
+//!   where it is.
+//!
+//! Limits: one `#[cached]` impl block per struct, in the struct's module
+//! (the two macros meet through generated items named after the struct).
+//! The storage of the properties is one field whose layout the block
+//! defines, the same for every instantiation of a generic struct: a second
+//! block, even `impl W<String>` beside `impl W<u32>`, is one compile error,
+//! "`__W_allows_one_cached_impl_block` is ambiguous", on the second block
+//! (its callers add none). Put every property in the one block; in a
+//! generic struct, a `where` clause on a cached method (`fn total(&self)
+//! -> u64 where T: Into<u64> + Copy`) narrows that property alone, and
+//! plain impl blocks (without `#[cached]`) may be as many as you like. A
 //! setter returns an owned value (it needs `&mut self` again after its
 //! body); and in a generic struct, a cached type must not need the
 //! struct's bounds (`Box<Self>` in a `struct S<T: Ord>`): the storage is

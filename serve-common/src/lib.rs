@@ -35,6 +35,16 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! ## Under another name
+//!
+//! The macros' generated code names this crate `::serve_common`. With the
+//! dependency renamed in `Cargo.toml` (`sc = { package = "serve-common", .. }`),
+//! or re-exported by another crate, tell each macro where it is with
+//! `crate = "path"`: `#[on_event("x", crate = "sc")]`,
+//! `#[time_and_log("m", crate = "sc")]`, `#[sc::main(crate = "sc")]`,
+//! `#[cached(crate = "sc")]` on the impl block and `#[cache(crate = "sc")]`
+//! on a `#[derive(Cached)]` struct.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![warn(clippy::print_stdout)]
@@ -97,7 +107,8 @@ pub use outcome::HandlerOutcome;
 /// // Options: `once` (run for the first matching event only),
 /// // `ack` / `ack = "name"` (notify `completed:<event>` or `name` after it
 /// // ran), `supervisor` (run in the supervisor process too) and
-/// // `one_per_service` (run in one process of the service per event).
+/// // `one_per_service` (run in one process of the service per event),
+/// // `crate = "path"` (serve-common under another name).
 /// #[on_event("re:shutdown|stop", once, ack)]
 /// fn on_stop() -> Result<(), String> {
 ///     Ok(())
@@ -162,7 +173,8 @@ pub use serve_common_macros::compute;
 pub struct ReadmeDoctests;
 
 /// Times a function and logs `<message>: <N> ns` at DEBUG; see
-/// [`log_util`].
+/// [`log_util`]. Options: `level = "info"`, `crate = "path"`
+/// (serve-common under another name).
 pub use serve_common_macros::time_and_log;
 
 /// Sets the service up around `async fn main`: the two-stage start-up of
@@ -190,7 +202,8 @@ pub use serve_common_macros::time_and_log;
 /// started is shut down and the logs are flushed. A config or IPC failure
 /// at start-up is printed and exits with status 1.
 ///
-/// Options: `config = "path"`, `ipc = false`, `logging = false`. The
+/// Options: `config = "path"`, `ipc = false`, `logging = false`, `crate =
+/// "path"` (serve-common under another name). The
 /// application needs no direct tokio or actix-rt dependency. (With the
 /// `actix` feature off, the body runs on a tokio runtime.)
 pub use serve_common_macros::main;

@@ -88,13 +88,40 @@ fn parse_input<'a>(
     input
 }
 
+/// The struct's `#[cache(crate = "path")]`: the runtime's path.
+fn container_options(attrs: &[syn::Attribute], errors: &mut Vec<syn::Error>) -> crate::Runtime {
+    let mut runtime = crate::Runtime::default();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("cache")) {
+        if let syn::Meta::Path(_) = attr.meta {
+            errors.push(syn::Error::new_spanned(
+                attr,
+                "`#[cache]` marks the cache slot, a field; on the struct it takes `crate = \"path\"`",
+            ));
+            continue;
+        }
+        let result = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("crate") {
+                runtime = crate::Runtime::from_value(&meta.value()?.parse()?)?;
+                Ok(())
+            } else {
+                Err(meta.error(
+                    "unknown option of `#[cache]` on the struct; expected `crate = \"path\"`",
+                ))
+            }
+        });
+        errors.extend(result.err());
+    }
+    runtime
+}
+
 pub(crate) fn expand(input: TokenStream) -> TokenStream {
     let input: DeriveInput = match syn::parse2(input) {
         Ok(input) => input,
         Err(error) => return error.into_compile_error(),
     };
-    let private = quote!(::serve_common::__private);
     let mut errors: Vec<syn::Error> = Vec::new();
+    let runtime = container_options(&input.attrs, &mut errors);
+    let private = runtime.private();
     let empty = syn::punctuated::Punctuated::new();
     let fields = match &input.data {
         Data::Struct(data) => match &data.fields {
@@ -188,8 +215,8 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     // Without a slot (already an error), the accessors are never run.
     let (slots_ref, slots_mut) = match cache.and_then(|c| c.ident.as_ref()) {
         Some(ident) => (
-            quote!(::serve_common::cached::Cache::__slots(&owner.#ident)),
-            quote!(::serve_common::cached::Cache::__slots_mut(&mut owner.#ident)),
+            quote!(#runtime::cached::Cache::__slots(&owner.#ident)),
+            quote!(#runtime::cached::Cache::__slots_mut(&mut owner.#ident)),
         ),
         None => (
             quote!({
@@ -202,16 +229,17 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
             }),
         ),
     };
+    let private_at_cache = runtime.private_at(cache_span);
     let has_cache = quote_spanned! {cache_span=>
         #[automatically_derived]
-        impl #impl_generics #private::HasCache for #name #ty_generics #where_clause {
+        impl #impl_generics #private_at_cache::HasCache for #name #ty_generics #where_clause {
             type Key = #key_ty;
         }
 
         // The slots type comes from the `#[cached]` impl: without one, this
         // is the single error, naming it `__<Struct>_needs_cached_impl`.
         #[automatically_derived]
-        impl #key_decl #private::CacheSlots for #key_ty {
+        impl #key_decl #private_at_cache::CacheSlots for #key_ty {
             type Slots = #slots_ty;
 
             #[inline]
@@ -221,8 +249,9 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
         }
 
         #[automatically_derived]
-        impl #impl_generics #private::CacheAccess<#name #ty_generics> for #key_ty #where_clause {
+        impl #impl_generics #private_at_cache::CacheAccess<#name #ty_generics> for #key_ty #where_clause {
             #[inline(always)]
+            #[allow(clippy::inline_always)]
             fn __slots<'__serve_common_owner>(
                 owner: &'__serve_common_owner #name #ty_generics,
             ) -> &'__serve_common_owner #slots_ty {
@@ -230,6 +259,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
             }
 
             #[inline(always)]
+            #[allow(clippy::inline_always)]
             fn __slots_mut<'__serve_common_owner>(
                 owner: &'__serve_common_owner mut #name #ty_generics,
             ) -> &'__serve_common_owner mut #slots_ty {
@@ -251,7 +281,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
             "Sets `{ident}` and invalidates every cached property that depends on it (assigning the field directly would not)."
         );
         let invalidate = quote_spanned! {cache_span=>
-            #private::invalidate_input::<Self>(self, #id);
+            #private_at_cache::invalidate_input::<Self>(self, #id);
         };
         quote! {
             #[doc = #doc]
@@ -269,6 +299,8 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     let field_names = fields.iter().filter_map(|f| f.ident.as_ref());
     let input_names = inputs.iter().filter_map(|i| i.field.ident.as_ref());
     let channel = generics::channel_ident(name);
+    let guard = generics::guard_ident(name);
+    let guard_base = format_ident!("{}_first", guard);
     let tokens = quote! {
         #[doc(hidden)]
         #[allow(non_camel_case_types)]
@@ -290,6 +322,9 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
             (slots_mut [$($args:tt)*] $owner:tt) => {
                 #private::slots_mut::<#key $($args)*, _>($owner)
             };
+            (guard $guard:ident $($rest:tt)*) => {
+                $guard! { $($rest)* }
+            };
             (check $($rest:tt)*) => {
                 #private::cached_check! {
                     struct #name
@@ -301,6 +336,16 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
         }
         #[allow(unused_imports)]
         use #channel;
+
+        // What the first `#[cached]` impl block of the struct finds (by
+        // path): its expansion goes through. See the block's own definition.
+        #[doc(hidden)]
+        #[allow(unused_macros)]
+        macro_rules! #guard_base {
+            (first { $($first:tt)* } later { $($later:tt)* }) => { $($first)* };
+        }
+        #[allow(unused_imports)]
+        use #guard_base as #guard;
     };
     let mut out = TokenStream::new();
     for error in errors {

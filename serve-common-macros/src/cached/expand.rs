@@ -59,29 +59,16 @@ fn channel(self_ty: &Type) -> syn::Result<(TokenStream, TokenStream)> {
     let span = self_ty.span();
     // Every token spanned on the self type: without the derive, each use
     // is the same error at the same place, which the compiler shows once.
-    let path = respan(quote!(#path), span);
+    let path = crate::respan(quote!(#path), span);
     Ok((path, quote!(#args)))
 }
 
-fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
-    tokens
-        .into_iter()
-        .map(|mut tree| {
-            if let TokenTree::Group(group) = &tree {
-                let mut new =
-                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
-                new.set_span(span);
-                tree = TokenTree::Group(new);
-            } else {
-                tree.set_span(span);
-            }
-            tree
-        })
-        .collect()
-}
-
-pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<TokenStream> {
-    let private = quote!(::serve_common::__private);
+pub(crate) fn cached_impl(
+    model: &CachedImpl,
+    graph: &Graph,
+    runtime: &crate::Runtime,
+) -> syn::Result<TokenStream> {
+    let private = runtime.private();
     let item = &model.item;
     let self_ty = &item.self_ty;
     let props = &model.properties;
@@ -157,6 +144,7 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
 
     // The impl's own items, rewritten.
     let mut items: Vec<TokenStream> = Vec::new();
+    let mut stubs: Vec<TokenStream> = Vec::new();
     let mut rewritten = vec![false; item.items.len()];
     for (i, p) in props.iter().enumerate() {
         let ImplItem::Fn(func) = &item.items[p.index] else {
@@ -187,26 +175,46 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
         let invalidate_doc = format!(
             "Clears the cached `{ident}` and every cached property that depends on it; the next read recomputes."
         );
-        let getter = if p.result {
-            quote! {
-                #vis fn #ident(&self) -> ::core::result::Result<
-                    &<#ty as #private::CachedResult>::Ok,
-                    <#ty as #private::CachedResult>::Err,
-                > #where_clause {
+        let (getter_sig, getter_body) = if p.result {
+            (
+                quote! {
+                    #vis fn #ident(&self) -> ::core::result::Result<
+                        &<#ty as #private::CachedResult>::Ok,
+                        <#ty as #private::CachedResult>::Err,
+                    > #where_clause
+                },
+                quote! {
                     #slots_ref
                         .#ident
                         .get_or_try_init(|| #private::CachedResult::into_result(Self::#compute(self)))
-                }
-            }
+                },
+            )
         } else {
-            quote! {
-                #vis fn #ident(&self) -> &#ty #where_clause {
+            (
+                quote!(#vis fn #ident(&self) -> &#ty #where_clause),
+                quote! {
                     #slots_ref
                         .#ident
                         .get_or_init(|| Self::#compute(self))
-                }
-            }
+                },
+            )
         };
+        let getter = quote!(#getter_sig { #getter_body });
+        // A second `#[cached]` impl block of the struct expands to this:
+        // what its callers see, so the one error is the block's.
+        stubs.push(quote! {
+            #(#carried)*
+            #[allow(unused_variables, dead_code)]
+            #getter_sig {
+                ::core::unreachable!()
+            }
+
+            #(#carried)*
+            #[allow(dead_code)]
+            #vis fn #invalidate(&mut self) {
+                ::core::unreachable!()
+            }
+        });
         let compute_attrs = &p.compute_attrs;
         items.push(quote! {
             #(#attrs)*
@@ -283,12 +291,20 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
 
             #[doc(hidden)]
             #[inline(always)]
+            #[allow(clippy::inline_always)]
             #inner
         });
     }
+    let properties: Vec<usize> = props.iter().map(|p| p.index).collect();
     for (index, impl_item) in item.items.iter().enumerate() {
-        if !rewritten[index] && !model.dropped.contains(&index) {
+        if model.dropped.contains(&index) {
+            continue;
+        }
+        if !rewritten[index] {
             items.push(quote!(#impl_item));
+        }
+        if !properties.contains(&index) {
+            stubs.push(quote!(#impl_item));
         }
     }
     // What only the derive knows (the fields) is checked by its macro:
@@ -314,7 +330,9 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
     let impl_attrs = &item.attrs;
     let (impl_generics, _, where_clause) = item.generics.split_for_impl();
     let unsafety = &item.unsafety;
-    Ok(quote! {
+    let guard = generics::guard_ident(&type_ident(self_ty)?);
+    let guard = quote_spanned!(self_ty.span()=> #guard);
+    let expansion = quote! {
         #[doc(hidden)]
         #[allow(non_camel_case_types, non_snake_case, dead_code)]
         pub struct #slots_ident #generics_decl {
@@ -350,5 +368,28 @@ pub(crate) fn cached_impl(model: &CachedImpl, graph: &Graph) -> syn::Result<Toke
         }
 
         #check
+    };
+    // Through the derive's macro: without the derive, the one error is
+    // that macro's "cannot find".
+    Ok(quote! {
+        #channel! {
+            guard #guard
+            first { #expansion }
+            later {
+                #(#impl_attrs)*
+                #unsafety impl #impl_generics #self_ty #where_clause {
+                    #(#stubs)*
+                }
+            }
+        }
+
+        // A later `#[cached]` impl block of the struct in this module finds
+        // this definition (textually), not the derive's, and expands to
+        // its stubs; the compiler reports the two definitions as one error,
+        // "`__<Struct>_allows_one_cached_impl_block` is ambiguous".
+        #[allow(unused_macros)]
+        macro_rules! #guard {
+            (first { $($first:tt)* } later { $($later:tt)* }) => { $($later)* };
+        }
     })
 }

@@ -84,6 +84,15 @@ pub(crate) fn channel_ident(name: &syn::Ident) -> syn::Ident {
     format_ident!("__{}_needs_derive_Cached", name)
 }
 
+/// The name of the macro through which a `#[cached]` impl block finds out
+/// whether it is the struct's first: the derive defines it (the block
+/// expands), and each block redefines it after itself (a later block
+/// expands to stubs). A second block is then one compiler error naming
+/// this macro, so the name states the rule.
+pub(crate) fn guard_ident(name: &syn::Ident) -> syn::Ident {
+    format_ident!("__{}_allows_one_cached_impl_block", name)
+}
+
 /// The slots type's name for a struct named `name`: shown by the compiler
 /// when the `#[cached]` impl is missing.
 pub(crate) fn slots_ident(name: &syn::Ident) -> syn::Ident {

@@ -21,8 +21,7 @@ pub(crate) fn input_id(name: &str) -> u64 {
 
 pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
     let result = (|| {
-        let args_error = (!args.is_empty())
-            .then(|| syn::Error::new_spanned(&args, "`#[cached]` takes no arguments"));
+        let (runtime, args_error) = impl_args(args);
         match syn::parse2::<syn::Item>(item.clone())? {
             syn::Item::Impl(item_impl) => {
                 let (model, mut errors) = model::CachedImpl::parse(item_impl)?;
@@ -34,7 +33,7 @@ pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
                 for error in errors {
                     tokens.extend(error.into_compile_error());
                 }
-                tokens.extend(expand::cached_impl(&model, &graph)?);
+                tokens.extend(expand::cached_impl(&model, &graph, &runtime)?);
                 Ok(tokens)
             }
             syn::Item::Fn(func) if func.sig.receiver().is_some() => {
@@ -51,6 +50,30 @@ pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
         }
     })();
     crate::or_fallback(result, || model::strip_inert_attributes(item))
+}
+
+/// The impl block's `#[cached(crate = "path")]`, and the error of any
+/// other argument (`result` goes on a method).
+fn impl_args(args: TokenStream) -> (crate::Runtime, Option<syn::Error>) {
+    let mut runtime = crate::Runtime::default();
+    if args.is_empty() {
+        return (runtime, None);
+    }
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("crate") {
+            runtime = crate::Runtime::from_value(&meta.value()?.parse()?)?;
+            Ok(())
+        } else if meta.path.is_ident("result") {
+            Err(meta.error(
+                "`result` goes on a cached method (`#[cached(result)] fn f(&self) -> Result<..>`), not on the impl block",
+            ))
+        } else {
+            Err(meta
+                .error("unknown option of a `#[cached]` impl block; expected `crate = \"path\"`"))
+        }
+    });
+    let error = syn::parse::Parser::parse2(parser, args).err();
+    (runtime, error)
 }
 
 /// A `#[cached]` method in an impl block without `#[cached]`: one error,

@@ -13,10 +13,14 @@ pub(crate) fn handler(args: &Args, func: &ItemFn, signature: &Signature) -> Toke
     let once = args.once;
     let supervisor = args.supervisor;
     let one_per_service = args.one_per_service;
+    // Everything generated lives in one `const _` block that imports the
+    // runtime once: a `crate = "path"` that names nothing is one error.
+    let (import, local) = args.runtime.imported();
+    let (runtime, private) = (&local, local.private());
     let ack = match &args.ack {
-        Ack::None => quote!(::serve_common::__private::AckDef::None),
-        Ack::Completed => quote!(::serve_common::__private::AckDef::Completed),
-        Ack::Named(lit) => quote!(::serve_common::__private::AckDef::Named(#lit)),
+        Ack::None => quote!(#private::AckDef::None),
+        Ack::Completed => quote!(#private::AckDef::Completed),
+        Ack::Named(lit) => quote!(#private::AckDef::Named(#lit)),
     };
     let event = quote!(__serve_common_event);
     let mut call_args = Vec::new();
@@ -25,8 +29,9 @@ pub(crate) fn handler(args: &Args, func: &ItemFn, signature: &Signature) -> Toke
         call_args.push(quote!(#event.name()));
     }
     if let Some(ty) = &signature.payload {
+        let private_ty = local.private_at(ty.span());
         read_payload = quote_spanned! {ty.span()=>
-            let __serve_common_payload = ::serve_common::__private::payload::<#ty>(&#event)?;
+            let __serve_common_payload = #private_ty::payload::<#ty>(&#event)?;
         };
         call_args.push(quote!(&*__serve_common_payload));
     }
@@ -36,8 +41,9 @@ pub(crate) fn handler(args: &Args, func: &ItemFn, signature: &Signature) -> Toke
     };
     // The outcome check is spanned on the return type, so a wrong one is
     // reported there.
+    let private_output = local.private_at(output_span);
     let outcome = quote_spanned! {output_span=>
-        ::serve_common::__private::outcome(__serve_common_returned)
+        #private_output::outcome(__serve_common_returned)
     };
     // The adapter's return type, its body, and how it is registered.
     let (returns, body, call) = match &signature.asyncness {
@@ -48,7 +54,7 @@ pub(crate) fn handler(args: &Args, func: &ItemFn, signature: &Signature) -> Toke
                 let __serve_common_returned = #name(#(#call_args),*);
                 #outcome
             },
-            quote!(::serve_common::__private::HandlerCall::Sync(
+            quote!(#private::HandlerCall::Sync(
                 __serve_common_on_event
             )),
         ),
@@ -57,35 +63,43 @@ pub(crate) fn handler(args: &Args, func: &ItemFn, signature: &Signature) -> Toke
         // the outcome; the bus runs it on its runtime. Spanned on `async`:
         // a future that is not `Send`, or a build without the `tokio`
         // feature, is reported there.
-        Some(asyncness) => (
-            quote!(::serve_common::__private::AsyncRun),
-            quote_spanned! {asyncness.span=>
-                let #event = ::core::clone::Clone::clone(#event);
-                ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
-                    #read_payload
-                    let __serve_common_returned = #name(#(#call_args),*).await;
-                    #outcome
-                }))
-            },
-            quote_spanned! {asyncness.span=>
-                ::serve_common::__private::async_on_event_needs_the_tokio_feature_of_serve_common(
-                    __serve_common_on_event,
-                )
-            },
-        ),
+        Some(asyncness) => {
+            let private_async = local.private_at(asyncness.span);
+            (
+                quote!(#private::AsyncRun),
+                quote_spanned! {asyncness.span=>
+                    let #event = ::core::clone::Clone::clone(#event);
+                    ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
+                        #read_payload
+                        let __serve_common_returned = #name(#(#call_args),*).await;
+                        #outcome
+                    }))
+                },
+                quote_spanned! {asyncness.span=>
+                    #private_async::async_on_event_needs_the_tokio_feature_of_serve_common(
+                        __serve_common_on_event,
+                    )
+                },
+            )
+        }
     };
     quote! {
         #func
 
         const _: () = {
+            #import
+
+            // An async handler's adapter always returns `Ok` (the future
+            // reports the outcome).
+            #[allow(clippy::unnecessary_wraps)]
             fn __serve_common_on_event(
-                #event: &::serve_common::event::Event,
+                #event: &#runtime::event::Event,
             ) -> ::core::result::Result<#returns, ::std::string::String> {
                 #body
             }
 
-            ::serve_common::__private::inventory::submit! {
-                ::serve_common::__private::OnEventHandler {
+            #private::inventory::submit! {
+                #private::OnEventHandler {
                     pattern: #pattern,
                     once: #once,
                     ack: #ack,

@@ -21,6 +21,8 @@ pub(crate) struct Args {
     pub(crate) ack: Ack,
     pub(crate) supervisor: bool,
     pub(crate) one_per_service: bool,
+    /// `crate = "path"`: the runtime's path (default `::serve_common`).
+    pub(crate) runtime: crate::Runtime,
 }
 
 impl Args {
@@ -57,10 +59,12 @@ impl Args {
             ack: Ack::None,
             supervisor: false,
             one_per_service: false,
+            runtime: crate::Runtime::default(),
         };
         let (mut seen_once, mut seen_ack, mut seen_supervisor) = (false, false, false);
         let mut once_span = None;
         let mut one_per_service_span = None;
+        let mut crate_span = None;
         while !input.is_empty() {
             input.parse::<Token![,]>()?;
             if input.is_empty() {
@@ -115,12 +119,24 @@ impl Args {
                     "`one_per_service` takes no value: write `one_per_service` to run the handler in one process of the service per event, or leave it out",
                 )?);
                 args.one_per_service = true;
+            } else if lookahead.peek(Token![crate]) {
+                let token = input.parse::<Token![crate]>()?;
+                if crate_span.replace(token.span).is_some() {
+                    errors.push(syn::Error::new(token.span, "duplicate option `crate`"));
+                }
+                match crate::Runtime::parse_value(input) {
+                    Ok(runtime) => args.runtime = runtime,
+                    Err(error) => {
+                        errors.push(error);
+                        skip_to_comma(input)?;
+                    }
+                }
             } else if input.peek(syn::Ident) {
                 let ident: syn::Ident = input.parse()?;
                 errors.push(syn::Error::new(
                     ident.span(),
                     format!(
-                        "unknown option `{ident}`; expected `once`, `ack`, `ack = \"name\"`, `supervisor` or `one_per_service`"
+                        "unknown option `{ident}`; expected `once`, `ack`, `ack = \"name\"`, `supervisor`, `one_per_service` or `crate = \"path\"`"
                     ),
                 ));
                 // Its value, if any, goes with it.

@@ -2,6 +2,9 @@
 //! that forbids unsafe code.
 #![forbid(unsafe_code)]
 #![deny(warnings)]
+// Checked by `cargo clippy --all-targets` too (each is an example of
+// this crate): generated code must leak no pedantic lint.
+#![warn(clippy::pedantic)]
 
 use serve_common::prelude::*;
 
@@ -72,7 +75,48 @@ struct Store {
     cache: Cache<Self>,
 }
 
+/// One generic block for every instantiation: a `where` clause narrows
+/// one property to the `T` it needs.
+#[derive(Cached)]
+struct Wrapper<T> {
+    #[input]
+    value: T,
+    cache: Cache<Self>,
+}
+
+#[cached]
+impl<T> Wrapper<T> {
+    #[cached]
+    #[dependency(value)]
+    fn doubled(&self) -> u64
+    where
+        T: Into<u64> + Copy,
+    {
+        self.value.into() * 2
+    }
+
+    #[cached]
+    #[dependency(value)]
+    fn length(&self) -> usize
+    where
+        T: AsRef<str>,
+    {
+        self.value.as_ref().len()
+    }
+}
+
 fn main() {
+    let mut number = Wrapper {
+        value: 2_u32,
+        cache: Cache::new(),
+    };
+    let _: u64 = *number.doubled();
+    number.set_value(3);
+    let text = Wrapper {
+        value: String::from("abc"),
+        cache: Cache::new(),
+    };
+    let _: usize = *text.length();
     let mut store = Store {
         notes: std::collections::HashMap::new(),
         cache: Cache::new(),

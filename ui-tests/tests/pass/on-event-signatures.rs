@@ -1,6 +1,9 @@
 //! Every accepted `#[on_event]` shape compiles.
 #![forbid(unsafe_code)]
 #![deny(warnings)]
+// Checked by `cargo clippy --all-targets` too (each is an example of
+// this crate): generated code must leak no pedantic lint.
+#![warn(clippy::pedantic)]
 
 use serve_common::on_event;
 
@@ -22,9 +25,11 @@ fn payload_only(job: &Job) {
     let _ = job.id;
 }
 
-#[on_event("job.{done,failed}", once, ack = "job.handled",)]
+#[on_event("job.{done,failed}", once, ack = "job.handled")]
 fn name_and_payload(event: &str, job: &Job) -> Result<(), String> {
-    let _ = (event, job.id);
+    if job.id == 0 {
+        return Err(format!("{event}: a job without an id"));
+    }
     Ok(())
 }
 
@@ -32,6 +37,5 @@ fn name_and_payload(event: &str, job: &Job) -> Result<(), String> {
 fn also_in_the_supervisor(event: &str) {
     let _ = event;
 }
-
 
 fn main() {}

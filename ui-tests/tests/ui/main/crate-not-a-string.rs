@@ -1,0 +1,2 @@
+#[serve_common::main(crate = serve_common, ipc = false)]
+async fn main() {}
