@@ -15,11 +15,9 @@ use serve_common::event::{Event, EventBus};
 const EVENTS: u64 = 400_000;
 const ROUNDS: usize = 5;
 
-/// Best of `ROUNDS` runs of `run`, in events per second.
-fn best(run: impl Fn() -> Duration) -> f64 {
-    (0..ROUNDS)
-        .map(|_| EVENTS as f64 / run().as_secs_f64())
-        .fold(0.0, f64::max)
+/// One run of `run`, in events per second.
+fn rate(run: impl Fn() -> Duration) -> f64 {
+    EVENTS as f64 / run().as_secs_f64()
 }
 
 /// The baseline: a std channel of `(String, Box<dyn Any + Send>)` between
@@ -220,16 +218,22 @@ fn line(metric: &str, value: f64, baseline: f64) {
 
 fn main() {
     // `cargo bench` passes `--bench`; there is nothing to filter.
-    let baseline = best(mpsc_baseline);
-    let exact = best(exact);
-    let patterns = best(thousand_patterns);
-    // Alternate the two, so both see the same machine: a wake-up's cost
-    // depends on whether the other core is idle.
-    let (mut ping_pong, mut round_trip) = (f64::MAX, f64::MAX);
-    for _ in 0..3 {
-        ping_pong = ping_pong.min(park_ping_pong());
-        round_trip = round_trip.min(notify_and_wait());
+    // Ours and each baseline alternate, `ROUNDS` times, and the medians
+    // are compared: a wake-up's cost depends on whether the other core is
+    // idle, which changes over a run.
+    let (mut baseline, mut exact_rates, mut patterns) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ping_pong, mut round_trip) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        baseline.push(rate(mpsc_baseline));
+        exact_rates.push(rate(exact));
+        patterns.push(rate(thousand_patterns));
+        ping_pong.push(park_ping_pong());
+        round_trip.push(notify_and_wait());
     }
+    println!("# events_exact_per_s rounds: ours {exact_rates:.0?} baseline {baseline:.0?}");
+    println!("# notify_and_wait_us rounds: ours {round_trip:.2?} baseline {ping_pong:.2?}");
+    let (baseline, exact, patterns) = (median(baseline), median(exact_rates), median(patterns));
+    let (ping_pong, round_trip) = (median(ping_pong), median(round_trip));
     // Ours and the baseline alternate; medians of 5.
     let bus = EventBus::new();
     bus.limit_async_handlers(1024, Duration::from_secs(60));

@@ -202,6 +202,7 @@ use std::sync::{Arc, Weak};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
 use once_cell::sync::{Lazy, OnceCell};
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use serde::de::DeserializeOwned;
@@ -433,8 +434,13 @@ struct QueueState {
 
 type InboundHook = Arc<dyn Fn(&Event) + Send + Sync>;
 
+/// The counters the notifying threads write (`notified`, `received`,
+/// `queued`) and those the dispatcher writes (`taken`, `dispatched`,
+/// `handler_runs`) sit on cache lines of their own: sharing one, each event
+/// moved the line between the cores twice.
 pub(crate) struct Core {
-    queue: Mutex<QueueState>,
+    /// Written by both sides: on a line of its own too.
+    queue: CachePadded<Mutex<QueueState>>,
     registry: Mutex<Registry>,
     transport: RwLock<Option<Arc<dyn EventTransport>>>,
     inbound_hooks: RwLock<Vec<InboundHook>>,
@@ -442,18 +448,18 @@ pub(crate) struct Core {
     interest_hook: RwLock<Option<Arc<dyn Fn() + Send + Sync>>>,
     dispatcher: OnceCell<Thread>,
     failures: AtomicU64,
-    dispatched: AtomicU64,
+    dispatched: CachePadded<AtomicU64>,
     /// Events notified here, and received from other processes.
-    notified: AtomicU64,
-    received: AtomicU64,
+    notified: CachePadded<AtomicU64>,
+    received: CachePadded<AtomicU64>,
     /// Handler calls, and those that panicked (`failures` counts errors
     /// and panics).
-    handler_runs: AtomicU64,
+    handler_runs: CachePadded<AtomicU64>,
     panics: AtomicU64,
     /// Items ever queued: lets the dispatcher spin without the lock.
-    queued: AtomicU64,
+    queued: CachePadded<AtomicU64>,
     /// Items the dispatcher started on.
-    taken: AtomicU64,
+    taken: CachePadded<AtomicU64>,
     /// Whether an IPC link carries this bus's events.
     ipc_linked: std::sync::atomic::AtomicBool,
     /// False in a supervisor process: only handlers marked
@@ -859,24 +865,24 @@ impl EventBus {
     /// A new bus with no registrations, and its dispatcher thread.
     pub fn new() -> Self {
         let core = Arc::new_cyclic(|me| Core {
-            queue: Mutex::new(QueueState {
+            queue: CachePadded::new(Mutex::new(QueueState {
                 items: VecDeque::new(),
                 idle: false,
                 stopping: false,
-            }),
+            })),
             registry: Mutex::new(Registry::default()),
             transport: RwLock::new(None),
             interest_hook: RwLock::new(None),
             inbound_hooks: RwLock::new(Vec::new()),
             dispatcher: OnceCell::new(),
             failures: AtomicU64::new(0),
-            dispatched: AtomicU64::new(0),
-            notified: AtomicU64::new(0),
-            received: AtomicU64::new(0),
-            handler_runs: AtomicU64::new(0),
+            dispatched: CachePadded::new(AtomicU64::new(0)),
+            notified: CachePadded::new(AtomicU64::new(0)),
+            received: CachePadded::new(AtomicU64::new(0)),
+            handler_runs: CachePadded::new(AtomicU64::new(0)),
             panics: AtomicU64::new(0),
-            queued: AtomicU64::new(0),
-            taken: AtomicU64::new(0),
+            queued: CachePadded::new(AtomicU64::new(0)),
+            taken: CachePadded::new(AtomicU64::new(0)),
             ipc_linked: std::sync::atomic::AtomicBool::new(false),
             application_handlers: std::sync::atomic::AtomicBool::new(true),
             remote_bytes: std::sync::atomic::AtomicUsize::new(0),
