@@ -98,6 +98,8 @@ impl Drop for TimedCall {
 /// with <status> (took <ms> ms)`. Put it inside the request-id middleware
 /// (`.wrap(RequestTimer).wrap(RequestIdMiddleware)`) so its lines carry
 /// the id.
+///
+/// Needs the `actix` feature.
 #[cfg(feature = "actix")]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RequestTimer;
@@ -152,9 +154,15 @@ mod timer {
 
         fn call(&self, request: ServiceRequest) -> Self::Future {
             let started = Instant::now();
-            match request.match_pattern() {
-                Some(_) => tracing::info!("hit {}", request.path()),
-                None => tracing::debug!("no route matched {} {}", request.method(), request.path()),
+            // Finding the route walks the routes again: only for a line
+            // that is written (neither is below INFO).
+            if tracing::enabled!(tracing::Level::INFO) {
+                match request.match_pattern() {
+                    Some(_) => tracing::info!("hit {}", request.path()),
+                    None => {
+                        tracing::debug!("no route matched {} {}", request.method(), request.path())
+                    }
+                }
             }
             let future = self.service.call(request);
             Box::pin(async move {

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::time::Instant;
 
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
@@ -53,15 +54,24 @@ where
         ready(Ok(HttpMetricsService {
             service,
             enabled: settings.enabled,
+            routes: RefCell::default(),
         }))
     }
 }
 
 /// The service [`HttpMetrics`] wraps.
-#[derive(Debug)]
 pub(crate) struct HttpMetricsService<S> {
     service: S,
     enabled: bool,
+    routes: RefCell<Routes>,
+}
+
+impl<S> std::fmt::Debug for HttpMetricsService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpMetricsService")
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
 }
 
 type BoxedResponse<B> = Pin<Box<dyn Future<Output = Result<ServiceResponse<B>, actix_web::Error>>>>;
@@ -83,7 +93,7 @@ where
         }
         let started = Instant::now();
         let method = method_label(request.method());
-        let route = request.match_pattern();
+        let route = self.routes.borrow_mut().of(&request);
         let future = self.service.call(request);
         Box::pin(async move {
             let result = future.await;
@@ -91,9 +101,56 @@ where
                 Ok(response) => response.status().as_u16(),
                 Err(error) => error.as_response_error().status_code().as_u16(),
             };
-            record(method, route, status, started.elapsed().as_secs_f64());
+            if let Some(route) = route {
+                route.record(method, status, started.elapsed().as_secs_f64());
+            }
             result
         })
+    }
+}
+
+/// The most paths [`Routes`] remembers; then it starts over.
+const PATHS_MAX: usize = 1024;
+
+/// One app's routes on one actix thread, by template and by path.
+#[derive(Default)]
+struct Routes {
+    by_template: HashMap<Box<str>, Rc<Route>>,
+    /// A request path's route (`None`: not recorded). Asking actix
+    /// (`match_pattern`) walks the routes again and allocates the template,
+    /// for every request; a path's route never changes. Bounded: endless
+    /// distinct paths cost a miss each, not memory.
+    by_path: HashMap<Box<str>, Option<Rc<Route>>>,
+}
+
+impl Routes {
+    fn of(&mut self, request: &ServiceRequest) -> Option<Rc<Route>> {
+        if let Some(route) = self.by_path.get(request.path()) {
+            return route.clone();
+        }
+        let template = request.match_pattern();
+        let template = template.as_deref().unwrap_or(UNMATCHED);
+        // The service's own request for its OpenAPI document, at start.
+        let route = (!template.starts_with(INTERNAL_PREFIX)).then(|| {
+            self.by_template
+                .entry(template.into())
+                .or_insert_with(|| {
+                    let excluded = super::settings()
+                        .exclusions()
+                        .is_ok_and(|set| set.is_match(template));
+                    Rc::new(Route {
+                        template: template.into(),
+                        excluded,
+                        handles: RefCell::default(),
+                    })
+                })
+                .clone()
+        });
+        if self.by_path.len() >= PATHS_MAX {
+            self.by_path.clear();
+        }
+        self.by_path.insert(request.path().into(), route.clone());
+        route
     }
 }
 
@@ -114,50 +171,32 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// A route's handles on one actix thread.
-struct RouteHandles {
+/// A route template's metric handles on one actix thread.
+struct Route {
+    template: Box<str>,
     excluded: bool,
+    handles: RefCell<RouteHandles>,
+}
+
+#[derive(Default)]
+struct RouteHandles {
     /// By (method, status).
     counts: Vec<(&'static str, u16, Counter)>,
     /// By method.
     durations: Vec<(&'static str, Histogram)>,
 }
 
-thread_local! {
-    static ROUTES: RefCell<HashMap<String, RouteHandles>> = RefCell::new(HashMap::new());
-}
-
-fn record(method: &'static str, route: Option<String>, status: u16, seconds: f64) {
-    ROUTES.with(|routes| {
-        let mut routes = routes.borrow_mut();
-        let route = route.as_deref().unwrap_or(UNMATCHED);
-        // The service's own request for its OpenAPI document, at start.
-        if route.starts_with(INTERNAL_PREFIX) {
+impl Route {
+    fn record(&self, method: &'static str, status: u16, seconds: f64) {
+        if self.excluded {
             return;
         }
-        if !routes.contains_key(route) {
-            let excluded = super::settings()
-                .exclusions()
-                .is_ok_and(|set| set.is_match(route));
-            routes.insert(
-                route.to_owned(),
-                RouteHandles {
-                    excluded,
-                    counts: Vec::new(),
-                    durations: Vec::new(),
-                },
-            );
-        }
-        let handles = routes.get_mut(route).expect("inserted");
-        if handles.excluded {
-            return;
-        }
+        let mut handles = self.handles.borrow_mut();
         let metadata = Metadata::new(module_path!(), Level::INFO, None);
-        let recorder = super::install();
         let labels = |extra: Option<u16>| {
             let mut labels = vec![
                 Label::new("method", method),
-                Label::new("route", route.to_owned()),
+                Label::new("route", self.template.to_string()),
             ];
             if let Some(status) = extra {
                 labels.push(Label::new("status", status.to_string()));
@@ -172,7 +211,7 @@ fn record(method: &'static str, route: Option<String>, status: u16, seconds: f64
             Some((_, _, counter)) => counter.increment(1),
             None => {
                 let key = Key::from_parts(REQUESTS, labels(Some(status)));
-                let counter = recorder.register_counter(&key, &metadata);
+                let counter = super::install().register_counter(&key, &metadata);
                 counter.increment(1);
                 handles.counts.push((method, status, counter));
             }
@@ -181,10 +220,10 @@ fn record(method: &'static str, route: Option<String>, status: u16, seconds: f64
             Some((_, histogram)) => histogram.record(seconds),
             None => {
                 let key = Key::from_parts(DURATION, labels(None));
-                let histogram = recorder.register_histogram(&key, &metadata);
+                let histogram = super::install().register_histogram(&key, &metadata);
                 histogram.record(seconds);
                 handles.durations.push((method, histogram));
             }
         }
-    });
+    }
 }
