@@ -148,10 +148,13 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
                 #private::TimedCall::off()
             };
         };
-        let body = &func.block;
+        // The body's statements after the guard (not the body as a block:
+        // a block as the tail would trip `unused_braces` in the user's
+        // crate).
+        let body = &func.block.stmts;
         *func.block = syn::parse_quote!({
             #guard
-            #body
+            #(#body)*
         });
         let mut out = option_errors.unwrap_or_default();
         out.extend(quote!(#func));
