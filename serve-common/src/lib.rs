@@ -169,7 +169,7 @@ pub use serve_common_macros::compute;
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
 /// Times a function and logs `<message>: <N> ns` at DEBUG; see

@@ -11,7 +11,7 @@ pub use crate::__private::{apistos, schemars};
 pub use crate::cached::Cache;
 pub use crate::config::{config, ChangeSource, Config, ConfigChange};
 #[cfg(feature = "actix")]
-pub use crate::default::actix::{api_operation, ApiComponent, ApiError, JsonSchema};
+pub use crate::default::actix::{api_operation, ApiComponent, ApiError, JsonSchema, StatusCode};
 pub use crate::event::{Event, EventBus, EventPattern, Registration};
 pub use crate::on_event;
 pub use crate::reloading::Reloader;
@@ -20,4 +20,7 @@ pub use crate::HandlerOutcome;
 pub use crate::{cached, compute, dependency, setter, Cached};
 /// The `metrics` facade's macros: what they record is in `/manage/metrics`.
 pub use ::metrics::{counter, gauge, histogram};
+/// The logging macros (`tracing::info!(..)` with the glob import in
+/// scope): a service needs no direct dependency on `tracing`.
+pub use ::tracing;
 pub use serde::{Deserialize, Serialize};

@@ -201,6 +201,8 @@ impl Default for InotifyOptions {
 
 /// Watches the file's directory (and, for a symlink, its target's) with
 /// inotify through the `notify` crate.
+///
+/// Needs the `inotify` feature.
 #[cfg(feature = "inotify")]
 pub struct InotifyReloader {
     _stop: StopOnDrop,

@@ -1,5 +1,6 @@
 //! Request ids (the Python original's `request_id`): every request gets one, and
-//! everything that runs for it can read it and logs it.
+//! everything that runs for it can read it and logs it. Needs the `actix`
+//! feature (on by default).
 //!
 //! ```no_run
 //! use serve_common::request_id::{self, RequestIdMiddleware};

@@ -1,6 +1,7 @@
 //! W3C trace context (`traceparent`, `tracestate`): every request is a
 //! span of a trace, continued from the caller's when its headers are
-//! valid, and what a handler calls next can continue it.
+//! valid, and what a handler calls next can continue it. Needs the `actix`
+//! feature (on by default).
 //!
 //! ```no_run
 //! use serve_common::trace_context;

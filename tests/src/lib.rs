@@ -777,6 +777,27 @@ pub mod http_support {
         }
     }
 
+    /// Runs `program` with `config` (TOML) in a scratch directory; it
+    /// must exit non-zero: its stderr.
+    pub fn start_fails(program: &str, config: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let child = Command::new(program)
+            .current_dir(dir.path())
+            .env("SERVE_COMMON_CONFIG", dir.path().join("config.toml"))
+            .env("NO_COLOR", "1")
+            .env_remove("SERVCOM_IPC_ADDR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = output_within(child, PATIENCE);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(!output.status.success(), "it started: {stderr}");
+        stderr
+    }
+
     /// Waits for `child` and its output; after `patience` a watchdog kills
     /// it with SIGKILL (so a hung child fails the test instead of hanging it).
     pub fn output_within(child: Child, patience: Duration) -> std::process::Output {

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use serde_json::Value;
-use serve_common_tests::http_support::{PATIENCE, Response, Service, get, output_within, request};
+use serve_common_tests::http_support::{Response, Service, get, request};
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_example_service");
 const TOKEN: &str = "tok-4711-very-secret";
@@ -392,22 +392,7 @@ fn the_openapi_document_names_the_bearer_scheme_where_it_is_needed() {
 
 /// Runs the example with `config`; it must exit non-zero: its stderr.
 fn start_fails(config: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.toml"), config).unwrap();
-    let child = std::process::Command::new(PROGRAM)
-        .current_dir(dir.path())
-        .env("SERVE_COMMON_CONFIG", dir.path().join("config.toml"))
-        .env("NO_COLOR", "1")
-        .env_remove("SERVCOM_IPC_ADDR")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = output_within(child, PATIENCE);
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(!output.status.success(), "it started: {stderr}");
-    stderr
+    serve_common_tests::http_support::start_fails(PROGRAM, config)
 }
 
 #[test]

@@ -19,11 +19,12 @@ pub(crate) type AsyncHandlerFn = dyn Fn(&super::Event) -> Result<BoxFuture, Stri
 /// A handler's future.
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
-/// The default cap on async handler runs in flight per bus.
+/// The default cap on async handler runs in flight per bus (feature
+/// `tokio`).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 /// The default time the dispatcher waits for room under the cap before it
-/// drops a run.
+/// drops a run (feature `tokio`).
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(1);
 
 /// The bus's async side: the runtime (made on first use) and the cap.

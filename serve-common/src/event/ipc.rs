@@ -209,6 +209,8 @@ impl EventsSettings {
 
     /// Applies the async handlers' limits to `bus` (the defaults where
     /// unset).
+    ///
+    /// Needs the `tokio` feature.
     #[cfg(feature = "tokio")]
     pub fn apply_async_limits(&self, bus: &super::EventBus) {
         let max = self

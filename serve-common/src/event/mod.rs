@@ -972,18 +972,24 @@ impl EventBus {
     /// ([`async_handlers_dropped`](Self::async_handlers_dropped)), logged,
     /// and acknowledged with the error. Config: `events.async_max_in_flight`,
     /// `events.async_wait_ms` (the global bus).
+    ///
+    /// Needs the `tokio` feature.
     #[cfg(feature = "tokio")]
     pub fn limit_async_handlers(&self, max_in_flight: usize, wait: Duration) {
         self.core().asyncs.set_limits(max_in_flight, wait);
     }
 
     /// Async handler runs started and not finished.
+    ///
+    /// Needs the `tokio` feature.
     #[cfg(feature = "tokio")]
     pub fn async_handlers_in_flight(&self) -> usize {
         self.core().asyncs.in_flight()
     }
 
     /// Async handler runs dropped because the cap stayed full.
+    ///
+    /// Needs the `tokio` feature.
     #[cfg(feature = "tokio")]
     pub fn async_handlers_dropped(&self) -> u64 {
         self.core().asyncs.dropped.load(Ordering::Relaxed)
@@ -1400,6 +1406,8 @@ impl HandlerBuilder<'_> {
     /// future (it gets its own clone of the event, so the future is
     /// `'static`), which runs on the bus's tokio runtime; the dispatcher
     /// does not wait for it. See [async handlers](crate::event#async-handlers).
+    ///
+    /// Needs the `tokio` feature.
     #[cfg(feature = "tokio")]
     pub fn call_async<F, Fut, R>(self, handler: F) -> Result<Registration, PatternError>
     where

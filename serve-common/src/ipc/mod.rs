@@ -827,6 +827,8 @@ pub(crate) fn join_as<T>(
 /// [`join_group`] for tokio: the socket's `send` and `recv` are `async`.
 /// Joining itself is quick (a local connect and the server's welcome) and
 /// runs in place. Needs a tokio runtime with IO enabled.
+///
+/// Needs the `tokio` feature.
 #[cfg(feature = "tokio")]
 pub async fn join_group_async<T>(group: &str) -> Result<AsyncGroupSocket<T>, IpcError> {
     let joined = join_group::<T>(group)?;

@@ -19,6 +19,8 @@ use super::{socket, IpcError};
 /// (a partly received one stays in the decoder for the next call). A
 /// dropped `send` of a message longer than one packet (64 KiB) may leave
 /// it half-sent; the receivers drop the broken message and go on.
+///
+/// Needs the `tokio` feature.
 pub struct AsyncGroupSocket<T> {
     fd: Arc<AsyncFd<OwnedFd>>,
     group: String,

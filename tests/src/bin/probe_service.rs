@@ -4,7 +4,10 @@
 //! makes the readiness check `slow` sleep that long (timeout 300 ms),
 //! `live_fails = true` fails the liveness check `heart`. For
 //! tests/tests/tracing.rs, `/trace` answers with the request's trace
-//! context and the headers a call from it would carry.
+//! context and the headers a call from it would carry. For
+//! tests/tests/http_settings.rs, `POST /echo` (a JSON body) and
+//! `POST /bytes` (any body) answer with the body's size, and a `/slow`
+//! request whose future is dropped logs "slow request dropped".
 
 use std::time::Duration;
 
@@ -13,11 +16,42 @@ use serve_common::default::actix::{self, web};
 use serve_common::default::management;
 use serve_common::prelude::*;
 
+/// Logs when a `/slow` request's future is dropped before it finished.
+struct DropLog(bool);
+
+impl Drop for DropLog {
+    fn drop(&mut self) {
+        if !self.0 {
+            tracing::warn!("slow request dropped");
+        }
+    }
+}
+
 /// Answers 200 after `ms` milliseconds.
 #[api_operation(summary = "Answers after a while")]
 async fn slow(ms: web::Path<u64>) -> web::Json<u64> {
+    let mut guard = DropLog(false);
     tokio::time::sleep(Duration::from_millis(*ms)).await;
+    guard.0 = true;
     web::Json(*ms)
+}
+
+/// The body of `POST /echo`.
+#[derive(Deserialize, JsonSchema, ApiComponent)]
+struct Note {
+    text: String,
+}
+
+/// The length of a JSON body's text.
+#[api_operation(summary = "Measures a JSON body")]
+async fn echo(body: web::Json<Note>) -> web::Json<usize> {
+    web::Json(body.text.len())
+}
+
+/// The size of any body.
+#[api_operation(summary = "Measures a body", skip_args = "body")]
+async fn bytes(body: web::Bytes) -> web::Json<usize> {
+    web::Json(body.len())
 }
 
 /// Holds the event dispatcher `ms` milliseconds (a handler that blocks).
@@ -86,6 +120,8 @@ async fn main() -> std::io::Result<()> {
         app.service(actix::resource("/slow/{ms}").route(actix::get().to(slow)))
             .service(actix::resource("/block/{ms}").route(actix::get().to(block)))
             .service(actix::resource("/trace").route(actix::get().to(trace)))
+            .service(actix::resource("/echo").route(actix::post().to(echo)))
+            .service(actix::resource("/bytes").route(actix::post().to(bytes)))
     })
     .await
 }

@@ -26,7 +26,13 @@ pub struct ErrorBody {
 }
 
 /// An error a handler returns: a status and a message, rendered as an
-/// [`ErrorBody`]. Documented in the OpenAPI document as 400 and 500.
+/// [`ErrorBody`].
+///
+/// In the OpenAPI document, an operation returning `Result<_, ApiError>`
+/// lists every status `ApiError` has a constructor for (400, 401, 403,
+/// 404, 409, 422, 429, 500, 503), each with the [`ErrorBody`] schema; name
+/// the ones it gives to list only those:
+/// `#[api_operation(summary = "..", error_code = 404, error_code = 409)]`.
 ///
 /// ```
 /// use serve_common::default::actix::ApiError;
@@ -59,9 +65,43 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// 401 Unauthorized: the request did not say who it is (add a
+    /// `WWW-Authenticate` header with a middleware if the client needs one).
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// 403 Forbidden: who it is may not do this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+
     /// 404 Not Found.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 409 Conflict: the request contradicts the current state (a
+    /// duplicate, a stale version).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+
+    /// 422 Unprocessable Content: well-formed, but its values cannot be
+    /// used.
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+
+    /// 429 Too Many Requests.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, message)
+    }
+
+    /// 503 Service Unavailable: try again later (a dependency is down, the
+    /// service is shutting down).
+    pub fn service_unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
 
     /// 500 Internal Server Error: the service's fault. `detail` is logged
@@ -137,38 +177,57 @@ pub(crate) fn documented(code: u16, description: &str) -> (String, Response) {
     )
 }
 
+/// The statuses [`ApiError`] has constructors for, as documented.
+const API_ERROR_STATUSES: [(u16, &str); 9] = [
+    (400, "A bad request: the body says what is wrong"),
+    (401, "Unauthorized: the request did not say who it is"),
+    (403, "Forbidden"),
+    (404, "Not found"),
+    (409, "A conflict with the current state"),
+    (422, "Unprocessable: the values cannot be used"),
+    (429, "Too many requests"),
+    (500, "The service failed"),
+    (503, "Unavailable: try again later"),
+];
+
 impl ApiErrorComponent for ApiError {
     fn schemas_by_status_code() -> BTreeMap<String, (String, ReferenceOr<apistos::Schema>)> {
         let mut schemas = BTreeMap::new();
         if let Some(schema) = <ErrorBody as ApiComponent>::schema() {
-            schemas.insert("400".to_owned(), schema.clone());
-            schemas.insert("500".to_owned(), schema);
+            for (code, _) in API_ERROR_STATUSES {
+                schemas.insert(code.to_string(), schema.clone());
+            }
         }
         schemas
     }
 
     fn error_responses() -> Vec<(String, Response)> {
-        vec![
-            documented(400, "A bad request: the body says what is wrong"),
-            documented(500, "The service failed"),
-        ]
+        API_ERROR_STATUSES
+            .iter()
+            .map(|&(code, description)| documented(code, description))
+            .collect()
     }
 }
 
 /// Extractor errors (bad JSON, a missing field, a wrong type, a bad path
 /// or query parameter) as 4xx JSON bodies. Installed as app data.
-pub(crate) fn extractor_configs(config: &mut apistos::web::ServiceConfig<'_>) {
+pub(crate) fn extractor_configs(config: &mut apistos::web::ServiceConfig<'_>, max_body: usize) {
     config
-        .app_data(web::JsonConfig::default().error_handler(|error, _| {
-            let status = error.status_code();
-            let message = match error {
-                actix_web::error::JsonPayloadError::ContentType => {
-                    "expected a JSON body (Content-Type: application/json)".to_owned()
-                }
-                other => other.to_string(),
-            };
-            ApiError::new(status, message).into()
-        }))
+        .app_data(web::PayloadConfig::new(max_body))
+        .app_data(
+            web::JsonConfig::default()
+                .limit(max_body)
+                .error_handler(|error, _| {
+                    let status = error.status_code();
+                    let message = match error {
+                        actix_web::error::JsonPayloadError::ContentType => {
+                            "expected a JSON body (Content-Type: application/json)".to_owned()
+                        }
+                        other => other.to_string(),
+                    };
+                    ApiError::new(status, message).into()
+                }),
+        )
         .app_data(web::PathConfig::default().error_handler(|error, _| {
             ApiError::new(StatusCode::NOT_FOUND, error.to_string()).into()
         }))
@@ -176,10 +235,14 @@ pub(crate) fn extractor_configs(config: &mut apistos::web::ServiceConfig<'_>) {
             web::QueryConfig::default()
                 .error_handler(|error, _| ApiError::bad_request(error.to_string()).into()),
         )
-        .app_data(web::FormConfig::default().error_handler(|error, _| {
-            let status = error.status_code();
-            ApiError::new(status, error.to_string()).into()
-        }));
+        .app_data(
+            web::FormConfig::default()
+                .limit(max_body)
+                .error_handler(|error, _| {
+                    let status = error.status_code();
+                    ApiError::new(status, error.to_string()).into()
+                }),
+        );
 }
 
 /// The app's default service: no route matched.
@@ -290,5 +353,38 @@ where
             }
             Ok(ServiceResponse::new(request, replaced).map_into_right_body())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_constructor_has_its_status_and_every_status_is_documented() {
+        let made = [
+            ApiError::bad_request("x"),
+            ApiError::unauthorized("x"),
+            ApiError::forbidden("x"),
+            ApiError::not_found("x"),
+            ApiError::conflict("x"),
+            ApiError::unprocessable("x"),
+            ApiError::too_many_requests("x"),
+            ApiError::internal("x"),
+            ApiError::service_unavailable("x"),
+        ];
+        let statuses: Vec<u16> = made.iter().map(|e| e.status().as_u16()).collect();
+        assert_eq!(statuses, [400, 401, 403, 404, 409, 422, 429, 500, 503]);
+        let documented: Vec<String> = <ApiError as ApiErrorComponent>::error_responses()
+            .into_iter()
+            .map(|(code, response)| {
+                assert!(response.content.contains_key("application/json"), "{code}");
+                code
+            })
+            .collect();
+        let expected: Vec<String> = statuses.iter().map(u16::to_string).collect();
+        assert_eq!(documented, expected);
+        let schemas = <ApiError as ApiErrorComponent>::schemas_by_status_code();
+        assert_eq!(schemas.keys().cloned().collect::<Vec<_>>(), expected);
     }
 }

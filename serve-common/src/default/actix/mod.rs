@@ -1,4 +1,5 @@
 //! The web service (the Python original's `default.falcon`), on actix-web and apistos.
+//! Needs the `actix` feature (on by default).
 //!
 //! One call builds the app: request ids ([`RequestIdMiddleware`]), the
 //! request timer ([`RequestTimer`]), your routes, the
@@ -37,6 +38,13 @@
 //! | `server.drain_seconds` | `0` | seconds the service keeps serving after SIGTERM/SIGINT before it closes its listener, with `/manage/health/ready` answering 503 so a load balancer moves traffic away first (set it to the balancer's probe interval times its failure threshold) |
 //! | `server.backlog` | `2048` | the listen backlog |
 //! | `server.title` | the crate name | the OpenAPI document's title |
+//! | `server.max_body_bytes` | `2097152` (2 MiB) | the largest request body a JSON, form, `Bytes` or `String` extractor reads; a larger one is answered 413 with a JSON body |
+//! | `server.request_timeout` | none | seconds a request may take in the service (middleware and handler); past it the client gets a 503 JSON body and the handler's future is dropped, with a WARN line |
+//! | `server.client_request_timeout` | `5` | seconds a client has to send a request's head (actix-web's `client_request_timeout`; `0` waits forever) |
+//! | `server.client_disconnect_timeout` | `1` | seconds a closing connection gets to finish (actix-web's `client_disconnect_timeout`) |
+//! | `server.keep_alive` | `5` | seconds an idle keep-alive connection stays open (`0`: close after each response) |
+//!
+//! The HTTP limits and timeouts are read when a process starts serving.
 //!
 //! Who reaches the management endpoints (a listener of their own, which
 //! of them are served, a token for changes, refused changes off a
@@ -67,6 +75,7 @@
 //! handlers](crate::event#which-processes-run-handlers).
 
 pub(crate) mod errors;
+mod limits;
 mod routes;
 mod workers;
 
@@ -105,6 +114,8 @@ fn http_metrics() -> actix_web::middleware::Identity {
 
 /// actix-web itself, for what [`web`] does not cover.
 pub use actix_web as actix_web_crate;
+/// HTTP status codes, for [`ApiError::new`] and responses.
+pub use actix_web::http::StatusCode;
 /// actix-web's `web` module (extractors such as `web::Json`,
 /// `web::Path`, `web::Data`), so a service needs no direct dependency.
 pub use actix_web::web;
@@ -224,10 +235,13 @@ where
         let configure = self.configure.clone();
         let gate = state.gate.clone();
         let expose = gate.exposed();
+        let server: ServerSettings =
+            crate::config::config().get_or("server", ServerSettings::default());
+        let max_body = server.max_body_bytes();
         let app = actix_web::App::new()
             .document(self.spec())
             .app_data(web::Data::from(state))
-            .configure(errors::extractor_configs)
+            .configure(move |config| errors::extractor_configs(config, max_body))
             .configure(move |config| {
                 let app = App::default();
                 let _ = configure(app.clone());
@@ -238,6 +252,7 @@ where
                 move |config| crate::default::management::routes(config, &gate)
             })
             .default_service(web::to(errors::not_found))
+            .wrap(limits::RequestTimeout(server.request_timeout()))
             .wrap(ManagementGate(gate))
             .wrap(errors::JsonErrors)
             .wrap(RequestTimer)
@@ -361,6 +376,21 @@ where
         let mut server = actix_web::HttpServer::new(move || this.build(state.clone(), false))
             .disable_signals()
             .shutdown_timeout(settings.shutdown_timeout.as_secs());
+        let http: ServerSettings =
+            crate::config::config().get_or("server", ServerSettings::default());
+        if let Ok(Some(timeout)) = seconds("", http.client_request_timeout) {
+            server = server.client_request_timeout(timeout);
+        }
+        if let Ok(Some(timeout)) = seconds("", http.client_disconnect_timeout) {
+            server = server.client_disconnect_timeout(timeout);
+        }
+        if let Ok(Some(keep_alive)) = seconds("", http.keep_alive) {
+            server = server.keep_alive(if keep_alive.is_zero() {
+                actix_web::http::KeepAlive::Disabled
+            } else {
+                actix_web::http::KeepAlive::Timeout(keep_alive)
+            });
+        }
         if let Some(workers) = settings.workers {
             server = server.workers(workers.max(1));
         }
@@ -462,6 +492,29 @@ pub struct ServerSettings {
     pub drain_seconds: Option<u64>,
     /// `server.title`.
     pub title: Option<String>,
+    /// `server.max_body_bytes`.
+    pub max_body_bytes: Option<usize>,
+    /// `server.request_timeout`, seconds.
+    pub request_timeout: Option<f64>,
+    /// `server.client_request_timeout`, seconds.
+    pub client_request_timeout: Option<f64>,
+    /// `server.client_disconnect_timeout`, seconds.
+    pub client_disconnect_timeout: Option<f64>,
+    /// `server.keep_alive`, seconds.
+    pub keep_alive: Option<f64>,
+}
+
+/// The default of `server.max_body_bytes`: 2 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// `seconds` as a duration, or the error naming `key`.
+fn seconds(key: &str, seconds: Option<f64>) -> Result<Option<Duration>, String> {
+    match seconds {
+        None => Ok(None),
+        Some(s) => Duration::try_from_secs_f64(s)
+            .map(Some)
+            .map_err(|_| format!("`{key}` must be a number of seconds, 0 or more (got {s})")),
+    }
 }
 
 impl ServerSettings {
@@ -473,7 +526,28 @@ impl ServerSettings {
         if self.processes == Some(0) {
             return Err("`processes` must be at least 1".to_owned());
         }
+        if self.max_body_bytes == Some(0) {
+            return Err("`max_body_bytes` must be at least 1".to_owned());
+        }
+        if seconds("request_timeout", self.request_timeout)?.is_some_and(|d| d.is_zero()) {
+            return Err(
+                "`request_timeout` must be more than 0 seconds (leave it out for none)".to_owned(),
+            );
+        }
+        seconds("client_request_timeout", self.client_request_timeout)?;
+        seconds("client_disconnect_timeout", self.client_disconnect_timeout)?;
+        seconds("keep_alive", self.keep_alive)?;
         Ok(())
+    }
+
+    /// `server.max_body_bytes`, or its default.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES)
+    }
+
+    /// `server.request_timeout` (none when absent or invalid).
+    pub fn request_timeout(&self) -> Option<Duration> {
+        seconds("", self.request_timeout).ok().flatten()
     }
 
     /// Registers the section on `config`.

@@ -1,4 +1,5 @@
-//! The management endpoints (the Python original's `default.management`), mounted by
+//! The management endpoints (the Python original's `default.management`; feature
+//! `actix`, on by default), mounted by
 //! [`default::actix`](crate::default::actix) and listed in the OpenAPI
 //! document under the tag `management`:
 //!
