@@ -17,6 +17,11 @@
 #                              actix-web (tests/src/bin/peer_stack.rs:
 #                              tracing-actix-web, actix-web-prom,
 #                              tracing-appender), same lines, same file
+#   http_settings_rps:         the http_warn_rps run with CORS
+#                              (`[server.cors]`) and compression
+#                              (`server.compress`) on, the response under
+#                              the compression minimum; baseline: the
+#                              http_warn_rps run
 #   metrics_scrape_ms:         median of 30 `GET /manage/metrics` of a
 #                              service with 2 worker processes and about
 #                              1,000 series (tests/src/bin/metrics_service.rs;
@@ -32,7 +37,7 @@ if ! command -v wrk >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive run $SUDO apt-get install -y -qq wrk curl >/dev/null
 fi
 
-run cargo build -q --release -p example-service
+run cargo build -q --release -p example-service --features serve-common/compress
 run cargo build -q --release -p serve-common-tests --bin bare_actix --bin peer_stack --bin metrics_service
 TARGET=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)
 SERVICE="$TARGET/release/example-service"
@@ -114,6 +119,9 @@ service_run() {
         echo "bind = \"127.0.0.1:$PORT\""
         echo "processes = 1"
         echo "workers = 2"
+        if [ "$2" = management-settings ]; then
+            echo "compress = true"
+        fi
         echo "[logging]"
         echo "level = \"$1\""
         echo "stderr = false"
@@ -121,7 +129,7 @@ service_run() {
             echo "file = \"bench.log\""
             echo "max_bytes = 100000000000"
         fi
-        if [ "$2" = management ] || [ "$2" = management-nometrics ]; then
+        if [ "$2" = management ] || [ "$2" = management-nometrics ] || [ "$2" = management-settings ]; then
             echo "[management]"
             echo "bind = \"127.0.0.1:$MANAGEMENT_PORT\""
         fi
@@ -129,9 +137,13 @@ service_run() {
             echo "[metrics]"
             echo "enabled = false"
         fi
+        if [ "$2" = management-settings ]; then
+            echo "[server.cors]"
+            echo "allowed_origins = [\"https://app.example.com\"]"
+        fi
     } > "$dir/config.toml"
     URL="$PUBLIC_URL"
-    [ "$2" = management ] || [ "$2" = management-nometrics ] \
+    [ "$2" = management ] || [ "$2" = management-nometrics ] || [ "$2" = management-settings ] \
         && URL="http://127.0.0.1:$MANAGEMENT_PORT/manage/version"
     cat "$dir/config.toml" >&2
     echo "+ (cd $dir && SERVE_COMMON_CONFIG=$dir/config.toml $SERVICE)" >&2
@@ -157,12 +169,13 @@ service_run() {
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 : > "$SCRATCH/bare"; : > "$SCRATCH/warn"; : > "$SCRATCH/info"; : > "$SCRATCH/lost"
-: > "$SCRATCH/nometrics"; : > "$SCRATCH/peer"
+: > "$SCRATCH/nometrics"; : > "$SCRATCH/peer"; : > "$SCRATCH/settings"
 for round in 1 2 3; do
     echo "round $round" >&2
     bare_run >> "$SCRATCH/bare"
     service_run WARNING management >> "$SCRATCH/warn"
     service_run WARNING management-nometrics >> "$SCRATCH/nometrics"
+    service_run WARNING management-settings >> "$SCRATCH/settings"
     service_run INFO file >> "$SCRATCH/info"
     peer_run >> "$SCRATCH/peer"
 done
@@ -198,8 +211,9 @@ INFO_RPS=$(median < "$SCRATCH/info")
 LOST=$(sort -g "$SCRATCH/lost" | tail -1)
 NOMETRICS_RPS=$(median < "$SCRATCH/nometrics")
 PEER_RPS=$(median < "$SCRATCH/peer")
+SETTINGS_RPS=$(median < "$SCRATCH/settings")
 SCRAPE_MS=$(median < "$SCRATCH/scrape")
-echo "runs (req/s): bare $(paste -sd' ' "$SCRATCH/bare"); warn $(paste -sd' ' "$SCRATCH/warn"); warn, metrics off $(paste -sd' ' "$SCRATCH/nometrics"); info+file $(paste -sd' ' "$SCRATCH/info"); peer stack $(paste -sd' ' "$SCRATCH/peer"); lines lost $(paste -sd' ' "$SCRATCH/lost")" >&2
+echo "runs (req/s): bare $(paste -sd' ' "$SCRATCH/bare"); warn $(paste -sd' ' "$SCRATCH/warn"); warn, metrics off $(paste -sd' ' "$SCRATCH/nometrics"); info+file $(paste -sd' ' "$SCRATCH/info"); peer stack $(paste -sd' ' "$SCRATCH/peer"); cors+compress $(paste -sd' ' "$SCRATCH/settings"); lines lost $(paste -sd' ' "$SCRATCH/lost")" >&2
 echo "scrape: $SERIES series, missing workers $MISSING; ms $(paste -sd' ' "$SCRATCH/scrape")" >&2
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0) printf "%.3f", a / b; else printf "nan" }'; }
 echo "http_warn_rps: $WARN_RPS baseline: $BARE_RPS ratio: $(ratio "$WARN_RPS" "$BARE_RPS")"
@@ -207,4 +221,5 @@ echo "http_info_file_rps: $INFO_RPS baseline: $BARE_RPS ratio: $(ratio "$INFO_RP
 echo "http_info_file_lines_lost: $LOST baseline: - ratio: -"
 echo "http_metrics_rps: $WARN_RPS baseline: $NOMETRICS_RPS ratio: $(ratio "$WARN_RPS" "$NOMETRICS_RPS")"
 echo "http_peer_stack_rps: $INFO_RPS baseline: $PEER_RPS ratio: $(ratio "$INFO_RPS" "$PEER_RPS")"
+echo "http_settings_rps: $SETTINGS_RPS baseline: $WARN_RPS ratio: $(ratio "$SETTINGS_RPS" "$WARN_RPS")"
 echo "metrics_scrape_ms: $SCRAPE_MS baseline: - ratio: -"

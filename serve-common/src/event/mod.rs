@@ -471,6 +471,7 @@ pub(crate) struct Core {
     /// normal dispatch skips their handlers.
     shared_routed: std::sync::atomic::AtomicBool,
     /// Itself, for the async handlers' tasks.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     me: Weak<Core>,
     /// Async handlers: the runtime and the cap.
     #[cfg(feature = "tokio")]
@@ -670,6 +671,8 @@ impl Core {
     /// finished (an async run's future included).
     fn run_entry_held(&self, entry: &Arc<Entry>, event: &Event, hold: Option<Arc<SharedGuard>>) {
         self.handler_runs.fetch_add(1, Ordering::Relaxed);
+        // Without the tokio feature the match has one arm.
+        #[cfg_attr(not(feature = "tokio"), allow(clippy::infallible_destructuring_match))]
         let handler = match &entry.handler {
             registry::Handler::Sync(handler) => handler,
             #[cfg(feature = "tokio")]

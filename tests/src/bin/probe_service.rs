@@ -6,7 +6,8 @@
 //! tests/tests/tracing.rs, `/trace` answers with the request's trace
 //! context and the headers a call from it would carry. For
 //! tests/tests/http_settings.rs, `POST /echo` (a JSON body) and
-//! `POST /bytes` (any body) answer with the body's size, and a `/slow`
+//! `POST /bytes` (any body) answer with the body's size, `/text/{n}` with
+//! a JSON string of `n` letters, and a `/slow`
 //! request whose future is dropped logs "slow request dropped".
 
 use std::time::Duration;
@@ -46,6 +47,12 @@ struct Note {
 #[api_operation(summary = "Measures a JSON body")]
 async fn echo(body: web::Json<Note>) -> web::Json<usize> {
     web::Json(body.text.len())
+}
+
+/// A JSON string of `n` letters (for the compression tests).
+#[api_operation(summary = "A body of a given size")]
+async fn text(n: web::Path<usize>) -> web::Json<String> {
+    web::Json("a".repeat(*n))
 }
 
 /// The size of any body.
@@ -122,6 +129,7 @@ async fn main() -> std::io::Result<()> {
             .service(actix::resource("/trace").route(actix::get().to(trace)))
             .service(actix::resource("/echo").route(actix::post().to(echo)))
             .service(actix::resource("/bytes").route(actix::post().to(bytes)))
+            .service(actix::resource("/text/{n}").route(actix::get().to(text)))
     })
     .await
 }

@@ -44,7 +44,12 @@
 //! | `server.client_disconnect_timeout` | `1` | seconds a closing connection gets to finish (actix-web's `client_disconnect_timeout`) |
 //! | `server.keep_alive` | `5` | seconds an idle keep-alive connection stays open (`0`: close after each response) |
 //!
-//! The HTTP limits and timeouts are read when a process starts serving.
+//! | `server.compress` | `false` | compress responses (gzip, brotli or zstd, as the client's `Accept-Encoding` prefers); needs the `compress` feature |
+//! | `server.compress_min_bytes` | `1024` | responses smaller than this are sent as they are |
+//! | `[server.cors]` | none (no CORS headers) | which other origins' pages may call the service: `allowed_origins` (`["https://app.example.com"]`, or `["*"]`), `allowed_methods` and `allowed_headers` (default any), `expose_headers` (default `X-Request-Id`), `supports_credentials` (default `false`; not with `"*"`), `max_age` (seconds a preflight may be cached) |
+//!
+//! The HTTP limits, timeouts, compression and CORS are read when a process
+//! starts serving.
 //!
 //! Who reaches the management endpoints (a listener of their own, which
 //! of them are served, a token for changes, refused changes off a
@@ -75,6 +80,7 @@
 //! handlers](crate::event#which-processes-run-handlers).
 
 pub(crate) mod errors;
+mod http;
 mod limits;
 mod routes;
 mod workers;
@@ -86,6 +92,7 @@ use std::time::Duration;
 use crate::default::management::{Endpoint, Gate, ManagementGate, ManagementSettings};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::middleware::Condition;
 use actix_web::web::Bytes;
 use apistos::app::{BuildConfig, OpenApiWrapper};
 use apistos::info::Info;
@@ -94,6 +101,7 @@ use apistos::tag::Tag;
 use tracing::instrument::WithSubscriber;
 
 pub use errors::{ApiError, ErrorBody};
+pub use http::{CorsSettings, DEFAULT_COMPRESS_MIN_BYTES};
 pub use routes::{App, Documented, RoutesDone};
 #[cfg(feature = "metrics")]
 pub(crate) use workers::process_group;
@@ -109,6 +117,15 @@ fn http_metrics() -> crate::metrics::http::HttpMetrics {
 }
 #[cfg(not(feature = "metrics"))]
 fn http_metrics() -> actix_web::middleware::Identity {
+    actix_web::middleware::Identity::default()
+}
+
+#[cfg(feature = "compress")]
+fn compression() -> actix_web::middleware::Compress {
+    actix_web::middleware::Compress::default()
+}
+#[cfg(not(feature = "compress"))]
+fn compression() -> actix_web::middleware::Identity {
     actix_web::middleware::Identity::default()
 }
 
@@ -136,13 +153,18 @@ const RENDER_PATH: &str = "/.serve-common/openapi.json";
 pub(crate) struct ServiceState {
     pub(crate) spec_json: Bytes,
     pub(crate) gate: Arc<Gate>,
+    /// The HTTP settings the process serves with, for `/manage/health`.
+    pub(crate) http: crate::default::management::HttpSettings,
 }
 
 impl ServiceState {
     fn new(spec: &serde_json::Value, gate: Arc<Gate>) -> Self {
+        let server: ServerSettings =
+            crate::config::config().get_or("server", ServerSettings::default());
         Self {
             spec_json: Bytes::from(serde_json::to_vec(spec).unwrap_or_default()),
             gate,
+            http: crate::default::management::HttpSettings::of(&server),
         }
     }
 }
@@ -238,6 +260,11 @@ where
         let server: ServerSettings =
             crate::config::config().get_or("server", ServerSettings::default());
         let max_body = server.max_body_bytes();
+        let cors = server.cors.as_ref().filter(|c| c.validate().is_ok());
+        let compress = server.compress == Some(true);
+        let compress_min = server
+            .compress_min_bytes
+            .unwrap_or(http::DEFAULT_COMPRESS_MIN_BYTES);
         let app = actix_web::App::new()
             .document(self.spec())
             .app_data(web::Data::from(state))
@@ -254,7 +281,18 @@ where
             .default_service(web::to(errors::not_found))
             .wrap(limits::RequestTimeout(server.request_timeout()))
             .wrap(ManagementGate(gate))
+            // Inside the JSON errors: a refused CORS request gets a JSON body.
+            .wrap(Condition::new(
+                cors.is_some(),
+                cors.map_or_else(actix_cors::Cors::default, CorsSettings::middleware),
+            ))
             .wrap(errors::JsonErrors)
+            .wrap(Condition::new(
+                compress,
+                http::CompressMinimum::Mark(compress_min),
+            ))
+            .wrap(Condition::new(compress, compression()))
+            .wrap(Condition::new(compress, http::CompressMinimum::Unmark))
             .wrap(RequestTimer)
             .wrap(http_metrics())
             .wrap(RequestIdMiddleware);
@@ -502,6 +540,12 @@ pub struct ServerSettings {
     pub client_disconnect_timeout: Option<f64>,
     /// `server.keep_alive`, seconds.
     pub keep_alive: Option<f64>,
+    /// `server.compress`.
+    pub compress: Option<bool>,
+    /// `server.compress_min_bytes`.
+    pub compress_min_bytes: Option<usize>,
+    /// `[server.cors]`.
+    pub cors: Option<CorsSettings>,
 }
 
 /// The default of `server.max_body_bytes`: 2 MiB.
@@ -537,6 +581,15 @@ impl ServerSettings {
         seconds("client_request_timeout", self.client_request_timeout)?;
         seconds("client_disconnect_timeout", self.client_disconnect_timeout)?;
         seconds("keep_alive", self.keep_alive)?;
+        if self.compress == Some(true) && !cfg!(feature = "compress") {
+            return Err(
+                "`compress = true` needs serve-common's `compress` feature (features = [\"compress\"] in Cargo.toml)"
+                    .to_owned(),
+            );
+        }
+        if let Some(cors) = &self.cors {
+            cors.validate()?;
+        }
         Ok(())
     }
 

@@ -368,6 +368,46 @@ pub struct Health {
     pub version: String,
     /// Each registered check by name.
     pub checks: BTreeMap<String, CheckResult>,
+    /// The HTTP settings this process serves with (`[server]`, as read when
+    /// it started serving).
+    #[serde(default)]
+    pub http: HttpSettings,
+}
+
+/// The HTTP settings of [`Health::http`]: none of them is secret.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, ApiComponent)]
+pub struct HttpSettings {
+    /// `server.max_body_bytes`.
+    pub max_body_bytes: usize,
+    /// `server.request_timeout` in milliseconds, if any.
+    pub request_timeout_ms: Option<u64>,
+    /// `server.compress`.
+    pub compress: bool,
+    /// `server.compress_min_bytes`.
+    pub compress_min_bytes: usize,
+    /// `server.cors.allowed_origins` (empty: no CORS).
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl HttpSettings {
+    /// What `settings` makes the service use.
+    pub fn of(settings: &crate::default::actix::ServerSettings) -> Self {
+        Self {
+            max_body_bytes: settings.max_body_bytes(),
+            request_timeout_ms: settings
+                .request_timeout()
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            compress: settings.compress == Some(true),
+            compress_min_bytes: settings
+                .compress_min_bytes
+                .unwrap_or(crate::default::actix::DEFAULT_COMPRESS_MIN_BYTES),
+            cors_allowed_origins: settings
+                .cors
+                .as_ref()
+                .map(|c| c.allowed_origins.clone())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// A failing report (a [`Health`] or a [`Probe`]): a 503 whose body is
@@ -416,7 +456,7 @@ impl<T: ApiComponent> ApiErrorComponent for Unavailable<T> {
     tag = "management",
     summary = "Health: per-check results and the answering process"
 )]
-async fn health() -> Result<web::Json<Health>, Unavailable<Health>> {
+async fn health(state: web::Data<ServiceState>) -> Result<web::Json<Health>, Unavailable<Health>> {
     let results = probes::run_checks(None).await;
     let healthy = results.values().all(|r| r.ok);
     let report = Health {
@@ -425,6 +465,7 @@ async fn health() -> Result<web::Json<Health>, Unavailable<Health>> {
         level: logging::level(),
         version: version(),
         checks: results,
+        http: state.http.clone(),
     };
     if healthy {
         Ok(web::Json(report))
