@@ -1,12 +1,7 @@
 //! CORS (`[server.cors]`, with `actix-cors`) and response compression
 //! (`server.compress`, actix-web's `Compress`, feature `compress`).
 
-use std::future::{ready, Future, Ready};
-use std::pin::Pin;
-
-use actix_web::body::{BodySize, MessageBody};
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
-use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::header::HeaderName;
 use actix_web::http::{Method, Uri};
 
 /// `[server.cors]`: which other origins' pages may call the service from a
@@ -115,83 +110,134 @@ impl CorsSettings {
 /// The default of `server.compress_min_bytes`.
 pub const DEFAULT_COMPRESS_MIN_BYTES: usize = 1024;
 
-/// Keeps responses under `server.compress_min_bytes` uncompressed (actix's
-/// `Compress` has no minimum): inside `Compress`, it marks a small body
-/// `Content-Encoding: identity`, which `Compress` leaves alone; outside it,
-/// the mark is taken off again.
+/// `server.compress`: responses of at least `min` bytes (or of a size not
+/// known in advance) are compressed with the encoding the client prefers
+/// among zstd, brotli and gzip (actix-http's encoder). A request that asks
+/// for none costs a header lookup; images (but SVG) and video are sent as
+/// they are, like actix-web's `Compress` does.
+#[cfg(feature = "compress")]
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum CompressMinimum {
-    /// Inside `Compress`: mark bodies under this many bytes.
-    Mark(usize),
-    /// Outside `Compress`: remove the mark.
-    Unmark,
+pub(crate) struct Compression {
+    pub(crate) enabled: bool,
+    pub(crate) min: usize,
 }
 
-impl<S, B> Transform<S, ServiceRequest> for CompressMinimum
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<B>;
-    type Error = actix_web::Error;
-    type Transform = CompressMinimumService<S>;
-    type InitError = ();
-    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+#[cfg(feature = "compress")]
+mod compression {
+    use std::future::{ready, Future, Ready};
+    use std::pin::Pin;
 
-    fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(CompressMinimumService {
-            service,
-            mode: *self,
-        }))
+    use actix_http::encoding::Encoder;
+    use actix_web::body::{BodySize, EitherBody, MessageBody};
+    use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
+    use actix_web::http::header::{self, AcceptEncoding, ContentEncoding, Encoding, HeaderValue};
+    use actix_web::HttpMessage as _;
+
+    use super::Compression;
+
+    const SUPPORTED: [Encoding; 4] = [
+        Encoding::identity(),
+        Encoding::zstd(),
+        Encoding::brotli(),
+        Encoding::gzip(),
+    ];
+
+    impl<S, B> Transform<S, ServiceRequest> for Compression
+    where
+        S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>
+            + 'static,
+        B: MessageBody + 'static,
+    {
+        type Response = ServiceResponse<EitherBody<B, Encoder<B>>>;
+        type Error = actix_web::Error;
+        type Transform = CompressionService<S>;
+        type InitError = ();
+        type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+        fn new_transform(&self, service: S) -> Self::Future {
+            ready(Ok(CompressionService {
+                service,
+                settings: *self,
+            }))
+        }
     }
-}
 
-/// The service [`CompressMinimum`] wraps.
-pub(crate) struct CompressMinimumService<S> {
-    service: S,
-    mode: CompressMinimum,
-}
+    /// The service [`Compression`] wraps.
+    pub(crate) struct CompressionService<S> {
+        service: S,
+        settings: Compression,
+    }
 
-type BoxedResponse<B> = Pin<Box<dyn Future<Output = Result<ServiceResponse<B>, actix_web::Error>>>>;
+    type BoxedResponse<B> = Pin<
+        Box<
+            dyn Future<
+                Output = Result<ServiceResponse<EitherBody<B, Encoder<B>>>, actix_web::Error>,
+            >,
+        >,
+    >;
 
-impl<S, B> Service<ServiceRequest> for CompressMinimumService<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<B>;
-    type Error = actix_web::Error;
-    type Future = BoxedResponse<B>;
+    /// Whether a body of this type is worth compressing.
+    fn compressible(content_type: Option<&HeaderValue>) -> bool {
+        let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
+            return true;
+        };
+        let value = value.trim_start().to_ascii_lowercase();
+        !(value.starts_with("video/")
+            || (value.starts_with("image/") && !value.starts_with("image/svg")))
+    }
 
-    actix_web::dev::forward_ready!(service);
+    impl<S, B> Service<ServiceRequest> for CompressionService<S>
+    where
+        S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>
+            + 'static,
+        B: MessageBody + 'static,
+    {
+        type Response = ServiceResponse<EitherBody<B, Encoder<B>>>;
+        type Error = actix_web::Error;
+        type Future = BoxedResponse<B>;
 
-    fn call(&self, request: ServiceRequest) -> Self::Future {
-        let future = self.service.call(request);
-        let mode = self.mode;
-        Box::pin(async move {
-            let mut response = future.await?;
-            let headers = response.headers();
-            match mode {
-                CompressMinimum::Mark(min) => {
-                    let small = matches!(response.response().body().size(),
-                        BodySize::Sized(n) if n < min as u64);
-                    if small && !headers.contains_key(header::CONTENT_ENCODING) {
-                        response.headers_mut().insert(
-                            header::CONTENT_ENCODING,
-                            HeaderValue::from_static("identity"),
-                        );
-                    }
+        actix_web::dev::forward_ready!(service);
+
+        fn call(&self, request: ServiceRequest) -> Self::Future {
+            let Compression { enabled, min } = self.settings;
+            let encoding = if enabled && request.headers().contains_key(header::ACCEPT_ENCODING) {
+                request
+                    .get_header::<AcceptEncoding>()
+                    .and_then(|accept| accept.negotiate(SUPPORTED.iter()))
+                    .and_then(|encoding| match encoding {
+                        Encoding::Known(ContentEncoding::Identity) => None,
+                        Encoding::Known(known) => Some(known),
+                        _ => None,
+                    })
+            } else {
+                None
+            };
+            let future = self.service.call(request);
+            Box::pin(async move {
+                let mut response = future.await?;
+                if enabled {
+                    response
+                        .headers_mut()
+                        .append(header::VARY, HeaderValue::from_static("accept-encoding"));
                 }
-                CompressMinimum::Unmark => {
-                    if headers
-                        .get(header::CONTENT_ENCODING)
-                        .is_some_and(|v| v == "identity")
-                    {
-                        response.headers_mut().remove(header::CONTENT_ENCODING);
-                    }
+                let Some(encoding) = encoding else {
+                    return Ok(response.map_into_left_body());
+                };
+                let worth = match response.response().body().size() {
+                    BodySize::None => false,
+                    BodySize::Sized(n) => n >= min as u64,
+                    BodySize::Stream => true,
+                };
+                if !worth
+                    || response.headers().contains_key(header::CONTENT_ENCODING)
+                    || !compressible(response.headers().get(header::CONTENT_TYPE))
+                {
+                    return Ok(response.map_into_left_body());
                 }
-            }
-            Ok(response)
-        })
+                Ok(response.map_body(|head, body| {
+                    EitherBody::right(Encoder::response(encoding, head, body))
+                }))
+            })
+        }
     }
 }

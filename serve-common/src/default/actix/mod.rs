@@ -121,11 +121,11 @@ fn http_metrics() -> actix_web::middleware::Identity {
 }
 
 #[cfg(feature = "compress")]
-fn compression() -> actix_web::middleware::Compress {
-    actix_web::middleware::Compress::default()
+fn compression(enabled: bool, min: usize) -> http::Compression {
+    http::Compression { enabled, min }
 }
 #[cfg(not(feature = "compress"))]
-fn compression() -> actix_web::middleware::Identity {
+fn compression(_: bool, _: usize) -> actix_web::middleware::Identity {
     actix_web::middleware::Identity::default()
 }
 
@@ -287,12 +287,7 @@ where
                 cors.map_or_else(actix_cors::Cors::default, CorsSettings::middleware),
             ))
             .wrap(errors::JsonErrors)
-            .wrap(Condition::new(
-                compress,
-                http::CompressMinimum::Mark(compress_min),
-            ))
-            .wrap(Condition::new(compress, compression()))
-            .wrap(Condition::new(compress, http::CompressMinimum::Unmark))
+            .wrap(compression(compress, compress_min))
             .wrap(RequestTimer)
             .wrap(http_metrics())
             .wrap(RequestIdMiddleware);
