@@ -24,7 +24,7 @@
 //!
 //! #[on_event("config:greeting.*")]
 //! fn greeting_changed(event: &str, change: &ConfigChange) {
-//!     tracing::info!(%event, new = ?change.new, "greeting changed");
+//!     tracing::info!(%event, %change, "greeting changed");
 //! }
 //!
 //! fn main() -> Result<(), serve_common::config::ConfigError> {

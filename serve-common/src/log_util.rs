@@ -158,7 +158,14 @@ mod timer {
             // that is written (neither is below INFO).
             if tracing::enabled!(tracing::Level::INFO) {
                 match request.match_pattern() {
-                    Some(_) => tracing::info!("hit {}", request.path()),
+                    Some(_) => {
+                        let client = crate::default::actix::client::address(&request);
+                        tracing::info!(
+                            client = client.map(tracing::field::display),
+                            "hit {}",
+                            request.path()
+                        )
+                    }
                     None => {
                         tracing::debug!("no route matched {} {}", request.method(), request.path())
                     }

@@ -179,6 +179,8 @@ where
         let span = tracing::info_span!(
             "request",
             request_id = %id,
+            client.address = crate::default::actix::client::address(&request)
+                .map(tracing::field::display),
             trace_id = trace_id.map(tracing::field::display),
             span_id = span_id.map(tracing::field::display),
             otel.name = tracing::field::Empty,

@@ -380,3 +380,34 @@ fn bad_cors_settings_stop_the_start_with_the_key_named() {
         assert!(stderr.contains(needle), "{config}: {stderr}");
     }
 }
+
+#[test]
+fn the_client_address_comes_from_forwarded_headers_of_trusted_proxies_only() {
+    let forwarded = [("X-Forwarded-For", "203.0.113.7, 127.0.0.1")];
+    let trusted = Service::start(PROGRAM, "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n");
+    assert_eq!(
+        request(trusted.address, "GET", "/slow/1", &forwarded, None).status,
+        200
+    );
+    let line = trusted.wait_log("hit /slow/1");
+    assert!(line.contains("client=203.0.113.7"), "{line}");
+    let rfc = [("Forwarded", "for=\"[2001:db8::1]:4711\"")];
+    assert_eq!(
+        request(trusted.address, "GET", "/slow/2", &rfc, None).status,
+        200
+    );
+    let line = trusted.wait_log("hit /slow/2");
+    assert!(line.contains("client=2001:db8::1"), "{line}");
+
+    // Without trusted proxies, anyone's header is ignored.
+    let plain = Service::start(PROGRAM, "");
+    assert_eq!(
+        request(plain.address, "GET", "/slow/1", &forwarded, None).status,
+        200
+    );
+    let line = plain.wait_log("hit /slow/1");
+    assert!(line.contains("client=127.0.0.1"), "{line}");
+
+    let stderr = start_fails(PROGRAM, "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n");
+    assert!(stderr.contains("trusted_proxies"), "{stderr}");
+}

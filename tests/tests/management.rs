@@ -73,6 +73,30 @@ fn the_openapi_document_is_served_at_both_paths_and_lists_every_route() {
     assert!(level.get.is_some() && level.post.is_some());
     let post = level.post.as_ref().unwrap();
     assert!(post.request_body.is_some(), "the POST body is documented");
+    // What a generated client would send and get is what the service takes
+    // and answers: level names as an enum, the version as text.
+    let raw = json(&spec.body);
+    let version = &raw["paths"]["/manage/version"]["get"]["responses"]["200"]["content"];
+    assert!(version.get("text/plain").is_some(), "{version}");
+    assert!(version.get("application/json").is_none(), "{version}");
+    let level_schema = raw["components"]["schemas"]["LevelChange"]["properties"]["level"].clone();
+    let names = level_schema["enum"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{level_schema}"));
+    assert!(
+        names.contains(&Value::from("DEBUG")) && names.contains(&Value::Null),
+        "{level_schema}"
+    );
+    for name in names.iter().filter_map(Value::as_str) {
+        let answer = post_json(
+            service.address,
+            "/manage/logging/level",
+            &format!("{{\"level\":\"{name}\"}}"),
+        );
+        assert_eq!(answer.status, 200, "{name}: {}", answer.body);
+    }
+    let reset = post_json(service.address, "/manage/logging/level", "{\"level\":null}");
+    assert_eq!(reset.status, 200, "{}", reset.body);
     assert!(
         post.responses
             .responses

@@ -516,8 +516,11 @@ fn a_cluster_node_killed_mid_stream_loses_and_repeats_nothing() {
         .map(|node| Host::start(&config_with(&node.url(), "", stream), None, &[]))
         .collect();
     let senders = [hosts[0].pid, hosts[1].pid];
-    hosts[0].flood("cluster", 10_000);
-    hosts[1].flood("cluster", 10_000);
+    // Enough that the stream cannot have confirmed them all by the kill
+    // (10,000 each was, once the bus got faster).
+    const EVENTS: u64 = 40_000;
+    hosts[0].flood("cluster", EVENTS);
+    hosts[1].flood("cluster", EVENTS);
     hosts[0].proc.expect("flooded ");
     hosts[1].proc.expect("flooded ");
     // The node the first sender is connected to, while it sends.
@@ -525,7 +528,7 @@ fn a_cluster_node_killed_mid_stream_loses_and_repeats_nothing() {
     cluster.nodes[0].kill();
     assert!(unconfirmed > 0, "not mid-stream: every event was confirmed");
     for host in hosts.iter_mut() {
-        let (missing, dups, _) = host.tally(&senders, 10_000, 120);
+        let (missing, dups, _) = host.tally(&senders, EVENTS, 120);
         assert_eq!((missing, dups), (0, 0), "process {}", host.pid);
     }
     assert!(

@@ -274,6 +274,45 @@ pub struct ConfigChange<T = Value> {
     pub source: ChangeSource,
 }
 
+impl fmt::Display for ChangeSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Set => "set",
+            Self::Unset => "unset",
+            Self::Reload => "reload",
+        })
+    }
+}
+
+/// `path: old -> new (source)`, the values written as TOML (`100`,
+/// `"text"`, `(none)` for absent) and secrets redacted, as the service's
+/// own "config changed" lines show them: log a change with
+/// `tracing::info!(%change, ..)`.
+///
+/// ```
+/// use serve_common::config::{ChangeSource, ConfigChange};
+///
+/// let change = ConfigChange {
+///     path: "limits.max".to_owned(),
+///     old: Some(100.into()),
+///     new: Some(5.into()),
+///     source: ChangeSource::Reload,
+/// };
+/// assert_eq!(change.to_string(), "limits.max: 100 -> 5 (reload)");
+/// ```
+impl fmt::Display for ConfigChange<Value> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} -> {} ({})",
+            self.path,
+            redact::shown(&self.path, self.old.as_ref()),
+            redact::shown(&self.path, self.new.as_ref()),
+            self.source
+        )
+    }
+}
+
 struct Inner {
     merged: ArcSwap<Table>,
     layers: Mutex<Layers>,

@@ -33,7 +33,7 @@
 //! |---|---|---|
 //! | `server.bind` | `"127.0.0.1:8000"` | the address to listen on |
 //! | `server.workers` | one per CPU | worker threads per process |
-//! | `server.processes` | `1` | worker processes (see below; which of them run event handlers: [here](crate::event#which-processes-run-handlers)) |
+//! | `server.processes` | `1` | worker processes (see below; which of them run event handlers: [here](crate::event#which-processes-run-handlers)). Memory is per process: a counter or a map in a handler's state exists once per worker (two workers each hand out id 1), so keep shared state in a database, or send it between processes with [events](crate::event) |
 //! | `server.shutdown_timeout` | `30` | seconds in-flight requests get after SIGTERM/SIGINT |
 //! | `server.drain_seconds` | `0` | seconds the service keeps serving after SIGTERM/SIGINT before it closes its listener, with `/manage/health/ready` answering 503 so a load balancer moves traffic away first (set it to the balancer's probe interval times its failure threshold) |
 //! | `server.backlog` | `2048` | the listen backlog |
@@ -46,6 +46,7 @@
 //!
 //! | `server.compress` | `false` | compress responses (gzip, brotli or zstd, as the client's `Accept-Encoding` prefers); needs the `compress` feature |
 //! | `server.compress_min_bytes` | `1024` | responses smaller than this are sent as they are |
+//! | `server.trusted_proxies` | none | addresses or CIDR ranges (`["10.0.0.0/8", "127.0.0.1"]`) of the proxies in front of the service: from them, the client address of the request log line and span (`client`, `client.address`) is taken from `Forwarded: for=` (else `X-Forwarded-For`), walked back past every trusted hop; from any other peer those headers are ignored |
 //! | `[server.cors]` | none (no CORS headers) | which other origins' pages may call the service: `allowed_origins` (`["https://app.example.com"]`, or `["*"]`), `allowed_methods` and `allowed_headers` (default any), `expose_headers` (default `X-Request-Id`), `supports_credentials` (default `false`; not with `"*"`), `max_age` (seconds a preflight may be cached) |
 //!
 //! The HTTP limits, timeouts, compression and CORS are read when a process
@@ -79,6 +80,7 @@
 //! it dies). See [which processes run
 //! handlers](crate::event#which-processes-run-handlers).
 
+pub(crate) mod client;
 pub(crate) mod errors;
 mod http;
 mod limits;
@@ -260,6 +262,10 @@ where
         let server: ServerSettings =
             crate::config::config().get_or("server", ServerSettings::default());
         let max_body = server.max_body_bytes();
+        client::trust(
+            client::parse(server.trusted_proxies.as_deref().unwrap_or_default())
+                .unwrap_or_default(),
+        );
         let cors = server.cors.as_ref().filter(|c| c.validate().is_ok());
         let compress = server.compress == Some(true);
         let compress_min = server
@@ -326,6 +332,7 @@ where
             let mut spec = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
             add_error_schemas(&mut spec);
             crate::default::management::document_security(&mut spec);
+            crate::default::management::document_content_types(&mut spec);
             spec
         };
         // The render's own request is no news: keep it out of the logs.
@@ -541,6 +548,8 @@ pub struct ServerSettings {
     pub compress_min_bytes: Option<usize>,
     /// `[server.cors]`.
     pub cors: Option<CorsSettings>,
+    /// `server.trusted_proxies`: addresses or CIDR ranges.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// The default of `server.max_body_bytes`: 2 MiB.
@@ -585,6 +594,7 @@ impl ServerSettings {
         if let Some(cors) = &self.cors {
             cors.validate()?;
         }
+        client::parse(self.trusted_proxies.as_deref().unwrap_or_default())?;
         Ok(())
     }
 

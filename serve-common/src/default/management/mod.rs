@@ -219,6 +219,16 @@ const SECURITY_SCHEME: &str = "managementToken";
 /// Marks in the rendered OpenAPI document the management operations that
 /// need the token (as the config says when the document is rendered, at
 /// start): the bearer scheme, and their 401 and 403 answers.
+/// What the document cannot learn from the handlers' types: `GET
+/// /manage/version` answers `text/plain` (a `String` is documented as JSON).
+pub(crate) fn document_content_types(spec: &mut serde_json::Value) {
+    if let Some(ok) = spec.pointer_mut("/paths/~1manage~1version/get/responses/200") {
+        ok["content"] = serde_json::json!({
+            "text/plain": { "schema": { "type": "string" } }
+        });
+    }
+}
+
 pub(crate) fn document_security(spec: &mut serde_json::Value) {
     use serde_json::{json, Value};
     let Ok(section) = ManagementSettings::live() else {
@@ -567,14 +577,28 @@ pub struct LevelChange {
     /// any case; `null` resets to the file's level.
     #[serde(deserialize_with = "present")]
     #[validate(required)]
-    #[schemars(schema_with = "nullable_string")]
+    #[schemars(schema_with = "nullable_level")]
     pub level: Option<String>,
 }
 
-/// A string that may be `null` (OpenAPI 3.0's `nullable`).
-fn nullable_string(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+/// The level names the endpoints take (any case is accepted; the document
+/// lists them in capitals).
+const LEVEL_NAMES: [&str; 9] = [
+    "TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "WARN", "ERROR", "CRITICAL", "OFF",
+];
+
+/// A level name, or `null` (OpenAPI 3.0's `nullable`): an enum, so that a
+/// client generated from the document sends only names the service takes.
+fn nullable_level(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
     let mut schema = schemars::schema::SchemaObject {
         instance_type: Some(schemars::schema::InstanceType::String.into()),
+        enum_values: Some(
+            LEVEL_NAMES
+                .iter()
+                .map(|name| serde_json::Value::String((*name).to_owned()))
+                .chain([serde_json::Value::Null])
+                .collect(),
+        ),
         ..Default::default()
     };
     schema
@@ -600,11 +624,12 @@ pub struct TargetsBody {
 #[serde(deny_unknown_fields)]
 pub struct TargetLevel {
     /// A module path such as `my_app::db`.
+    #[schemars(length(min = 1))]
     pub target: String,
     /// The level for it; `null` resets it to the config file's.
     #[serde(deserialize_with = "present")]
     #[validate(required)]
-    #[schemars(schema_with = "nullable_string")]
+    #[schemars(schema_with = "nullable_level")]
     pub level: Option<String>,
 }
 
