@@ -479,17 +479,19 @@ fn a_jetstream_server_killed_and_restarted_mid_stream_loses_and_repeats_nothing(
     let mut s2 = Host::start(&config, None, &[]);
     let mut receiver = Host::start(&config, None, &[]);
     let senders = [s1.pid, s2.pid];
-    s1.flood("restart", 10_000);
-    s2.flood("restart", 10_000);
+    // Enough that the server cannot have confirmed them all by the kill.
+    const EVENTS: u64 = 40_000;
+    s1.flood("restart", EVENTS);
+    s2.flood("restart", EVENTS);
     s1.proc.expect("flooded ");
     s2.proc.expect("flooded ");
-    // Mid-stream: the bus has taken all 20,000; the links are sending.
+    // Mid-stream: the bus has taken them all; the links are sending.
     let unconfirmed = s1.stat("buffered") + s2.stat("buffered");
     server.kill();
     assert!(unconfirmed > 0, "not mid-stream: every event was confirmed");
     server.restart();
     for host in [&mut s1, &mut s2, &mut receiver] {
-        let (missing, dups, _) = host.tally(&senders, 10_000, 120);
+        let (missing, dups, _) = host.tally(&senders, EVENTS, 120);
         assert_eq!((missing, dups), (0, 0), "process {}", host.pid);
     }
     for sender in [&mut s1, &mut s2] {
