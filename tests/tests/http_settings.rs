@@ -364,6 +364,14 @@ fn bad_cors_settings_stop_the_start_with_the_key_named() {
             "cors.allowed_origins",
         ),
         (
+            "[server.cors]\nallowed_origins = [\"https://App.example.com\"]\n",
+            "lower-case",
+        ),
+        (
+            "[server.cors]\nallowed_origins = [\"https://app.example.com:443\"]\n",
+            "default port",
+        ),
+        (
             "[server.cors]\nallowed_origins = [\"*\"]\nsupports_credentials = true\n",
             "cors.supports_credentials",
         ),
@@ -391,12 +399,28 @@ fn the_client_address_comes_from_forwarded_headers_of_trusted_proxies_only() {
     );
     let line = trusted.wait_log("hit /slow/1");
     assert!(line.contains("client=203.0.113.7"), "{line}");
-    let rfc = [("Forwarded", "for=\"[2001:db8::1]:4711\"")];
+    // A Forwarded header passed through from the client is not read: the
+    // proxies write X-Forwarded-For (the default `forwarded_header`).
+    let spoofed = [
+        ("Forwarded", "for=1.2.3.4"),
+        ("X-Forwarded-For", "203.0.113.8"),
+    ];
     assert_eq!(
-        request(trusted.address, "GET", "/slow/2", &rfc, None).status,
+        request(trusted.address, "GET", "/slow/2", &spoofed, None).status,
         200
     );
     let line = trusted.wait_log("hit /slow/2");
+    assert!(line.contains("client=203.0.113.8"), "{line}");
+    let rfc = Service::start(
+        PROGRAM,
+        "[server]\ntrusted_proxies = [\"127.0.0.1\"]\nforwarded_header = \"forwarded\"\n",
+    );
+    let header = [("Forwarded", "for=\"[2001:db8::1]:4711\"")];
+    assert_eq!(
+        request(rfc.address, "GET", "/slow/3", &header, None).status,
+        200
+    );
+    let line = rfc.wait_log("hit /slow/3");
     assert!(line.contains("client=2001:db8::1"), "{line}");
 
     // Without trusted proxies, anyone's header is ignored.

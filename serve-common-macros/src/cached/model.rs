@@ -54,11 +54,14 @@ enum Marker {
 }
 
 /// `#[name]` or `#[serve_common::name]`.
+/// `#[name]`, `#[serve_common::name]`, or the same through serve-common
+/// under another name (`#[sc::name]`, with `crate = "sc"`).
 pub(crate) fn is_named(attr: &Attribute, name: &str) -> bool {
-    attr.path().is_ident(name)
-        || (attr.path().segments.len() == 2
-            && attr.path().segments[0].ident == "serve_common"
-            && attr.path().segments[1].ident == name)
+    let path = attr.path();
+    path.is_ident(name)
+        || (path.segments.len() == 2
+            && path.leading_colon.is_none()
+            && path.segments[1].ident == name)
 }
 
 fn take_markers(attrs: &mut Vec<Attribute>, errors: &mut Vec<syn::Error>) -> Vec<Marker> {

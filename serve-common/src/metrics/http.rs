@@ -111,6 +111,8 @@ where
 
 /// The most paths [`Routes`] remembers; then it starts over.
 const PATHS_MAX: usize = 1024;
+/// The longest path [`Routes`] remembers.
+const PATH_MAX_BYTES: usize = 256;
 
 /// One app's routes on one actix thread, by template and by path.
 #[derive(Default)]
@@ -146,10 +148,13 @@ impl Routes {
                 })
                 .clone()
         });
-        if self.by_path.len() >= PATHS_MAX {
-            self.by_path.clear();
+        // Long paths are not kept: the cache's memory stays small.
+        if request.path().len() <= PATH_MAX_BYTES {
+            if self.by_path.len() >= PATHS_MAX {
+                self.by_path.clear();
+            }
+            self.by_path.insert(request.path().into(), route.clone());
         }
-        self.by_path.insert(request.path().into(), route.clone());
         route
     }
 }

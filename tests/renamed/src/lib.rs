@@ -38,8 +38,9 @@ impl Totals {
     }
 
     /// The sum of the values, computed once per change.
-    #[cached]
-    #[dependency(values)]
+    // The markers by the renamed path too.
+    #[sc::cached]
+    #[sc::dependency(values)]
     pub fn sum(&self) -> u64 {
         COMPUTED.fetch_add(1, Ordering::SeqCst);
         self.values.iter().sum()

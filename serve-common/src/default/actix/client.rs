@@ -13,8 +13,27 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use once_cell::sync::Lazy;
 
-/// The trusted proxies of the running service (set when it builds its app).
-static TRUSTED: Lazy<ArcSwap<Vec<IpNet>>> = Lazy::new(|| ArcSwap::from_pointee(Vec::new()));
+/// The header the trusted proxies write the client's address in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy, most load balancers).
+    XForwardedFor,
+    /// RFC 7239's `Forwarded: for=`.
+    Forwarded,
+}
+
+/// What the running service trusts (set when it builds its app).
+struct Trust {
+    proxies: Vec<IpNet>,
+    header: ForwardedHeader,
+}
+
+static TRUSTED: Lazy<ArcSwap<Trust>> = Lazy::new(|| {
+    ArcSwap::from_pointee(Trust {
+        proxies: Vec::new(),
+        header: ForwardedHeader::XForwardedFor,
+    })
+});
 
 /// Parses `server.trusted_proxies` (addresses or CIDR ranges), naming the
 /// key in the error.
@@ -34,62 +53,88 @@ pub(crate) fn parse(entries: &[String]) -> Result<Vec<IpNet>, String> {
         .collect()
 }
 
-/// Makes `proxies` the trusted ones.
-pub(crate) fn trust(proxies: Vec<IpNet>) {
-    TRUSTED.store(Arc::new(proxies));
+/// Parses `server.forwarded_header`.
+pub(crate) fn parse_header(name: Option<&str>) -> Result<ForwardedHeader, String> {
+    match name.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("x-forwarded-for") => Ok(ForwardedHeader::XForwardedFor),
+        Some("forwarded") => Ok(ForwardedHeader::Forwarded),
+        Some(other) => Err(format!(
+            "`forwarded_header`: {other:?} is neither \"x-forwarded-for\" nor \"forwarded\""
+        )),
+    }
+}
+
+/// Makes `proxies` the trusted ones, writing the client's address in
+/// `header`.
+pub(crate) fn trust(proxies: Vec<IpNet>, header: ForwardedHeader) {
+    TRUSTED.store(Arc::new(Trust { proxies, header }));
 }
 
 /// The client's address of `request`, if the connection has a peer.
 pub(crate) fn address(request: &ServiceRequest) -> Option<IpAddr> {
     let peer = request.peer_addr()?.ip();
-    let trusted = TRUSTED.load();
-    Some(resolve(peer, request.headers(), &trusted))
+    let trust = TRUSTED.load();
+    Some(resolve(
+        peer,
+        request.headers(),
+        &trust.proxies,
+        trust.header,
+    ))
 }
 
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
-/// The first address, from the nearest hop back, that is not a trusted
-/// proxy; `peer` itself when it is not trusted or nothing was forwarded.
-fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+/// Walks the forwarded hops from the nearest one back: the first that is
+/// not a trusted proxy is the client. An entry that cannot be read (an
+/// obfuscated or broken one) ends the walk at the last trusted hop: what
+/// lies before it was written by someone not trusted. Only `header` is
+/// read: the other one may come from the client, passed through.
+fn resolve(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    header: ForwardedHeader,
+) -> IpAddr {
+    let peer = peer.to_canonical();
     if trusted.is_empty() || !is_trusted(peer, trusted) {
         return peer;
     }
-    let mut hops: Vec<IpAddr> = forwarded_for(headers);
-    if hops.is_empty() {
-        hops = x_forwarded_for(headers);
-    }
+    let hops = match header {
+        ForwardedHeader::Forwarded => forwarded_for(headers),
+        ForwardedHeader::XForwardedFor => x_forwarded_for(headers),
+    };
     let mut client = peer;
     for hop in hops.into_iter().rev() {
-        client = hop;
-        if !is_trusted(hop, trusted) {
+        let Some(hop) = hop else {
+            break;
+        };
+        client = hop.to_canonical();
+        if !is_trusted(client, trusted) {
             break;
         }
     }
     client
 }
 
-/// The `for=` addresses of every `Forwarded` header, in order (RFC 7239:
-/// `for=192.0.2.60`, `for="[2001:db8::1]:4711"`); obfuscated ones end the
-/// list (nothing behind them can be trusted).
-fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
+/// The `for=` nodes of every `Forwarded` header, in order (RFC 7239:
+/// `for=192.0.2.60`, `for="[2001:db8::1]:4711"`); `None` for one that is
+/// not an address (`for=_hidden`, `for=unknown`) or an element without
+/// `for=`.
+fn forwarded_for(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
     let mut out = Vec::new();
     for value in headers.get_all(FORWARDED) {
         let Ok(value) = value.to_str() else {
-            return Vec::new();
+            out.push(None);
+            continue;
         };
         for element in value.split(',') {
-            let Some(node) = element.split(';').find_map(|pair| {
+            let node = element.split(';').find_map(|pair| {
                 let (key, value) = pair.split_once('=')?;
                 key.trim().eq_ignore_ascii_case("for").then(|| value.trim())
-            }) else {
-                continue;
-            };
-            match parse_node(node.trim_matches('"')) {
-                Some(ip) => out.push(ip),
-                None => return out,
-            }
+            });
+            out.push(node.and_then(|node| parse_node(node.trim_matches('"'))));
         }
     }
     out
@@ -105,19 +150,16 @@ fn parse_node(node: &str) -> Option<IpAddr> {
         .or_else(|| node.rsplit_once(':').and_then(|(ip, _)| ip.parse().ok()))
 }
 
-/// The addresses of every `X-Forwarded-For` header, in order.
-fn x_forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
+/// The entries of every `X-Forwarded-For` header, in order; `None` for one
+/// that is not an address.
+fn x_forwarded_for(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
     let mut out = Vec::new();
     for value in headers.get_all("x-forwarded-for") {
         let Ok(value) = value.to_str() else {
-            return Vec::new();
+            out.push(None);
+            continue;
         };
-        for node in value.split(',') {
-            match parse_node(node.trim()) {
-                Some(ip) => out.push(ip),
-                None => return out,
-            }
-        }
+        out.extend(value.split(',').map(|node| parse_node(node.trim())));
     }
     out
 }
@@ -145,35 +187,40 @@ mod tests {
     #[test]
     fn forwarded_addresses_count_only_from_trusted_peers() {
         let trusted = parse(&["10.0.0.0/8".to_owned(), "192.168.1.1".to_owned()]).unwrap();
-        let xff = headers(&[("x-forwarded-for", "203.0.113.7, 10.1.2.3")]);
+        let xff = ForwardedHeader::XForwardedFor;
+        let hops = headers(&[("x-forwarded-for", "203.0.113.7, 10.1.2.3")]);
+        let walk = |peer: &str, hops: &HeaderMap| resolve(ip(peer), hops, &trusted, xff);
         // A trusted peer: walk back past the trusted hop.
-        assert_eq!(
-            resolve(ip("192.168.1.1"), &xff, &trusted),
-            ip("203.0.113.7")
-        );
+        assert_eq!(walk("192.168.1.1", &hops), ip("203.0.113.7"));
+        // An IPv4 peer seen on an IPv6 socket is trusted all the same.
+        assert_eq!(walk("::ffff:192.168.1.1", &hops), ip("203.0.113.7"));
         // An untrusted peer: its header is ignored.
-        assert_eq!(
-            resolve(ip("198.51.100.9"), &xff, &trusted),
-            ip("198.51.100.9")
-        );
+        assert_eq!(walk("198.51.100.9", &hops), ip("198.51.100.9"));
         // No trusted proxies configured: always the peer.
-        assert_eq!(resolve(ip("10.0.0.1"), &xff, &[]), ip("10.0.0.1"));
+        assert_eq!(resolve(ip("10.0.0.1"), &hops, &[], xff), ip("10.0.0.1"));
         // A forged entry before an untrusted hop does not count.
         let forged = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.7")]);
-        assert_eq!(
-            resolve(ip("10.0.0.1"), &forged, &trusted),
-            ip("203.0.113.7")
-        );
+        assert_eq!(walk("10.0.0.1", &forged), ip("203.0.113.7"));
+        // A broken entry ends the walk: the client's own entries before it
+        // are not believed.
+        let broken = headers(&[("x-forwarded-for", "6.6.6.6, x, 10.0.0.9")]);
+        assert_eq!(walk("10.0.0.1", &broken), ip("10.0.0.9"));
         // Nothing forwarded: the peer.
-        assert_eq!(
-            resolve(ip("10.0.0.1"), &headers(&[]), &trusted),
-            ip("10.0.0.1")
-        );
+        assert_eq!(walk("10.0.0.1", &headers(&[])), ip("10.0.0.1"));
+        // A Forwarded header the client wrote is not read when the proxies
+        // write X-Forwarded-For.
+        let both = headers(&[
+            ("forwarded", "for=1.2.3.4"),
+            ("x-forwarded-for", "203.0.113.7"),
+        ]);
+        assert_eq!(walk("10.0.0.1", &both), ip("203.0.113.7"));
     }
 
     #[test]
-    fn the_forwarded_header_wins_and_reads_every_form() {
+    fn the_forwarded_header_reads_every_form_when_chosen() {
         let trusted = parse(&["10.0.0.0/8".to_owned()]).unwrap();
+        let rfc = ForwardedHeader::Forwarded;
+        let walk = |hops: &HeaderMap| resolve(ip("10.0.0.2"), hops, &trusted, rfc);
         let both = headers(&[
             (
                 "forwarded",
@@ -181,13 +228,17 @@ mod tests {
             ),
             ("x-forwarded-for", "198.51.100.1"),
         ]);
-        assert_eq!(resolve(ip("10.0.0.2"), &both, &trusted), ip("2001:db8::1"));
+        assert_eq!(walk(&both), ip("2001:db8::1"));
         let port = headers(&[("forwarded", "for=192.0.2.60:8080")]);
-        assert_eq!(resolve(ip("10.0.0.2"), &port, &trusted), ip("192.0.2.60"));
-        // An obfuscated node: nothing behind it is known; the nearest known
-        // hop stands.
-        let hidden = headers(&[("forwarded", "for=_hidden, for=10.0.0.7")]);
-        assert_eq!(resolve(ip("10.0.0.2"), &hidden, &trusted), ip("10.0.0.2"));
+        assert_eq!(walk(&port), ip("192.0.2.60"));
+        // An obfuscated node: what lies before it is unknown; the nearest
+        // trusted hop stands.
+        let hidden = headers(&[("forwarded", "for=6.6.6.6, for=_hidden, for=10.0.0.7")]);
+        assert_eq!(walk(&hidden), ip("10.0.0.7"));
+        assert_eq!(parse_header(Some("Forwarded")), Ok(rfc));
+        assert!(parse_header(Some("x-real-ip"))
+            .unwrap_err()
+            .contains("forwarded_header"));
     }
 
     #[test]

@@ -56,9 +56,17 @@ impl CorsSettings {
                     && matches!(uri.path(), "" | "/")
                     && uri.query().is_none()
             });
-            if !valid || origin.ends_with('/') {
+            // Browsers send `Origin` lower-case and without a default
+            // port, and it is compared as written.
+            let default_port = (origin.starts_with("https://") && origin.ends_with(":443"))
+                || (origin.starts_with("http://") && origin.ends_with(":80"));
+            if !valid
+                || origin.ends_with('/')
+                || *origin != origin.to_ascii_lowercase()
+                || default_port
+            {
                 return Err(format!(
-                    "`cors.allowed_origins`: {origin:?} is not an origin (scheme://host[:port], no path)"
+                    "`cors.allowed_origins`: {origin:?} is not an origin as browsers send it (scheme://host[:port], lower-case, no default port, no path)"
                 ));
             }
         }
@@ -89,7 +97,12 @@ impl CorsSettings {
             };
         }
         cors = match &self.allowed_methods {
-            Some(methods) => cors.allowed_methods(methods.iter().map(String::as_str)),
+            // Method names are case-sensitive; `get` means `GET` here.
+            Some(methods) => cors.allowed_methods(
+                methods
+                    .iter()
+                    .filter_map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok()),
+            ),
             None => cors.allow_any_method(),
         };
         cors = match &self.allowed_headers {
@@ -215,12 +228,17 @@ mod compression {
             let future = self.service.call(request);
             Box::pin(async move {
                 let mut response = future.await?;
-                if enabled {
-                    response
-                        .headers_mut()
-                        .append(header::VARY, HeaderValue::from_static("accept-encoding"));
-                }
+                // The encoder says `Vary: accept-encoding` when it encodes;
+                // an answer that was not encoded says it here.
+                let vary = |response: &mut ServiceResponse<B>| {
+                    if enabled {
+                        response
+                            .headers_mut()
+                            .append(header::VARY, HeaderValue::from_static("accept-encoding"));
+                    }
+                };
                 let Some(encoding) = encoding else {
+                    vary(&mut response);
                     return Ok(response.map_into_left_body());
                 };
                 let worth = match response.response().body().size() {
@@ -232,6 +250,7 @@ mod compression {
                     || response.headers().contains_key(header::CONTENT_ENCODING)
                     || !compressible(response.headers().get(header::CONTENT_TYPE))
                 {
+                    vary(&mut response);
                     return Ok(response.map_into_left_body());
                 }
                 Ok(response.map_body(|head, body| {

@@ -46,7 +46,8 @@
 //!
 //! | `server.compress` | `false` | compress responses (gzip, brotli or zstd, as the client's `Accept-Encoding` prefers); needs the `compress` feature |
 //! | `server.compress_min_bytes` | `1024` | responses smaller than this are sent as they are |
-//! | `server.trusted_proxies` | none | addresses or CIDR ranges (`["10.0.0.0/8", "127.0.0.1"]`) of the proxies in front of the service: from them, the client address of the request log line and span (`client`, `client.address`) is taken from `Forwarded: for=` (else `X-Forwarded-For`), walked back past every trusted hop; from any other peer those headers are ignored |
+//! | `server.trusted_proxies` | none | addresses or CIDR ranges (`["10.0.0.0/8", "127.0.0.1"]`) of the proxies in front of the service: from them, the client address of the request log line and span (`client`, `client.address`) is taken from the header they write, walked back from the nearest hop past every trusted one (an entry that is not an address ends the walk); from any other peer the header is ignored |
+//! | `server.forwarded_header` | `"x-forwarded-for"` | the header the trusted proxies write: `"x-forwarded-for"` or `"forwarded"` (RFC 7239's `for=`); only that one is read, since a proxy passes the other through from the client |
 //! | `[server.cors]` | none (no CORS headers) | which other origins' pages may call the service: `allowed_origins` (`["https://app.example.com"]`, or `["*"]`), `allowed_methods` and `allowed_headers` (default any), `expose_headers` (default `X-Request-Id`), `supports_credentials` (default `false`; not with `"*"`), `max_age` (seconds a preflight may be cached) |
 //!
 //! The HTTP limits, timeouts, compression and CORS are read when a process
@@ -265,6 +266,8 @@ where
         client::trust(
             client::parse(server.trusted_proxies.as_deref().unwrap_or_default())
                 .unwrap_or_default(),
+            client::parse_header(server.forwarded_header.as_deref())
+                .unwrap_or(client::ForwardedHeader::XForwardedFor),
         );
         let cors = server.cors.as_ref().filter(|c| c.validate().is_ok());
         let compress = server.compress == Some(true);
@@ -550,6 +553,8 @@ pub struct ServerSettings {
     pub cors: Option<CorsSettings>,
     /// `server.trusted_proxies`: addresses or CIDR ranges.
     pub trusted_proxies: Option<Vec<String>>,
+    /// `server.forwarded_header`: `"x-forwarded-for"` or `"forwarded"`.
+    pub forwarded_header: Option<String>,
 }
 
 /// The default of `server.max_body_bytes`: 2 MiB.
@@ -595,6 +600,7 @@ impl ServerSettings {
             cors.validate()?;
         }
         client::parse(self.trusted_proxies.as_deref().unwrap_or_default())?;
+        client::parse_header(self.forwarded_header.as_deref())?;
         Ok(())
     }
 
