@@ -97,7 +97,10 @@
 //! (its callers add none). Put every property in the one block; in a
 //! generic struct, a `where` clause on a cached method (`fn total(&self)
 //! -> u64 where T: Into<u64> + Copy`) narrows that property alone, and
-//! plain impl blocks (without `#[cached]`) may be as many as you like. A
+//! plain impl blocks (without `#[cached]`) may be as many as you like. (The
+//! check is textual: a struct of the same name with its own `#[cached]`
+//! block in a module declared further down the same file, `mod tests`
+//! say, gets the same error; give it another name.) A
 //! setter returns an owned value (it needs `&mut self` again after its
 //! body); and in a generic struct, a cached type must not need the
 //! struct's bounds (`Box<Self>` in a `struct S<T: Ord>`): the storage is
