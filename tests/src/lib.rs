@@ -634,16 +634,7 @@ pub mod http_support {
             } else {
                 format!("{config}\n[server]\nbind = \"127.0.0.1:0\"\n")
             };
-            std::fs::write(dir.path().join("config.toml"), config).unwrap();
-            let mut command = Command::new(program);
-            command
-                .current_dir(dir.path())
-                .env("SERVE_COMMON_CONFIG", dir.path().join("config.toml"))
-                .env("NO_COLOR", "1")
-                .env_remove("SERVCOM_IPC_ADDR")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
+            let mut command = command_in(program, dir.path(), &config);
             adjust(&mut command);
             let mut child = command.spawn().expect("spawn the example service");
             let stderr = child.stderr.take().unwrap();
@@ -777,21 +768,28 @@ pub mod http_support {
         }
     }
 
-    /// Runs `program` with `config` (TOML) in a scratch directory; it
-    /// must exit non-zero: its stderr.
-    pub fn start_fails(program: &str, config: &str) -> String {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.toml"), config).unwrap();
-        let child = Command::new(program)
-            .current_dir(dir.path())
-            .env("SERVE_COMMON_CONFIG", dir.path().join("config.toml"))
+    /// `program` to run in `dir` with `config` (written to
+    /// `dir/config.toml`), its standard error piped, no IPC address
+    /// inherited.
+    fn command_in(program: &str, dir: &Path, config: &str) -> Command {
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        let mut command = Command::new(program);
+        command
+            .current_dir(dir)
+            .env("SERVE_COMMON_CONFIG", dir.join("config.toml"))
             .env("NO_COLOR", "1")
             .env_remove("SERVCOM_IPC_ADDR")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Runs `program` with `config` (TOML) in a scratch directory; it
+    /// must exit non-zero: its stderr.
+    pub fn start_fails(program: &str, config: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let child = command_in(program, dir.path(), config).spawn().unwrap();
         let output = output_within(child, PATIENCE);
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert!(!output.status.success(), "it started: {stderr}");
