@@ -128,10 +128,11 @@ pub const DEFAULT_COMPRESS_MIN_BYTES: usize = 1024;
 /// among zstd, brotli and gzip (actix-http's encoder). A request that asks
 /// for none costs a header lookup; images (but SVG) and video are sent as
 /// they are, like actix-web's `Compress` does.
+/// (Wrapped in `Condition`: with `compress` off it is not in the
+/// request's path at all.)
 #[cfg(feature = "compress")]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Compression {
-    pub(crate) enabled: bool,
     pub(crate) min: usize,
 }
 
@@ -194,9 +195,12 @@ mod compression {
         let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
             return true;
         };
-        let value = value.trim_start().to_ascii_lowercase();
-        !(value.starts_with("video/")
-            || (value.starts_with("image/") && !value.starts_with("image/svg")))
+        let value = value.trim_start().as_bytes();
+        let starts = |prefix: &str| {
+            value.len() >= prefix.len()
+                && value[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        };
+        !(starts("video/") || (starts("image/") && !starts("image/svg")))
     }
 
     impl<S, B> Service<ServiceRequest> for CompressionService<S>
@@ -212,8 +216,8 @@ mod compression {
         actix_web::dev::forward_ready!(service);
 
         fn call(&self, request: ServiceRequest) -> Self::Future {
-            let Compression { enabled, min } = self.settings;
-            let encoding = if enabled && request.headers().contains_key(header::ACCEPT_ENCODING) {
+            let min = self.settings.min;
+            let encoding = if request.headers().contains_key(header::ACCEPT_ENCODING) {
                 request
                     .get_header::<AcceptEncoding>()
                     .and_then(|accept| accept.negotiate(SUPPORTED.iter()))
@@ -231,11 +235,9 @@ mod compression {
                 // The encoder says `Vary: accept-encoding` when it encodes;
                 // an answer that was not encoded says it here.
                 let vary = |response: &mut ServiceResponse<B>| {
-                    if enabled {
-                        response
-                            .headers_mut()
-                            .append(header::VARY, HeaderValue::from_static("accept-encoding"));
-                    }
+                    response
+                        .headers_mut()
+                        .append(header::VARY, HeaderValue::from_static("accept-encoding"));
                 };
                 let Some(encoding) = encoding else {
                     vary(&mut response);

@@ -11,9 +11,10 @@ use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
 
 use super::ApiError;
 
-/// The middleware; `None` times nothing.
+/// The middleware (wrapped in `Condition`: without a timeout it is not in
+/// the request's path at all).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct RequestTimeout(pub(crate) Option<Duration>);
+pub(crate) struct RequestTimeout(pub(crate) Duration);
 
 impl<S, B> Transform<S, ServiceRequest> for RequestTimeout
 where
@@ -37,7 +38,7 @@ where
 /// The service [`RequestTimeout`] wraps.
 pub(crate) struct RequestTimeoutService<S> {
     service: S,
-    timeout: Option<Duration>,
+    timeout: Duration,
 }
 
 type BoxedResponse<B> = Pin<Box<dyn Future<Output = Result<ServiceResponse<B>, actix_web::Error>>>>;
@@ -54,9 +55,7 @@ where
     actix_web::dev::forward_ready!(service);
 
     fn call(&self, request: ServiceRequest) -> Self::Future {
-        let Some(timeout) = self.timeout else {
-            return Box::pin(self.service.call(request));
-        };
+        let timeout = self.timeout;
         // Routing needs the only handle on the request: keep what the log
         // line needs, not a clone.
         let (method, path) = (request.method().clone(), request.path().to_owned());

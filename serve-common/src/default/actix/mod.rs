@@ -124,11 +124,11 @@ fn http_metrics() -> actix_web::middleware::Identity {
 }
 
 #[cfg(feature = "compress")]
-fn compression(enabled: bool, min: usize) -> http::Compression {
-    http::Compression { enabled, min }
+fn compression(min: usize) -> http::Compression {
+    http::Compression { min }
 }
 #[cfg(not(feature = "compress"))]
-fn compression(_: bool, _: usize) -> actix_web::middleware::Identity {
+fn compression(_: usize) -> actix_web::middleware::Identity {
     actix_web::middleware::Identity::default()
 }
 
@@ -156,18 +156,17 @@ const RENDER_PATH: &str = "/.serve-common/openapi.json";
 pub(crate) struct ServiceState {
     pub(crate) spec_json: Bytes,
     pub(crate) gate: Arc<Gate>,
-    /// The HTTP settings the process serves with, for `/manage/health`.
-    pub(crate) http: crate::default::management::HttpSettings,
+    /// `[server]` as the process read it when it started serving: the
+    /// app's HTTP settings, and what `/manage/health` shows of them.
+    pub(crate) server: ServerSettings,
 }
 
 impl ServiceState {
     fn new(spec: &serde_json::Value, gate: Arc<Gate>) -> Self {
-        let server: ServerSettings =
-            crate::config::config().get_or("server", ServerSettings::default());
         Self {
             spec_json: Bytes::from(serde_json::to_vec(spec).unwrap_or_default()),
             gate,
-            http: crate::default::management::HttpSettings::of(&server),
+            server: crate::config::config().get_or("server", ServerSettings::default()),
         }
     }
 }
@@ -260,16 +259,20 @@ where
         let configure = self.configure.clone();
         let gate = state.gate.clone();
         let expose = gate.exposed();
-        let server: ServerSettings =
-            crate::config::config().get_or("server", ServerSettings::default());
+        let server = &state.server;
         let max_body = server.max_body_bytes();
+        let timeout = server.request_timeout();
         client::trust(
             client::parse(server.trusted_proxies.as_deref().unwrap_or_default())
                 .unwrap_or_default(),
             client::parse_header(server.forwarded_header.as_deref())
                 .unwrap_or(client::ForwardedHeader::XForwardedFor),
         );
-        let cors = server.cors.as_ref().filter(|c| c.validate().is_ok());
+        let cors = server
+            .cors
+            .as_ref()
+            .filter(|c| c.validate().is_ok())
+            .map(CorsSettings::middleware);
         let compress = server.compress == Some(true);
         let compress_min = server
             .compress_min_bytes
@@ -288,15 +291,15 @@ where
                 move |config| crate::default::management::routes(config, &gate)
             })
             .default_service(web::to(errors::not_found))
-            .wrap(limits::RequestTimeout(server.request_timeout()))
+            .wrap(Condition::new(
+                timeout.is_some(),
+                limits::RequestTimeout(timeout.unwrap_or_default()),
+            ))
             .wrap(ManagementGate(gate))
             // Inside the JSON errors: a refused CORS request gets a JSON body.
-            .wrap(Condition::new(
-                cors.is_some(),
-                cors.map_or_else(actix_cors::Cors::default, CorsSettings::middleware),
-            ))
+            .wrap(Condition::new(cors.is_some(), cors.unwrap_or_default()))
             .wrap(errors::JsonErrors)
-            .wrap(compression(compress, compress_min))
+            .wrap(Condition::new(compress, compression(compress_min)))
             .wrap(RequestTimer)
             .wrap(http_metrics())
             .wrap(RequestIdMiddleware);
@@ -415,12 +418,11 @@ where
         let gate = Arc::new(Gate::new(management));
         let state = Arc::new(ServiceState::new(&self.render(gate.clone()).await, gate));
         let address = listeners.public.local_addr()?;
+        let http = state.server.clone();
         let this = self.clone();
         let mut server = actix_web::HttpServer::new(move || this.build(state.clone(), false))
             .disable_signals()
             .shutdown_timeout(settings.shutdown_timeout.as_secs());
-        let http: ServerSettings =
-            crate::config::config().get_or("server", ServerSettings::default());
         if let Ok(Some(timeout)) = seconds("", http.client_request_timeout) {
             server = server.client_request_timeout(timeout);
         }

@@ -475,7 +475,7 @@ async fn health(state: web::Data<ServiceState>) -> Result<web::Json<Health>, Una
         level: logging::level(),
         version: version(),
         checks: results,
-        http: state.http.clone(),
+        http: HttpSettings::of(&state.server),
     };
     if healthy {
         Ok(web::Json(report))
