@@ -7,7 +7,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 fn main() {
-    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    // Read at run time, not baked in with `env!`: a build script compiled
+    // for another checkout sharing the target directory must not read that
+    // checkout's README.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
+    let readme = Path::new(&manifest_dir).join("../../README.md");
     println!("cargo:rerun-if-changed={}", readme.display());
     let text = std::fs::read_to_string(&readme).expect("the workspace's README.md");
     let mut out = String::new();
