@@ -18,6 +18,7 @@
 //! | [`ipc`] | a group server process: messages, and events and config, across the service's processes |
 //! | [`reloading`] | file watchers: inotify with a safety poll, or plain polling |
 //! | [`prelude`] | the glob import (the Python original's `export` module) |
+//! | `testing` | feature `testing`: your service started in a test, with an HTTP client, captured logs and waits |
 //!
 //! ```no_run
 //! use serve_common::prelude::*;
@@ -66,6 +67,8 @@ pub mod reloading;
 pub mod request_id;
 #[cfg(feature = "otel")]
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(feature = "actix")]
 pub mod trace_context;
 
@@ -167,8 +170,10 @@ pub use serve_common_macros::setter;
 /// every cache hit. See the [`cached`](mod@cached) module.
 pub use serve_common_macros::compute;
 
-/// The README's examples, compiled as doc tests so they stay true.
-#[cfg(doctest)]
+/// The README's examples, compiled as doc tests so they stay true (with
+/// the `testing` feature, which its "Testing your service" example needs;
+/// `cargo test --workspace` has it, and `tests/readme` compiles them too).
+#[cfg(all(doctest, feature = "testing"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 

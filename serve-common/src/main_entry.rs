@@ -117,7 +117,7 @@ fn install_logging(config: &Config) -> Result<(), logging::LoggingError> {
     outputs.install().map(drop)
 }
 
-fn register_sections(config: &Config) -> Result<(), config::ConfigError> {
+pub(crate) fn register_sections(config: &Config) -> Result<(), config::ConfigError> {
     logging::LoggingSettings::guard_global()?;
     let events = event::EventsSettings::register(config)?;
     #[cfg(feature = "tokio")]

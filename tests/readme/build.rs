@@ -1,7 +1,8 @@
 //! Writes each ```rust block of the workspace's README as a module of
 //! `$OUT_DIR/readme_examples.rs`, the way rustdoc reads a doc test: lines
 //! starting with `# ` are kept without it, and a block without `fn main`
-//! becomes the body of one.
+//! becomes the body of one; a block with a `#[tokio::test]` is a test
+//! module.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -45,9 +46,15 @@ fn main() {
 
 fn write_module(out: &mut String, start: usize, lines: &[&str]) {
     let code = lines.join("\n");
+    // A test (the README's "Testing your service") is test code: built
+    // and run by `cargo test`, with the dev-dependencies the README names.
+    let test = code.contains("#[tokio::test]");
     let _ = writeln!(out, "/// README.md, the block after line {start}.");
+    if test {
+        let _ = writeln!(out, "#[cfg(test)]");
+    }
     let _ = writeln!(out, "pub mod line_{start} {{");
-    if code.contains("fn main") {
+    if code.contains("fn main") || test {
         let _ = writeln!(out, "{code}");
     } else {
         let _ = writeln!(out, "pub fn main() {{\n{code}\n}}");

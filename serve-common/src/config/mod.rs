@@ -831,6 +831,12 @@ impl Config {
     /// made before the file was modified overrides, takes the file's value
     /// (logged): the newest intent wins.
     pub fn reload(&self) -> Result<(), ConfigError> {
+        self.reload_with(false)
+    }
+
+    /// [`reload`](Self::reload), forgetting every runtime set in the same
+    /// step when `clear_sets` (a [`crate::testing`] service's fresh start).
+    pub(crate) fn reload_with(&self, clear_sets: bool) -> Result<(), ConfigError> {
         let Some(file) = &self.inner.file else {
             return Err(ConfigError::NoFile);
         };
@@ -842,6 +848,10 @@ impl Config {
         let mut layers = self.inner.layers.lock();
         let mut next = layers.clone();
         let old_file = std::mem::replace(&mut next.file, table);
+        if clear_sets {
+            next.runtime = Table::new();
+            next.entries.clear();
+        }
         if let Some(prefix) = &self.inner.env_prefix {
             next.env = layers::read_env(prefix);
         }

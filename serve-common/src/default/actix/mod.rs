@@ -371,21 +371,12 @@ where
     /// this process supervises worker processes instead (see the
     /// [module docs](self)).
     pub async fn run(self) -> io::Result<()> {
-        let config = crate::config::config();
-        let server: ServerSettings = config.get_or("server", ServerSettings::default());
-        let settings = Settings {
-            bind: server.bind.unwrap_or_else(|| "127.0.0.1:8000".to_owned()),
-            workers: server.workers,
-            processes: server.processes.unwrap_or(1),
-            backlog: server.backlog.unwrap_or(2048),
-            shutdown_timeout: Duration::from_secs(server.shutdown_timeout.unwrap_or(30)),
-            drain: Duration::from_secs(server.drain_seconds.unwrap_or(0)),
-        };
+        let settings = Settings::read();
         let management = ManagementSettings::live()
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?
             .get();
         if let Some(listeners) = workers::inherited_listeners()? {
-            return self.serve_on(listeners, &settings).await;
+            return self.serve_on(listeners, &settings, stop_signals()?).await;
         }
         let bind = |address: &str, what: &str| {
             workers::bind(address, settings.backlog).map_err(|error| {
@@ -410,10 +401,28 @@ where
             crate::event::bus().become_supervisor();
             return workers::supervise(listeners, &settings).await;
         }
-        self.serve_on(listeners, &settings).await
+        self.serve_on(listeners, &settings, stop_signals()?).await
     }
 
-    async fn serve_on(self, listeners: Listeners, settings: &Settings) -> io::Result<()> {
+    /// Serves `listeners` in this process (a [`crate::testing`] service:
+    /// on loopback, with no signal handling) until `stop` says so.
+    #[cfg(feature = "testing")]
+    pub(crate) async fn serve_until(
+        self,
+        listeners: Listeners,
+        stop: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+    ) -> io::Result<()> {
+        let settings = Settings::read();
+        self.serve_on(listeners, &settings, workers::StopSource::Channel(stop))
+            .await
+    }
+
+    async fn serve_on(
+        self,
+        listeners: Listeners,
+        settings: &Settings,
+        mut stop: workers::StopSource,
+    ) -> io::Result<()> {
         let management = listeners.management_address()?;
         let gate = Arc::new(Gate::new(management));
         let state = Arc::new(ServiceState::new(&self.render(gate.clone()).await, gate));
@@ -439,7 +448,6 @@ where
         if let Some(workers) = settings.workers {
             server = server.workers(workers.max(1));
         }
-        let mut stop = workers::StopSignals::new()?;
         // One server, one app, both listeners: the gate tells them apart
         // by the listener a request came in on.
         server = server.listen(listeners.public)?;
@@ -634,12 +642,34 @@ pub(crate) struct Listeners {
 }
 
 impl Listeners {
-    fn management_address(&self) -> io::Result<Option<std::net::SocketAddr>> {
+    pub(crate) fn management_address(&self) -> io::Result<Option<std::net::SocketAddr>> {
         self.management
             .as_ref()
             .map(std::net::TcpListener::local_addr)
             .transpose()
     }
+}
+
+/// A [`crate::testing`] service's sockets: a free loopback port, and
+/// `management.bind` if the config sets one (`127.0.0.1:0` for a free port).
+#[cfg(feature = "testing")]
+pub(crate) fn test_listeners() -> io::Result<Listeners> {
+    let settings = Settings::read();
+    let management = ManagementSettings::live()
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?
+        .get();
+    Ok(Listeners {
+        public: workers::bind("127.0.0.1:0", settings.backlog)?,
+        management: match &management.bind {
+            Some(address) => Some(workers::bind(address, settings.backlog)?),
+            None => None,
+        },
+    })
+}
+
+/// SIGTERM and SIGINT, caught from now on.
+fn stop_signals() -> io::Result<workers::StopSource> {
+    workers::StopSignals::new().map(workers::StopSource::Signals)
 }
 
 /// The `[server]` config section, with defaults.
@@ -651,4 +681,20 @@ struct Settings {
     backlog: i32,
     shutdown_timeout: Duration,
     drain: Duration,
+}
+
+impl Settings {
+    /// The global config's.
+    fn read() -> Self {
+        let server: ServerSettings =
+            crate::config::config().get_or("server", ServerSettings::default());
+        Self {
+            bind: server.bind.unwrap_or_else(|| "127.0.0.1:8000".to_owned()),
+            workers: server.workers,
+            processes: server.processes.unwrap_or(1),
+            backlog: server.backlog.unwrap_or(2048),
+            shutdown_timeout: Duration::from_secs(server.shutdown_timeout.unwrap_or(30)),
+            drain: Duration::from_secs(server.drain_seconds.unwrap_or(0)),
+        }
+    }
 }

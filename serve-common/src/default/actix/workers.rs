@@ -68,6 +68,25 @@ impl StopSignals {
     }
 }
 
+/// What stops a serving process: SIGTERM/SIGINT, or (a service started
+/// by [`crate::testing`]) its handle.
+pub(super) enum StopSource {
+    Signals(StopSignals),
+    /// A name per request to stop; a closed channel stops at once.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    Channel(mpsc::UnboundedReceiver<&'static str>),
+}
+
+impl StopSource {
+    /// Resolves with the name of the next request to stop.
+    pub(super) async fn recv(&mut self) -> &'static str {
+        match self {
+            Self::Signals(signals) => signals.recv().await,
+            Self::Channel(channel) => channel.recv().await.unwrap_or("the test's drop"),
+        }
+    }
+}
+
 /// What a worker process was handed by its supervisor.
 struct Inherited {
     listeners: Listeners,

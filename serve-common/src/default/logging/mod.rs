@@ -250,6 +250,15 @@ pub fn init() -> Result<(), LoggingError> {
     Ok(())
 }
 
+/// Applies the global config's levels now (a [`crate::testing`] service
+/// whose lines must follow its config from its first request on).
+#[cfg(feature = "testing")]
+pub(crate) fn apply_config_now() {
+    if let Err(error) = apply_config() {
+        tracing::error!(%error, "log level from the config refused; keeping {}", level());
+    }
+}
+
 /// Reads `logging.level` and `logging.targets` from the global config and
 /// applies them, or changes nothing if any is not a level.
 fn apply_config() -> Result<(), LevelError> {

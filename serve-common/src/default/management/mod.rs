@@ -81,7 +81,7 @@ use crate::default::logging::{self, LoggingError};
 use crate::event;
 
 mod access;
-mod probes;
+pub(crate) mod probes;
 
 pub use access::ManagementSettings;
 pub(crate) use access::{warn_at_start, Endpoint, Gate, ManagementGate, Verdict};

@@ -248,6 +248,13 @@ pub fn mark_ready() {
     let _ = READINESS.compare_exchange(STARTING, READY, Ordering::AcqRel, Ordering::Acquire);
 }
 
+/// Back to "not serving yet": a [`crate::testing`] service starting after
+/// another one stopped in the same process.
+#[cfg(feature = "testing")]
+pub(crate) fn reset_readiness() {
+    READINESS.store(STARTING, Ordering::Release);
+}
+
 /// Says a graceful stop began (`/manage/health/ready` answers 503 from
 /// now on): `serve` calls it on SIGTERM or SIGINT.
 pub fn mark_stopping() {
