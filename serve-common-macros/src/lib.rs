@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod api_operation;
 mod cached;
 mod main_attr;
 mod on_event;
@@ -173,6 +174,12 @@ pub fn __cached_check(input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn time_and_log(args: TokenStream, item: TokenStream) -> TokenStream {
     time_and_log::expand(args.into(), item.into()).into()
+}
+
+/// See `serve_common::default::actix::api_operation`.
+#[proc_macro_attribute]
+pub fn api_operation(args: TokenStream, item: TokenStream) -> TokenStream {
+    api_operation::expand(args.into(), item.into()).into()
 }
 
 /// See `serve_common::main`.

@@ -246,7 +246,8 @@ impl TestService {
     /// connections. Waits for another test's service to stop first (see
     /// [what is global](self#what-is-global-per-process)). A TOML text
     /// the config refuses (bad syntax, a bad `[server]` value) is an
-    /// error, and nothing starts.
+    /// error, and nothing starts; so is a service that cannot serve (two
+    /// operations with one operation id, say).
     pub async fn start<F, R>(service: Service<F>, config_toml: &str) -> Result<Self, TestError>
     where
         F: Fn(App) -> R + Clone + Send + 'static,
@@ -286,15 +287,25 @@ impl TestService {
         let management = listeners.management_address().map_err(TestError::Start)?;
         let (stop, stop_rx) = mpsc::unbounded_channel();
         let requests = client()?;
-        let (done_tx, done) = oneshot::channel();
+        let (done_tx, mut done) = oneshot::channel();
+        let (serving_tx, serving) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("serve-common-test".to_owned())
             .spawn(move || {
-                let served = actix_web::rt::System::new()
-                    .block_on(async move { service.serve_until(listeners, stop_rx).await });
+                let served = actix_web::rt::System::new().block_on(async move {
+                    service.serve_until(listeners, stop_rx, serving_tx).await
+                });
                 let _ = done_tx.send(served);
             })
             .map_err(TestError::Start)?;
+        // Serving, or stopped before (the routes' document refused...).
+        if serving.await.is_err() {
+            let _ = thread.join();
+            return Err(match done.try_recv() {
+                Ok(Err(error)) => TestError::Start(error),
+                _ => TestError::Start(io::Error::other("the service stopped as it started")),
+            });
+        }
         Ok(Self {
             address,
             management,

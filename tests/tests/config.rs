@@ -554,6 +554,20 @@ fn child_env_precedence() {
         .build()
         .unwrap();
     config.set("layer.c", "runtime").unwrap();
+    // A bad value from the environment names its variable.
+    let wrong = config
+        .get::<u32>("notes.max_notes")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        wrong.contains("environment variable SCTEST__NOTES__MAX_NOTES"),
+        "{wrong}"
+    );
+    let wrong = config.section::<Notes>("notes").unwrap_err().to_string();
+    assert!(
+        wrong.contains("environment variable SCTEST__NOTES__MAX_NOTES"),
+        "{wrong}"
+    );
     assert_eq!(config.get::<String>("only.default").unwrap(), "d");
     assert_eq!(config.get::<String>("layer.a").unwrap(), "file");
     assert_eq!(config.get::<String>("layer.b").unwrap(), "env");
@@ -597,6 +611,7 @@ fn env_overrides_the_file_and_defaults_but_not_runtime_sets() {
         .env("SCTEST__LAYER__C", "env")
         .env("SCTEST__SERVER__PORT", "8080")
         .env("SCTEST__LOGGING__LEVEL", "debug")
+        .env("SCTEST__NOTES__MAX_NOTES", "lots")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -686,8 +701,8 @@ fn a_typed_section_refuses_an_edit_or_a_set_that_breaks_it() {
     let text = error.to_string();
     assert!(matches!(error, ConfigError::Invalid { .. }), "{text}");
     assert!(
-        text.contains("`notes.max_notes`") && text.contains("config.toml"),
-        "names the key and its source: {text}"
+        text.contains("`notes.max_notes`") && text.contains("config.toml:2"),
+        "names the key and its source, to the line: {text}"
     );
     failed.wait(LONG).unwrap();
     assert_eq!(
@@ -704,7 +719,7 @@ fn a_typed_section_refuses_an_edit_or_a_set_that_breaks_it() {
     // A runtime set that breaks it is an error to its caller; one that
     // the validation refuses too.
     let error = config.set("notes.max_notes", -1).unwrap_err();
-    assert!(error.to_string().contains("a runtime set"), "{error}");
+    assert!(error.to_string().contains("set at run time"), "{error}");
     let error = config.set("notes.max_notes", 5000).unwrap_err();
     assert!(error.to_string().contains("at most 1000 notes"), "{error}");
     assert_eq!(config.get::<u32>("notes.max_notes").unwrap(), 3);
@@ -748,4 +763,81 @@ fn a_deleted_file_is_reported_and_the_old_config_kept() {
     replace(&path, "kept = 2\n");
     back.wait(LONG).unwrap();
     assert_eq!(config.get::<i64>("kept").unwrap(), 2);
+}
+
+#[test]
+fn a_bad_value_names_its_file_and_line_or_the_runtime_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "[a]\nx = 1\n\n[notes]\n# the limit\nmax_notes = \"lots\"\n\n[other]\ncount.n = \"three\"\n",
+    );
+    let config = config_on(&EventBus::new(), &path);
+    let file_line = format!("{}:6", path.display());
+    let wrong = config.get::<u32>("notes.max_notes").unwrap_err();
+    assert!(matches!(wrong, ConfigError::Type { .. }), "{wrong}");
+    assert!(wrong.to_string().contains(&file_line), "{wrong}");
+    let wrong = config.section::<Notes>("notes").unwrap_err().to_string();
+    assert!(wrong.contains(&file_line), "{wrong}");
+    // A dotted key: the line of its last part.
+    let wrong = config.get::<u32>("other.count.n").unwrap_err().to_string();
+    assert!(wrong.contains(&format!("{}:9", path.display())), "{wrong}");
+
+    config.set("runtime.n", "three").unwrap();
+    let wrong = config.get::<u32>("runtime.n").unwrap_err().to_string();
+    assert!(wrong.contains("(from a value set at run time)"), "{wrong}");
+
+    // After an edit, the line in the new text.
+    std::fs::write(&path, "[notes]\nmax_notes = \"many\"\n").unwrap();
+    config.reload().unwrap();
+    let wrong = config
+        .get::<u32>("notes.max_notes")
+        .unwrap_err()
+        .to_string();
+    assert!(wrong.contains(&format!("{}:2", path.display())), "{wrong}");
+}
+
+#[test]
+fn unknown_keys_of_serve_commons_sections_are_warned_about_with_the_closest_key() {
+    let logs = logs();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "[server]\nworker = 2\nzzqqxxyy = 1\n[server.cors]\nallowed_origins = [\"https://a.example\"]\n[logging]\nlevl = \"DEBUG\"\n[events.nats]\nurll = \"nats://x\"\n[app]\nworker = 1\n",
+    );
+    let config = config_on(&EventBus::new(), &path);
+    serve_common::default::actix::ServerSettings::register(&config).unwrap();
+    serve_common::default::logging::LoggingSettings::register(&config).unwrap();
+    serve_common::event::EventsSettings::register(&config).unwrap();
+    let file = path.display().to_string();
+    for (key, line, near) in [
+        ("server.worker", 2, "did you mean `server.workers`?"),
+        ("server.zzqqxxyy", 3, "serve-common does not read it"),
+        ("logging.levl", 7, "did you mean `logging.level`?"),
+        ("events.nats.urll", 9, "did you mean `events.nats.url`?"),
+    ] {
+        let expected = format!("unknown config key `{key}` (from {file}:{line}), ignored: {near}");
+        let found = logs.lines_with(&expected);
+        assert_eq!(found.len(), 1, "{expected:?} once: {found:?}");
+        assert!(found[0].contains("WARN"), "{found:?}");
+    }
+    // The application's own sections are its business.
+    assert!(logs.lines_with("`app.worker`").is_empty());
+
+    // A reload warns about a new unknown key, not again about the old ones.
+    std::fs::write(
+        &path,
+        "[server]\nworker = 2\n[events.ipc]\nbufer_events = 10\n",
+    )
+    .unwrap();
+    config.reload().unwrap();
+    let expected = format!(
+        "unknown config key `events.ipc.bufer_events` (from {file}:4), ignored: did you mean `events.ipc.buffer_events`?"
+    );
+    assert_eq!(logs.lines_with(&expected).len(), 1, "{expected}");
+    assert_eq!(
+        logs.lines_with("unknown config key `server.worker`").len(),
+        1,
+        "warned once while it stays"
+    );
 }

@@ -77,7 +77,10 @@ fn the_openapi_document_is_served_at_both_paths_and_lists_every_route() {
     // and answers: level names as an enum, the version as text.
     let raw = json(&spec.body);
     let version = &raw["paths"]["/manage/version"]["get"]["responses"]["200"]["content"];
-    assert!(version.get("text/plain").is_some(), "{version}");
+    assert!(
+        version.get("text/plain; charset=utf-8").is_some(),
+        "{version}"
+    );
     assert!(version.get("application/json").is_none(), "{version}");
     let level_schema = raw["components"]["schemas"]["LevelChange"]["properties"]["level"].clone();
     let names = level_schema["enum"]

@@ -186,3 +186,28 @@ async fn a_refused_config_starts_nothing_and_one_service_per_test() {
     let me: Name = again.get_json("/whoami").await.unwrap();
     assert_eq!(me.name, "again");
 }
+
+#[tokio::test]
+async fn a_clash_of_operation_ids_is_a_start_up_error_naming_both() {
+    let twice = |app: actix::App| {
+        app.service(actix::resource("/whoami").route(actix::get().to(whoami)))
+            .service(actix::resource("/me").route(actix::get().to(whoami)))
+    };
+    let refused = TestService::start(actix::service(twice), "").await;
+    let Err(TestError::Start(error)) = refused else {
+        panic!("expected a start-up error: {refused:?}");
+    };
+    let error = error.to_string();
+    assert!(
+        error.contains("`whoami` names GET /me and GET /whoami"),
+        "{error}"
+    );
+    assert!(
+        error.contains("operation_id"),
+        "says how to fix it: {error}"
+    );
+    // Nothing left running: the next start works.
+    let service = start("after the clash").await;
+    let me: Name = service.get_json("/whoami").await.unwrap();
+    assert_eq!(me.name, "after the clash");
+}

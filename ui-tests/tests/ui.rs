@@ -24,4 +24,10 @@ fn ui() {
     }
     #[cfg(not(feature = "tokio"))]
     t.compile_fail("tests/ui/no-tokio/*.rs");
+    // `#[api_operation]`, with the web service (feature `actix`).
+    #[cfg(feature = "actix")]
+    {
+        t.compile_fail("tests/ui/api_operation/*.rs");
+        t.pass("tests/pass-actix/*.rs");
+    }
 }

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use toml::{Table, Value};
 
@@ -51,6 +52,8 @@ pub(crate) struct Layers {
     pub(crate) file: Table,
     pub(crate) env: Table,
     pub(crate) runtime: Table,
+    /// The file's text as last read, for the line of a bad value.
+    pub(crate) file_text: Arc<str>,
     /// The hybrid logical clock: past every stamp made or seen here.
     pub(crate) clock: u64,
     /// The winning stamp of every runtime set and unset, by path.
@@ -295,7 +298,10 @@ pub(crate) fn leaves(table: &Table) -> BTreeMap<String, &Value> {
 
 /// The file's table and its modification time (ns since the epoch; 0 when
 /// the file is missing and `missing_is_empty`).
-pub(crate) fn read_file(file: &Path, missing_is_empty: bool) -> Result<(Table, u64), ConfigError> {
+pub(crate) fn read_file(
+    file: &Path,
+    missing_is_empty: bool,
+) -> Result<(Table, u64, Arc<str>), ConfigError> {
     let io_error = |source| ConfigError::Io {
         file: file.to_owned(),
         source,
@@ -304,7 +310,7 @@ pub(crate) fn read_file(file: &Path, missing_is_empty: bool) -> Result<(Table, u
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound && missing_is_empty => {
             tracing::warn!(file = %file.display(), "config file not found; starting with an empty config");
-            return Ok((Table::new(), 0));
+            return Ok((Table::new(), 0, Arc::from("")));
         }
         Err(source) => return Err(io_error(source)),
     };
@@ -317,7 +323,31 @@ pub(crate) fn read_file(file: &Path, missing_is_empty: bool) -> Result<(Table, u
         file: file.to_owned(),
         message: parse_message(&text, &e),
     })?;
-    Ok((table, modified))
+    Ok((table, modified, Arc::from(text)))
+}
+
+/// The line (from 1) of the key at `path` in a TOML `text`, or of the
+/// deepest table on the way to it that the text has.
+pub(crate) fn line_of(text: &str, path: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut table = root.get_ref();
+    let mut span = None;
+    for key in path.split('.') {
+        let Some((name, value)) = table
+            .iter()
+            .find(|(name, _)| name.get_ref().as_ref() == key)
+        else {
+            break;
+        };
+        span = Some(name.span());
+        match value.get_ref() {
+            DeValue::Table(inner) => table = inner,
+            _ => break,
+        }
+    }
+    let start = span?.start.min(text.len());
+    Some(text[..start].matches('\n').count() + 1)
 }
 
 /// A parse error as toml words it (the line quoted, a caret under the

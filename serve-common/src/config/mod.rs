@@ -47,6 +47,15 @@
 //! (`logging`, `server`, `events`), so `logging.level = 5` is refused like
 //! a syntax error.
 //!
+//! A value of the wrong type, in a section or read with [`Config::get`],
+//! names its source: the file and line (``config `server.workers` (from
+//! config.toml:12) is invalid: ..``), the environment variable
+//! (`SERVE_COMMON__SERVER__WORKERS`), or a value set at run time. In
+//! serve-common's own sections, a key it does not read is a WARN line
+//! naming the closest one it does (``unknown config key `server.worker`
+//! (from config.toml:3), ignored: did you mean `server.workers`?``), once
+//! while the key stays; the application's sections are left alone.
+//!
 //! Environment variables: one per key, `<PREFIX>__<KEY>__<KEY>...`, prefix
 //! `SERVE_COMMON` by default, keys lower-cased: `SERVE_COMMON__LOGGING__LEVEL=debug`
 //! sets `logging.level`. A value that reads as a TOML value (`8080`,
@@ -88,7 +97,7 @@ mod layers;
 mod path;
 mod redact;
 mod remote;
-mod section;
+pub(crate) mod section;
 
 use std::fmt;
 use std::io;
@@ -169,10 +178,13 @@ pub enum ConfigError {
         path: String,
     },
     /// A value is there but is not of the type asked for.
-    #[error("config value at `{path}` is not a valid `{expected}`: {message}")]
+    #[error("config value at `{path}` (from {origin}) is not a valid `{expected}`: {message}")]
     Type {
         /// The path asked for.
         path: String,
+        /// Where its value came from: the file and line, an environment
+        /// variable, a runtime set, the defaults.
+        origin: String,
         /// The Rust type asked for.
         expected: &'static str,
         /// What serde said.
@@ -448,17 +460,22 @@ impl ConfigBuilder {
     /// an empty layer; invalid TOML is an error.
     pub fn build(self) -> Result<Config, ConfigError> {
         let file_table = match &self.file {
-            Some(file) => layers::read_file(file, true)?.0,
-            None => Table::new(),
+            Some(file) => {
+                let (table, _, text) = layers::read_file(file, true)?;
+                (table, text)
+            }
+            None => (Table::new(), std::sync::Arc::from("")),
         };
         let env = self
             .env_prefix
             .as_deref()
             .map(layers::read_env)
             .unwrap_or_default();
+        let (file_table, file_text) = file_table;
         let layers = Layers {
             defaults: self.defaults,
             file: file_table,
+            file_text,
             env,
             ..Layers::default()
         };
@@ -572,6 +589,7 @@ impl Config {
         };
         value.try_into::<T>().map_err(|e| ConfigError::Type {
             path: path.to_owned(),
+            origin: self.origin_of(path),
             expected: std::any::type_name::<T>(),
             message: e.to_string(),
         })
@@ -630,7 +648,7 @@ impl Config {
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
-        self.register_section(path, None)
+        self.register_section(path, None, None)
     }
 
     /// [`section`](Self::section) with a validation: a change is applied
@@ -646,13 +664,30 @@ impl Config {
         T: DeserializeOwned + Send + Sync + 'static,
         F: Fn(&T) -> Result<(), String> + Send + Sync + 'static,
     {
-        self.register_section(path, Some(Box::new(validate)))
+        self.register_section(path, Some(Box::new(validate)), None)
+    }
+
+    /// [`section_with`](Self::section_with) for serve-common's own
+    /// sections: a key `T` does not read is a WARN line naming the closest
+    /// one `known` lists (a typo would otherwise be silently ignored).
+    pub(crate) fn section_known<T, F>(
+        &self,
+        path: &str,
+        validate: F,
+        known: section::Known,
+    ) -> Result<Section<T>, ConfigError>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+        F: Fn(&T) -> Result<(), String> + Send + Sync + 'static,
+    {
+        self.register_section(path, Some(Box::new(validate)), Some(known))
     }
 
     fn register_section<T>(
         &self,
         path: &str,
         validate: Option<section::Validate<T>>,
+        known: Option<section::Known>,
     ) -> Result<Section<T>, ConfigError>
     where
         T: DeserializeOwned + Send + Sync + 'static,
@@ -663,9 +698,19 @@ impl Config {
         // No change in between: the section starts from what it checked.
         let layers = self.inner.layers.lock();
         let merged = self.inner.merged.load();
-        let (section, slot) = section::register(path, validate, &merged, &self.sources(&layers))?;
+        let (section, slot) =
+            section::register(path, validate, known, &merged, &self.sources(&layers))?;
         self.inner.sections.write().push(slot);
         Ok(section)
+    }
+
+    /// Where the value at `path` comes from (for an error). Not waiting
+    /// for the layers: a read inside a section's validation holds them.
+    fn origin_of(&self, path: &str) -> String {
+        match self.inner.layers.try_lock() {
+            Some(layers) => self.sources(&layers).describe(path),
+            None => "a change being applied".to_owned(),
+        }
     }
 
     fn sources<'a>(&'a self, layers: &'a Layers) -> section::Sources<'a> {
@@ -841,13 +886,14 @@ impl Config {
             return Err(ConfigError::NoFile);
         };
         let _one_at_a_time = self.inner.reload_lock.lock();
-        let (table, modified) = match layers::read_file(file, false) {
+        let (table, modified, text) = match layers::read_file(file, false) {
             Ok(read) => read,
             Err(error) => return Err(self.reload_failed(file, error)),
         };
         let mut layers = self.inner.layers.lock();
         let mut next = layers.clone();
         let old_file = std::mem::replace(&mut next.file, table);
+        next.file_text = text;
         if clear_sets {
             next.runtime = Table::new();
             next.entries.clear();

@@ -16,10 +16,24 @@ use super::ConfigError;
 
 pub(crate) type Validate<T> = Box<dyn Fn(&T) -> Result<(), String> + Send + Sync>;
 
+/// The keys a section's type reads below `parent` (`""` for its top
+/// level, `"cors"` for `server.cors`): what an unknown key is compared
+/// with. [`fields_of`] lists a struct's.
+pub(crate) type Known = fn(&str) -> &'static [&'static str];
+
+/// The fields of the struct `T` deserializes as.
+pub(crate) fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    serde_aux::serde_introspection::serde_introspect::<T>()
+}
+
 struct Cell<T> {
     path: String,
     value: ArcSwap<T>,
     validate: Option<Validate<T>>,
+    /// Set for serve-common's own sections: unknown keys are warned about.
+    known: Option<Known>,
+    /// The unknown keys warned about already (each once while it stays).
+    warned: parking_lot::Mutex<Vec<String>>,
 }
 
 /// Where the values come from, for the errors that name them.
@@ -32,13 +46,13 @@ pub(crate) struct Sources<'a> {
 impl Sources<'_> {
     /// Which layer gives the value at `path` (or at the longest prefix of
     /// it that has one).
-    fn describe(&self, path: &str) -> String {
+    pub(crate) fn describe(&self, path: &str) -> String {
         let keys: Vec<&str> = path.split('.').collect();
         for end in (1..=keys.len()).rev() {
             let at = keys[..end].join(".");
             let layers = self.layers;
             if lookup(&layers.runtime, &at).is_some() {
-                return "a runtime set".to_owned();
+                return "a value set at run time".to_owned();
             }
             if lookup(&layers.env, &at).is_some() {
                 let prefix = self.env_prefix.unwrap_or(super::DEFAULT_ENV_PREFIX);
@@ -48,9 +62,12 @@ impl Sources<'_> {
                 );
             }
             if lookup(&layers.file, &at).is_some() {
+                let line = super::layers::line_of(&layers.file_text, path)
+                    .map(|line| format!(":{line}"))
+                    .unwrap_or_default();
                 return match self.file {
-                    Some(file) => format!("file {}", file.display()),
-                    None => "the file".to_owned(),
+                    Some(file) => format!("{}{line}", file.display()),
+                    None => format!("the file{line}"),
                 };
             }
             if lookup(&layers.defaults, &at).is_some() {
@@ -74,13 +91,47 @@ pub(crate) trait Slot: Send + Sync {
     fn store(&self, value: Box<dyn Any + Send>);
 }
 
-/// The value at `path` in `merged` as a `T`, validated.
+/// The keys of an ignored value's path (options and newtypes are no key).
+fn keys_of(path: &serde_ignored::Path<'_>, out: &mut Vec<String>) {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => {}
+        Path::Seq { parent, index } => {
+            keys_of(parent, out);
+            out.push(index.to_string());
+        }
+        Path::Map { parent, key } => {
+            keys_of(parent, out);
+            out.push(key.clone());
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => {
+            keys_of(parent, out);
+        }
+    }
+}
+
+/// The known key closest to `key` if it is close enough to be a typo.
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    let limit = (key.chars().count() / 3).max(2);
+    known
+        .iter()
+        .map(|candidate| (strsim::damerau_levenshtein(key, candidate), *candidate))
+        .filter(|(distance, _)| *distance <= limit)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// The value at `path` in `merged` as a `T`, validated; with `known`, the
+/// keys of the section that `T` does not read too (`a.b`, below `path`).
 fn parse<T: DeserializeOwned>(
     path: &str,
     validate: Option<&Validate<T>>,
+    known: Option<Known>,
     merged: &Table,
     sources: &Sources<'_>,
-) -> Result<T, ConfigError> {
+) -> Result<(T, Vec<Vec<String>>), ConfigError> {
     // A missing section reads as an empty table: a type whose fields all
     // have defaults is valid without one.
     let value = if path.is_empty() {
@@ -90,7 +141,18 @@ fn parse<T: DeserializeOwned>(
             .cloned()
             .unwrap_or_else(|| Value::Table(Table::new()))
     };
-    let parsed: T = serde_path_to_error::deserialize(value).map_err(|error| {
+    let mut unknown = Vec::new();
+    let parsed: Result<T, _> = if known.is_some() {
+        let mut note = |ignored: serde_ignored::Path<'_>| {
+            let mut keys = Vec::new();
+            keys_of(&ignored, &mut keys);
+            unknown.push(keys);
+        };
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut note))
+    } else {
+        serde_path_to_error::deserialize(value)
+    };
+    let parsed: T = parsed.map_err(|error| {
         let inner = error.path().to_string();
         let key = if inner.is_empty() || inner == "." {
             path.to_owned()
@@ -110,7 +172,55 @@ fn parse<T: DeserializeOwned>(
             message,
         })?;
     }
-    Ok(parsed)
+    Ok((parsed, unknown))
+}
+
+/// A WARN line for each key of `unknown` not warned about yet, naming the
+/// closest known key; forgets the ones that are gone.
+fn warn_unknown(
+    path: &str,
+    known: Known,
+    unknown: Vec<Vec<String>>,
+    warned: &parking_lot::Mutex<Vec<String>>,
+    sources: &Sources<'_>,
+) {
+    let mut warned = warned.lock();
+    let mut now = Vec::with_capacity(unknown.len());
+    for keys in unknown {
+        let Some((key, parents)) = keys.split_last() else {
+            continue;
+        };
+        let full = std::iter::once(path)
+            .chain(keys.iter().map(String::as_str))
+            .filter(|k| !k.is_empty())
+            .collect::<Vec<_>>()
+            .join(".");
+        if !warned.contains(&full) {
+            let origin = sources.describe(&full);
+            match closest(key, known(&parents.join("."))) {
+                Some(near) => {
+                    let near = std::iter::once(path)
+                        .chain(parents.iter().map(String::as_str))
+                        .chain(std::iter::once(near))
+                        .filter(|k| !k.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(".");
+                    tracing::warn!(
+                        key = %full,
+                        %origin,
+                        "unknown config key `{full}` (from {origin}), ignored: did you mean `{near}`?"
+                    );
+                }
+                None => tracing::warn!(
+                    key = %full,
+                    %origin,
+                    "unknown config key `{full}` (from {origin}), ignored: serve-common does not read it"
+                ),
+            }
+        }
+        now.push(full);
+    }
+    *warned = now;
 }
 
 impl<T: DeserializeOwned + Send + Sync + 'static> Slot for Cell<T> {
@@ -119,12 +229,17 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Slot for Cell<T> {
         merged: &Table,
         sources: &Sources<'_>,
     ) -> Result<Box<dyn Any + Send>, ConfigError> {
-        Ok(Box::new(parse(
+        let (value, unknown) = parse(
             &self.path,
             self.validate.as_ref(),
+            self.known,
             merged,
             sources,
-        )?))
+        )?;
+        if let Some(known) = self.known {
+            warn_unknown(&self.path, known, unknown, &self.warned, sources);
+        }
+        Ok(Box::new(value))
     }
 
     fn store(&self, value: Box<dyn Any + Send>) {
@@ -200,14 +315,21 @@ impl<T> std::ops::Deref for SectionRef<T> {
 pub(crate) fn register<T: DeserializeOwned + Send + Sync + 'static>(
     path: &str,
     validate: Option<Validate<T>>,
+    known: Option<Known>,
     merged: &Table,
     sources: &Sources<'_>,
 ) -> Result<(Section<T>, Arc<dyn Slot>), ConfigError> {
-    let value = parse(path, validate.as_ref(), merged, sources)?;
+    let (value, unknown) = parse(path, validate.as_ref(), known, merged, sources)?;
+    let warned = parking_lot::Mutex::new(Vec::new());
+    if let Some(known) = known {
+        warn_unknown(path, known, unknown, &warned, sources);
+    }
     let cell = Arc::new(Cell {
         path: path.to_owned(),
         value: ArcSwap::from_pointee(value),
         validate,
+        known,
+        warned,
     });
     Ok((Section { cell: cell.clone() }, cell))
 }

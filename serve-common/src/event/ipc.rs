@@ -204,7 +204,18 @@ impl std::fmt::Display for Delivery {
 impl EventsSettings {
     /// Registers the section on `config`.
     pub fn register(config: &Config) -> Result<crate::config::Section<Self>, ConfigError> {
-        config.section("events")
+        use crate::config::section::fields_of;
+        config.section_known(
+            "events",
+            |_: &Self| Ok(()),
+            |parent| match parent {
+                "" => fields_of::<Self>(),
+                "ipc" => fields_of::<IpcSettings>(),
+                "nats" => fields_of::<NatsSettings>(),
+                "nats.stream" => fields_of::<NatsStreamSettings>(),
+                _ => &[],
+            },
+        )
     }
 
     /// Applies the async handlers' limits to `bus` (the defaults where

@@ -177,6 +177,133 @@ pub(crate) fn documented(code: u16, description: &str) -> (String, Response) {
     )
 }
 
+/// What the framework answers before or instead of a handler, documented
+/// on every operation it applies to (unless the operation documents the
+/// status already): a body that is not valid JSON or form data (400), over
+/// `server.max_body_bytes` (413), or of another content type (415); a
+/// path segment that does not parse as its type (404); a query that does
+/// not (400); past `server.request_timeout` (503). Every 2xx response
+/// without a description gets one.
+pub(crate) fn document_framework_errors(spec: &mut serde_json::Value, request_timeout: bool) {
+    use serde_json::Value;
+    const METHODS: [&str; 8] = [
+        "get", "put", "post", "delete", "patch", "head", "options", "trace",
+    ];
+    let Some(Value::Object(paths)) = spec.get_mut("paths") else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        let item_parameters = item.get("parameters").cloned();
+        for (method, operation) in item.iter_mut() {
+            if !METHODS.contains(&method.as_str()) {
+                continue;
+            }
+            let mut add: Vec<(u16, &str)> = Vec::new();
+            if let Some(content) = operation
+                .pointer("/requestBody/content")
+                .and_then(Value::as_object)
+            {
+                let parsed = content.keys().any(|media| {
+                    media.starts_with("application/json")
+                        || media.starts_with("application/x-www-form-urlencoded")
+                });
+                if parsed {
+                    add.push((400, "The body does not read as the documented schema"));
+                    add.push((415, "The body is not of the documented content type"));
+                }
+                add.push((
+                    413,
+                    "The body is over the limit (config server.max_body_bytes)",
+                ));
+            }
+            let parameters = operation
+                .get("parameters")
+                .into_iter()
+                .chain(item_parameters.as_ref())
+                .filter_map(Value::as_array)
+                .flatten();
+            for parameter in parameters {
+                // A string parameter always parses.
+                let typed = parameter.pointer("/schema/type").and_then(Value::as_str)
+                    != Some("string")
+                    || parameter.pointer("/schema/format").is_some()
+                    || parameter.pointer("/schema/enum").is_some();
+                match parameter.get("in").and_then(Value::as_str) {
+                    Some("path") if typed => {
+                        add.push((404, "A path segment does not parse as its type"))
+                    }
+                    Some("query") => add.push((400, "The query does not parse as its parameters")),
+                    _ => {}
+                }
+            }
+            if request_timeout {
+                add.push((
+                    503,
+                    "The request took longer than config server.request_timeout",
+                ));
+            }
+            let Some(Value::Object(responses)) = operation.get_mut("responses") else {
+                continue;
+            };
+            for (code, description) in add {
+                if responses.contains_key(&code.to_string()) {
+                    continue;
+                }
+                let (code, response) = documented(code, description);
+                if let Ok(response) = serde_json::to_value(response) {
+                    responses.insert(code, response);
+                }
+            }
+            for (code, response) in responses.iter_mut() {
+                let empty = response
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty);
+                if code.starts_with('2') && empty {
+                    response["description"] = Value::from("Success");
+                }
+            }
+        }
+    }
+}
+
+/// Operation ids used more than once in `spec`, as an error naming the
+/// operations (client generators name methods after them, and the
+/// OpenAPI specification wants them unique).
+pub(crate) fn operation_id_clashes(spec: &serde_json::Value) -> Result<(), String> {
+    let mut seen: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    if let Some(paths) = spec.get("paths").and_then(serde_json::Value::as_object) {
+        for (path, item) in paths {
+            for (method, operation) in item.as_object().into_iter().flatten() {
+                if let Some(id) = operation
+                    .get("operationId")
+                    .and_then(serde_json::Value::as_str)
+                {
+                    seen.entry(id)
+                        .or_default()
+                        .push(format!("{} {path}", method.to_uppercase()));
+                }
+            }
+        }
+    }
+    let clashes: Vec<String> = seen
+        .into_iter()
+        .filter(|(_, operations)| operations.len() > 1)
+        .map(|(id, operations)| format!("`{id}` names {}", operations.join(" and ")))
+        .collect();
+    if clashes.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "operation ids must be unique in the OpenAPI document: {} (an operation id is its handler's name: give one `#[api_operation(operation_id = \"..\")]`)",
+            clashes.join("; ")
+        ))
+    }
+}
+
 /// The statuses [`ApiError`] has constructors for, as documented.
 const API_ERROR_STATUSES: [(u16, &str); 9] = [
     (400, "A bad request: the body says what is wrong"),
@@ -218,12 +345,13 @@ pub(crate) fn extractor_configs(config: &mut apistos::web::ServiceConfig<'_>, ma
             web::JsonConfig::default()
                 .limit(max_body)
                 .error_handler(|error, _| {
-                    let status = error.status_code();
-                    let message = match error {
-                        actix_web::error::JsonPayloadError::ContentType => {
-                            "expected a JSON body (Content-Type: application/json)".to_owned()
-                        }
-                        other => other.to_string(),
+                    let (status, message) = match error {
+                        // actix says 400; HTTP's word for it is 415.
+                        actix_web::error::JsonPayloadError::ContentType => (
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                            "expected a JSON body (Content-Type: application/json)".to_owned(),
+                        ),
+                        other => (other.status_code(), other.to_string()),
                     };
                     ApiError::new(status, message).into()
                 }),
@@ -239,7 +367,12 @@ pub(crate) fn extractor_configs(config: &mut apistos::web::ServiceConfig<'_>, ma
             web::FormConfig::default()
                 .limit(max_body)
                 .error_handler(|error, _| {
-                    let status = error.status_code();
+                    let status = match error {
+                        actix_web::error::UrlencodedError::ContentType => {
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE
+                        }
+                        ref other => other.status_code(),
+                    };
                     ApiError::new(status, error.to_string()).into()
                 }),
         );

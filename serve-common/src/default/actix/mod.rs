@@ -144,9 +144,29 @@ pub use actix_web::web;
 pub use apistos::web::{
     delete, get, head, patch, post, put, resource, scope, Resource, Route, Scope, ServiceConfig,
 };
-pub use apistos::{api_operation, ApiComponent, ApiErrorComponent};
+pub use apistos::{ApiComponent, ApiErrorComponent};
+
 /// The JSON-schema derive the OpenAPI document needs on bodies.
 pub use schemars::JsonSchema;
+/// Documents a handler in the OpenAPI document: apistos' `api_operation`
+/// (see its options: `summary`, `description`, `tag`, `error_code`,
+/// `skip`, `deprecated`...), with the function's name as the operation id
+/// unless `operation_id = ".."` says otherwise (apistos alone derives it
+/// from the path and a hash, which is what client generators turn into
+/// method names). Operation ids are unique in a document: two handlers of
+/// the same name (or one function routed twice) are an error when the
+/// service starts, naming both; give one an `operation_id`.
+/// `crate = "path"` names serve-common under another name.
+///
+/// ```
+/// use serve_common::default::actix::{api_operation, web, ApiError};
+///
+/// #[api_operation(summary = "Delete a note", error_code = 404)]
+/// async fn delete_note(id: web::Path<u64>) -> Result<web::Json<u64>, ApiError> {
+///     Err(ApiError::not_found(format!("no note {id}")))
+/// }
+/// ```
+pub use serve_common_macros::api_operation;
 
 const RENDER_PATH: &str = "/.serve-common/openapi.json";
 
@@ -330,6 +350,7 @@ where
     async fn render(&self, gate: Arc<Gate>) -> serde_json::Value {
         let render = async {
             let state = ServiceState::new(&serde_json::Value::Null, gate);
+            let state_timeout = state.server.request_timeout().is_some();
             let app = actix_web::test::init_service(self.build(Arc::new(state), true)).await;
             let request = actix_web::test::TestRequest::get()
                 .uri(RENDER_PATH)
@@ -337,6 +358,7 @@ where
             let body = actix_web::test::call_and_read_body(&app, request).await;
             let mut spec = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
             add_error_schemas(&mut spec);
+            errors::document_framework_errors(&mut spec, state_timeout);
             crate::default::management::document_security(&mut spec);
             crate::default::management::document_content_types(&mut spec);
             spec
@@ -406,15 +428,21 @@ where
 
     /// Serves `listeners` in this process (a [`crate::testing`] service:
     /// on loopback, with no signal handling) until `stop` says so.
+    /// `serving` is told once the server runs.
     #[cfg(feature = "testing")]
     pub(crate) async fn serve_until(
         self,
         listeners: Listeners,
         stop: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+        serving: tokio::sync::oneshot::Sender<()>,
     ) -> io::Result<()> {
         let settings = Settings::read();
-        self.serve_on(listeners, &settings, workers::StopSource::Channel(stop))
-            .await
+        self.serve_on(
+            listeners,
+            &settings,
+            workers::StopSource::Channel(stop, Some(serving)),
+        )
+        .await
     }
 
     async fn serve_on(
@@ -425,7 +453,10 @@ where
     ) -> io::Result<()> {
         let management = listeners.management_address()?;
         let gate = Arc::new(Gate::new(management));
-        let state = Arc::new(ServiceState::new(&self.render(gate.clone()).await, gate));
+        let spec = self.render(gate.clone()).await;
+        errors::operation_id_clashes(&spec)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        let state = Arc::new(ServiceState::new(&spec, gate));
         let address = listeners.public.local_addr()?;
         let http = state.server.clone();
         let this = self.clone();
@@ -463,6 +494,7 @@ where
             );
         }
         crate::default::management::mark_ready();
+        stop.serving();
         let handle = server.handle();
         let drain = settings.drain;
         actix_web::rt::spawn(async move {
@@ -628,7 +660,12 @@ impl ServerSettings {
     pub fn register(
         config: &crate::config::Config,
     ) -> Result<crate::config::Section<Self>, crate::config::ConfigError> {
-        config.section_with("server", Self::validate)
+        use crate::config::section::fields_of;
+        config.section_known("server", Self::validate, |parent| match parent {
+            "" => fields_of::<Self>(),
+            "cors" => fields_of::<CorsSettings>(),
+            _ => &[],
+        })
     }
 }
 

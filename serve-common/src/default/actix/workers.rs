@@ -72,17 +72,30 @@ impl StopSignals {
 /// by [`crate::testing`]) its handle.
 pub(super) enum StopSource {
     Signals(StopSignals),
-    /// A name per request to stop; a closed channel stops at once.
+    /// A name per request to stop (a closed channel stops at once), and
+    /// who to tell once the server runs.
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
-    Channel(mpsc::UnboundedReceiver<&'static str>),
+    Channel(
+        mpsc::UnboundedReceiver<&'static str>,
+        Option<tokio::sync::oneshot::Sender<()>>,
+    ),
 }
 
 impl StopSource {
+    /// Says the server runs, to whoever waits for it.
+    pub(super) fn serving(&mut self) {
+        if let Self::Channel(_, serving) = self {
+            if let Some(serving) = serving.take() {
+                let _ = serving.send(());
+            }
+        }
+    }
+
     /// Resolves with the name of the next request to stop.
     pub(super) async fn recv(&mut self) -> &'static str {
         match self {
             Self::Signals(signals) => signals.recv().await,
-            Self::Channel(channel) => channel.recv().await.unwrap_or("the test's drop"),
+            Self::Channel(channel, _) => channel.recv().await.unwrap_or("the test's drop"),
         }
     }
 }

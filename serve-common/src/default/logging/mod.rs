@@ -367,7 +367,10 @@ impl LoggingSettings {
     /// Registers the section on `config` (its reads and every change are
     /// checked from now on).
     pub fn register(config: &config::Config) -> Result<config::Section<Self>, config::ConfigError> {
-        config.section_with("logging", Self::validate)
+        config.section_known("logging", Self::validate, |parent| match parent {
+            "" => config::section::fields_of::<Self>(),
+            _ => &[],
+        })
     }
 
     /// Registers the section on the global config, once (the main macro

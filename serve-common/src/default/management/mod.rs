@@ -222,10 +222,37 @@ const SECURITY_SCHEME: &str = "managementToken";
 /// What the document cannot learn from the handlers' types: `GET
 /// /manage/version` answers `text/plain` (a `String` is documented as JSON).
 pub(crate) fn document_content_types(spec: &mut serde_json::Value) {
-    if let Some(ok) = spec.pointer_mut("/paths/~1manage~1version/get/responses/200") {
-        ok["content"] = serde_json::json!({
-            "text/plain": { "schema": { "type": "string" } }
-        });
+    use serde_json::json;
+    let mut answers = vec![
+        (
+            "/paths/~1manage~1version/get/responses",
+            json!({ "200": { "description": "The version", "content": { "text/plain; charset=utf-8": { "schema": { "type": "string" } } } } }),
+        ),
+        (
+            "/paths/~1manage~1spec/get/responses",
+            json!({ "200": { "description": "The OpenAPI document", "content": { "application/json": { "schema": { "type": "object" } } } } }),
+        ),
+        (
+            "/paths/~1/get/responses",
+            json!({ "200": { "description": "The OpenAPI document", "content": { "application/json": { "schema": { "type": "object" } } } } }),
+        ),
+        (
+            "/paths/~1manage~1docs/get/responses",
+            json!({ "308": {
+                "description": "The docs page is at /manage/docs/",
+                "headers": { "Location": { "schema": { "type": "string" } } }
+            } }),
+        ),
+    ];
+    #[cfg(feature = "metrics")]
+    answers.push((
+        "/paths/~1manage~1metrics/get/responses",
+        json!({ "200": { "description": "The metrics", "content": { (crate::metrics::CONTENT_TYPE): { "schema": { "type": "string" } } } } }),
+    ));
+    for (pointer, responses) in answers {
+        if let Some(documented) = spec.pointer_mut(pointer) {
+            *documented = responses;
+        }
     }
 }
 
@@ -298,6 +325,7 @@ fn spec_response(state: &ServiceState) -> HttpResponse {
 
 /// The OpenAPI document of every route.
 #[api_operation(
+    operation_id = "manage_root_spec",
     tag = "management",
     summary = "The OpenAPI document (same as /manage/spec)"
 )]
@@ -311,13 +339,21 @@ async fn root_spec(request: HttpRequest, state: web::Data<ServiceState>) -> Http
 }
 
 /// The OpenAPI document of every route.
-#[api_operation(tag = "management", summary = "The OpenAPI document")]
+#[api_operation(
+    operation_id = "manage_spec",
+    tag = "management",
+    summary = "The OpenAPI document"
+)]
 async fn spec(state: web::Data<ServiceState>) -> HttpResponse {
     spec_response(&state)
 }
 
 /// The service's version, as text.
-#[api_operation(tag = "management", summary = "The version string")]
+#[api_operation(
+    operation_id = "manage_get_version",
+    tag = "management",
+    summary = "The version string"
+)]
 async fn get_version() -> String {
     version()
 }
@@ -327,6 +363,7 @@ async fn get_version() -> String {
 /// `pid`).
 #[cfg(feature = "metrics")]
 #[api_operation(
+    operation_id = "manage_get_metrics",
     tag = "management",
     summary = "Metrics, Prometheus text format (the whole service's)"
 )]
@@ -338,7 +375,11 @@ async fn get_metrics() -> HttpResponse {
 }
 
 /// The API docs page lives under `/manage/docs/`.
-#[api_operation(tag = "management", summary = "The API docs page (HTML)")]
+#[api_operation(
+    operation_id = "manage_docs",
+    tag = "management",
+    summary = "The API docs page (HTML)"
+)]
 async fn docs() -> HttpResponse {
     HttpResponse::PermanentRedirect()
         .insert_header(("Location", "/manage/docs/"))
@@ -463,6 +504,7 @@ impl<T: ApiComponent> ApiErrorComponent for Unavailable<T> {
 
 /// Runs every registered check; 503 when one fails.
 #[api_operation(
+    operation_id = "manage_health",
     tag = "management",
     summary = "Health: per-check results and the answering process"
 )]
@@ -519,6 +561,7 @@ fn probe(
 /// every liveness check passes; 503 otherwise. It stays 200 while the
 /// process starts and stops.
 #[api_operation(
+    operation_id = "manage_live",
     tag = "management",
     summary = "Liveness: the process works (its event dispatcher answers, liveness checks pass)"
 )]
@@ -546,6 +589,7 @@ async fn live() -> Result<web::Json<Probe>, Unavailable<Probe>> {
 /// readiness check passes; 503 otherwise (a load balancer sends traffic
 /// elsewhere).
 #[api_operation(
+    operation_id = "manage_ready",
     tag = "management",
     summary = "Readiness: the process should get traffic (started, not stopping, readiness checks pass)"
 )]
@@ -648,7 +692,11 @@ async fn settle() {
 
 /// The level logging uses in this process (once the config changes
 /// already notified here have been applied).
-#[api_operation(tag = "management", summary = "The logging level in use")]
+#[api_operation(
+    operation_id = "manage_get_level",
+    tag = "management",
+    summary = "The logging level in use"
+)]
 async fn get_level() -> web::Json<LevelBody> {
     settle().await;
     web::Json(LevelBody {
@@ -660,6 +708,12 @@ async fn get_level() -> web::Json<LevelBody> {
 /// follows); `{"level": null}` drops the runtime level, so every process
 /// uses the config file's again.
 #[api_operation(
+    operation_id = "manage_post_level",
+    // The level refused; a change refused off loopback without a token;
+    // a token that cannot be checked.
+    error_code = 400,
+    error_code = 403,
+    error_code = 503,
     tag = "management",
     summary = "Change the logging level of every process (null: back to the file's)"
 )]
@@ -676,7 +730,11 @@ async fn post_level(body: web::Json<LevelChange>) -> Result<web::Json<LevelBody>
 }
 
 /// The per-target levels in use.
-#[api_operation(tag = "management", summary = "The per-target logging levels")]
+#[api_operation(
+    operation_id = "manage_get_targets",
+    tag = "management",
+    summary = "The per-target logging levels"
+)]
 async fn get_targets() -> web::Json<TargetsBody> {
     settle().await;
     web::Json(TargetsBody {
@@ -687,6 +745,12 @@ async fn get_targets() -> web::Json<TargetsBody> {
 /// Validates, then sets config `logging.targets."<target>"` (every process
 /// follows); a `null` level drops the runtime one for that target.
 #[api_operation(
+    operation_id = "manage_post_target",
+    // The level refused; a change refused off loopback without a token;
+    // a token that cannot be checked.
+    error_code = 400,
+    error_code = 403,
+    error_code = 503,
     tag = "management",
     summary = "Change one target's logging level in every process (null: back to the file's)"
 )]
