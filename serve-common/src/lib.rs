@@ -54,6 +54,7 @@ pub mod cached;
 pub mod config;
 pub mod default;
 pub mod event;
+mod identity;
 pub mod ipc;
 pub mod log_util;
 #[cfg(feature = "tokio")]

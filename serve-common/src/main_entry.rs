@@ -24,21 +24,6 @@ pub struct MainOptions {
     pub version: &'static str,
 }
 
-static APP_NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
-
-/// The application's crate name (from `#[serve_common::main]`), else the
-/// executable's name.
-#[cfg_attr(not(any(feature = "actix", feature = "nats")), allow(dead_code))]
-pub(crate) fn app_name() -> String {
-    if let Some(name) = APP_NAME.get() {
-        return (*name).to_owned();
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "service".to_owned())
-}
-
 fn fail(what: &str, error: impl std::fmt::Display) -> ! {
     eprintln!("error: {what}: {error}");
     logging::flush();
@@ -181,9 +166,7 @@ where
     // the environment.
     let starts_ipc_server = options.ipc && ipc::prepare();
 
-    let _ = APP_NAME.set(options.package);
-    #[cfg(feature = "actix")]
-    crate::default::management::set_default_version(options.version);
+    crate::identity::set_application(options.package, options.version);
 
     if let Err(error) = config::init(config_builder(&options).watch(true)) {
         fail("cannot load the config", error);

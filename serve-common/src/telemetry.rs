@@ -218,7 +218,7 @@ pub fn install() -> Result<(), String> {
             .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
         let name = settings
             .service_name
-            .unwrap_or_else(crate::main_entry::app_name);
+            .unwrap_or_else(crate::identity::app_name);
         *PENDING.lock() = Some((exporter, name.clone()));
         // The layer's tracer comes from this provider: make sure it exists.
         provider();
@@ -232,7 +232,7 @@ pub fn install() -> Result<(), String> {
 fn service_version() -> String {
     #[cfg(feature = "actix")]
     {
-        crate::default::management::version()
+        crate::identity::version()
     }
     #[cfg(not(feature = "actix"))]
     {

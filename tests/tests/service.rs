@@ -123,6 +123,38 @@ fn editing_the_config_file_changes_the_level_without_a_restart() {
     );
 }
 
+/// With worker processes, every process reads a bad edit, and the
+/// service says so once: the supervisor's ERROR line.
+#[test]
+fn a_bad_edit_with_worker_processes_is_one_error_line() {
+    let config = "[server]\nprocesses = 2\nworkers = 1\n[greeting]\ntemplate = \"a {name}\"\n";
+    let service = start(config);
+    let pids = service.worker_pids(2);
+    let before = service.log().len();
+    std::fs::write(service.config_path(), "[server\nprocesses = ").unwrap();
+    service.wait_log_after(before, "config reload failed");
+    // A good edit after it: once each process has read it, each has read
+    // (or skipped) the bad one before.
+    std::fs::write(
+        service.config_path(),
+        config.replace("a {name}", "b {name}"),
+    )
+    .unwrap();
+    for pid in pids.iter().copied().chain([service.pid()]) {
+        service.wait_log_after(before, &format!("[{pid}] config reloaded"));
+    }
+    let errors: Vec<String> = service.log()[before..]
+        .iter()
+        .filter(|line| line.contains("config reload failed"))
+        .cloned()
+        .collect();
+    assert_eq!(errors.len(), 1, "one line for the service: {errors:?}");
+    assert!(
+        errors[0].contains("[ERROR") && errors[0].contains(&format!("[{}]", service.pid())),
+        "the supervisor's, at ERROR: {errors:?}"
+    );
+}
+
 /// SIGTERM while a request is half sent: the request still completes, then
 /// every process of the service (supervisor, workers, IPC server) exits, 0.
 #[test]
@@ -325,12 +357,11 @@ fn the_newest_intent_wins_between_a_posted_level_and_the_file() {
     let missing = post_json(service.address, "/manage/logging/level", r#"{}"#);
     assert_eq!(missing.status, 400, "{}", missing.body);
 
-    // A level the logger cannot use is refused like invalid TOML.
+    // A level the logger cannot use is refused like invalid TOML, in every
+    // process; the supervisor says so for the service.
     let before = service.log().len();
     std::fs::write(service.config_path(), config("5", "hey {name}")).unwrap();
-    for pid in &pids {
-        let line = service.wait_log_after(before, &format!("[{pid}] config reload failed"));
-        assert!(line.contains("`logging.level`"), "{line}");
-    }
+    let line = service.wait_log_after(before, &format!("[{}] config reload failed", service.pid()));
+    assert!(line.contains("`logging.level`"), "{line}");
     poll_until_all_answer(&service, &pids, "ERROR");
 }

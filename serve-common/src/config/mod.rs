@@ -972,7 +972,13 @@ impl Config {
         }
         *last = Some(text);
         drop(last);
-        tracing::error!(%error, "config reload failed; keeping the previous config");
+        if crate::identity::role() == crate::identity::Role::Worker {
+            // Its supervisor reads the same file and says it at ERROR: one
+            // line for the service, not one per process.
+            tracing::debug!(%error, "config reload failed; keeping the previous config (the supervisor reports it)");
+        } else {
+            tracing::error!(%error, "config reload failed; keeping the previous config");
+        }
         if let Some(bus) = &self.inner.bus {
             let failure = ReloadFailure {
                 file: file.to_owned(),

@@ -195,7 +195,10 @@ fn warn_unknown(
             .filter(|k| !k.is_empty())
             .collect::<Vec<_>>()
             .join(".");
-        if !warned.contains(&full) {
+        // A worker's supervisor reads the same file and says it: one line
+        // for the service, not one per process.
+        let worker = crate::identity::role() == crate::identity::Role::Worker;
+        if !warned.contains(&full) && !worker {
             let origin = sources.describe(&full);
             match closest(key, known(&parents.join("."))) {
                 Some(near) => {

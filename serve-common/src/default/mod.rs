@@ -3,6 +3,9 @@
 
 #[cfg(feature = "actix")]
 pub mod actix;
+/// The HTTP errors actix and the management endpoints share.
+#[cfg(feature = "actix")]
+pub(crate) mod errors;
 pub mod logging;
 #[cfg(feature = "actix")]
 pub mod management;

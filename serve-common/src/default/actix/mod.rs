@@ -82,7 +82,6 @@
 //! handlers](crate::event#which-processes-run-handlers).
 
 pub(crate) mod client;
-pub(crate) mod errors;
 mod http;
 mod limits;
 mod routes;
@@ -92,18 +91,20 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::default::management::{Endpoint, Gate, ManagementGate, ManagementSettings};
+use crate::default::errors;
+use crate::default::management::{
+    Endpoint, Gate, HttpSettings, ManagementGate, ManagementSettings, ServiceState,
+};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::Condition;
-use actix_web::web::Bytes;
 use apistos::app::{BuildConfig, OpenApiWrapper};
 use apistos::info::Info;
 use apistos::spec::Spec;
 use apistos::tag::Tag;
 use tracing::instrument::WithSubscriber;
 
-pub use errors::{ApiError, ErrorBody};
+pub use crate::default::errors::{ApiError, ErrorBody};
 pub use http::{CorsSettings, DEFAULT_COMPRESS_MIN_BYTES};
 pub use routes::{App, Documented, RoutesDone};
 #[cfg(feature = "metrics")]
@@ -170,25 +171,19 @@ pub use serve_common_macros::api_operation;
 
 const RENDER_PATH: &str = "/.serve-common/openapi.json";
 
-/// What the app's handlers share: the rendered OpenAPI document, and the
-/// management endpoints' rules.
-#[derive(Debug)]
-pub(crate) struct ServiceState {
-    pub(crate) spec_json: Bytes,
-    pub(crate) gate: Arc<Gate>,
-    /// `[server]` as the process read it when it started serving: the
-    /// app's HTTP settings, and what `/manage/health` shows of them.
-    pub(crate) server: ServerSettings,
+/// `[server]` as this process reads it when it starts serving: the app's
+/// HTTP settings, and what `/manage/health` shows of them.
+fn server_settings() -> Arc<ServerSettings> {
+    Arc::new(crate::config::config().get_or("server", ServerSettings::default()))
 }
 
-impl ServiceState {
-    fn new(spec: &serde_json::Value, gate: Arc<Gate>) -> Self {
-        Self {
-            spec_json: Bytes::from(serde_json::to_vec(spec).unwrap_or_default()),
-            gate,
-            server: crate::config::config().get_or("server", ServerSettings::default()),
-        }
-    }
+/// What the management handlers share, for the document `spec`.
+fn service_state(
+    spec: &serde_json::Value,
+    gate: Arc<Gate>,
+    server: &ServerSettings,
+) -> Arc<ServiceState> {
+    Arc::new(ServiceState::new(spec, gate, server.http_settings()))
 }
 
 /// The service: your routes plus everything [the module](self) lists.
@@ -245,12 +240,12 @@ where
 
     fn spec(&self) -> Spec {
         let title = self.title.clone().unwrap_or_else(|| {
-            crate::config::config().get_or("server.title", crate::main_entry::app_name())
+            crate::config::config().get_or("server.title", crate::identity::app_name())
         });
         Spec {
             info: Info {
                 title,
-                version: crate::default::management::version(),
+                version: crate::identity::version(),
                 description: self.description.clone(),
                 ..Default::default()
             },
@@ -266,6 +261,7 @@ where
     fn build(
         &self,
         state: Arc<ServiceState>,
+        server: Arc<ServerSettings>,
         render: bool,
     ) -> actix_web::App<
         impl ServiceFactory<
@@ -279,7 +275,6 @@ where
         let configure = self.configure.clone();
         let gate = state.gate.clone();
         let expose = gate.exposed();
-        let server = &state.server;
         let max_body = server.max_body_bytes();
         let timeout = server.request_timeout();
         client::trust(
@@ -349,9 +344,10 @@ where
 
     async fn render(&self, gate: Arc<Gate>) -> serde_json::Value {
         let render = async {
-            let state = ServiceState::new(&serde_json::Value::Null, gate);
-            let state_timeout = state.server.request_timeout().is_some();
-            let app = actix_web::test::init_service(self.build(Arc::new(state), true)).await;
+            let server = server_settings();
+            let state = service_state(&serde_json::Value::Null, gate, &server);
+            let state_timeout = server.request_timeout().is_some();
+            let app = actix_web::test::init_service(self.build(state, server, true)).await;
             let request = actix_web::test::TestRequest::get()
                 .uri(RENDER_PATH)
                 .to_request();
@@ -384,8 +380,9 @@ where
         >,
     > {
         let gate = Arc::new(Gate::new(None));
-        let state = Arc::new(ServiceState::new(&self.render(gate.clone()).await, gate));
-        self.build(state, false)
+        let server = server_settings();
+        let state = service_state(&self.render(gate.clone()).await, gate, &server);
+        self.build(state, server, false)
     }
 
     /// Binds (config `server.bind`) and serves until SIGTERM or SIGINT,
@@ -456,13 +453,15 @@ where
         let spec = self.render(gate.clone()).await;
         errors::operation_id_clashes(&spec)
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
-        let state = Arc::new(ServiceState::new(&spec, gate));
+        let server = server_settings();
+        let state = service_state(&spec, gate, &server);
         let address = listeners.public.local_addr()?;
-        let http = state.server.clone();
+        let http = server.clone();
         let this = self.clone();
-        let mut server = actix_web::HttpServer::new(move || this.build(state.clone(), false))
-            .disable_signals()
-            .shutdown_timeout(settings.shutdown_timeout.as_secs());
+        let mut server =
+            actix_web::HttpServer::new(move || this.build(state.clone(), server.clone(), false))
+                .disable_signals()
+                .shutdown_timeout(settings.shutdown_timeout.as_secs());
         if let Ok(Some(timeout)) = seconds("", http.client_request_timeout) {
             server = server.client_request_timeout(timeout);
         }
@@ -644,6 +643,26 @@ impl ServerSettings {
         client::parse(self.trusted_proxies.as_deref().unwrap_or_default())?;
         client::parse_header(self.forwarded_header.as_deref())?;
         Ok(())
+    }
+
+    /// What these settings make the service use, as `/manage/health`
+    /// shows it.
+    pub fn http_settings(&self) -> HttpSettings {
+        HttpSettings {
+            max_body_bytes: self.max_body_bytes(),
+            request_timeout_ms: self
+                .request_timeout()
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            compress: self.compress == Some(true),
+            compress_min_bytes: self
+                .compress_min_bytes
+                .unwrap_or(DEFAULT_COMPRESS_MIN_BYTES),
+            cors_allowed_origins: self
+                .cors
+                .as_ref()
+                .map(|c| c.allowed_origins.clone())
+                .unwrap_or_default(),
+        }
     }
 
     /// `server.max_body_bytes`, or its default.

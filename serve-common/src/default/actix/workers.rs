@@ -157,6 +157,7 @@ fn adopt() -> io::Result<Inherited> {
     }
     if let Some(pid) = supervisor.and_then(|pid| u32::try_from(pid).ok()) {
         let _ = SUPERVISOR.set(pid);
+        crate::identity::set_role(crate::identity::Role::Worker);
     }
     let sets = std::env::var(SETS_ENV).ok();
     let names = std::env::var(LISTEN_ENV[3]).unwrap_or_default();
@@ -348,6 +349,7 @@ pub(super) async fn supervise(listeners: Listeners, settings: &Settings) -> io::
     };
     let mut stop = StopSignals::new()?;
     SUPERVISING.store(true, std::sync::atomic::Ordering::Release);
+    crate::identity::set_role(crate::identity::Role::Supervisor);
 
     let mut workers: Vec<Worker> = Vec::with_capacity(settings.processes);
     for index in 0..settings.processes {

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 
 use crate::config::{Config, ConfigError, Secret, Section};
-use crate::default::actix::errors::json_error;
+use crate::default::errors::json_error;
 
 /// A group of management endpoints, as `management.expose` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -542,7 +542,7 @@ fn refuse(request: &HttpRequest, status: StatusCode, message: String, reason: &s
 }
 
 /// The answer of a path no route serves (the same as for an unknown route).
-pub(crate) use crate::default::actix::errors::no_route as not_found;
+pub(crate) use crate::default::errors::no_route as not_found;
 
 /// Says at start-up what the management settings leave open or refuse:
 /// `public` is the service's listener, `management` its management one.

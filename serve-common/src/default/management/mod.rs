@@ -18,7 +18,7 @@
 //! | GET | `/manage/metrics` | the service's metrics, Prometheus text format; with worker processes, the whole service's (see [`crate::metrics`]; feature `metrics`) |
 //!
 //! A bad body (invalid JSON, a missing field, a wrong type, an unknown
-//! level) is a 400 with an [`ErrorBody`](crate::default::actix::ErrorBody)
+//! level) is a 400 with an [`ErrorBody`](crate::default::errors::ErrorBody)
 //! and changes nothing (a body over the size limit is a 413, also with a
 //! JSON body).
 //!
@@ -71,12 +71,10 @@ use apistos::paths::Response;
 use apistos::reference_or::ReferenceOr;
 use apistos::web::{get, post, resource, ServiceConfig};
 use apistos::{api_operation, ApiComponent, ApiErrorComponent};
-use once_cell::sync::Lazy;
-use parking_lot::RwLock;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::default::actix::{ApiError, ServiceState};
+use crate::default::errors::ApiError;
 use crate::default::logging::{self, LoggingError};
 use crate::event;
 
@@ -93,29 +91,18 @@ pub use probes::{
 /// The tag of every management operation in the OpenAPI document.
 pub const TAG: &str = "management";
 
-static VERSION: Lazy<RwLock<Option<String>>> = Lazy::new(|| RwLock::new(None));
-static DEFAULT_VERSION: Lazy<RwLock<String>> = Lazy::new(|| RwLock::new("unknown".to_owned()));
-
 type Details = serde_json::Map<String, serde_json::Value>;
 
 /// Sets the version `/manage/version` answers (the Python original's assignment to
 /// `management.version`). Without it: the application crate's
 /// `CARGO_PKG_VERSION` when `#[serve_common::main]` is used, else `unknown`.
 pub fn set_version(version: impl Into<String>) {
-    *VERSION.write() = Some(version.into());
+    crate::identity::set_version(version.into());
 }
 
 /// The version `/manage/version` answers.
 pub fn version() -> String {
-    VERSION
-        .read()
-        .clone()
-        .unwrap_or_else(|| DEFAULT_VERSION.read().clone())
-}
-
-/// The version used when [`set_version`] was not called.
-pub(crate) fn set_default_version(version: &str) {
-    *DEFAULT_VERSION.write() = version.to_owned();
+    crate::identity::version()
 }
 
 /// Adds (or replaces, by name) a readiness check that `/manage/health`
@@ -290,7 +277,7 @@ pub(crate) fn document_security(spec: &mut serde_json::Value) {
                         [(401, "No bearer token"), (403, "Not the management token")]
                     {
                         let (code, response) =
-                            crate::default::actix::errors::documented(code, description);
+                            crate::default::errors::documented(code, description);
                         if let Ok(response) = serde_json::to_value(response) {
                             responses.insert(code, response);
                         }
@@ -440,23 +427,25 @@ pub struct HttpSettings {
     pub cors_allowed_origins: Vec<String>,
 }
 
-impl HttpSettings {
-    /// What `settings` makes the service use.
-    pub fn of(settings: &crate::default::actix::ServerSettings) -> Self {
+/// What the app's handlers share: the rendered OpenAPI document, the
+/// management endpoints' rules, the HTTP settings in use.
+#[derive(Debug)]
+pub(crate) struct ServiceState {
+    pub(crate) spec_json: actix_web::web::Bytes,
+    pub(crate) gate: std::sync::Arc<Gate>,
+    pub(crate) http: HttpSettings,
+}
+
+impl ServiceState {
+    pub(crate) fn new(
+        spec: &serde_json::Value,
+        gate: std::sync::Arc<Gate>,
+        http: HttpSettings,
+    ) -> Self {
         Self {
-            max_body_bytes: settings.max_body_bytes(),
-            request_timeout_ms: settings
-                .request_timeout()
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            compress: settings.compress == Some(true),
-            compress_min_bytes: settings
-                .compress_min_bytes
-                .unwrap_or(crate::default::actix::DEFAULT_COMPRESS_MIN_BYTES),
-            cors_allowed_origins: settings
-                .cors
-                .as_ref()
-                .map(|c| c.allowed_origins.clone())
-                .unwrap_or_default(),
+            spec_json: actix_web::web::Bytes::from(serde_json::to_vec(spec).unwrap_or_default()),
+            gate,
+            http,
         }
     }
 }
@@ -490,7 +479,7 @@ impl<T: ApiComponent> ApiErrorComponent for Unavailable<T> {
     }
 
     fn error_responses() -> Vec<(String, Response)> {
-        let mut response = crate::default::actix::errors::documented(503, "A check failed");
+        let mut response = crate::default::errors::documented(503, "A check failed");
         if let Some((name, _)) = <T as ApiComponent>::schema() {
             for media in response.1.content.values_mut() {
                 media.schema = Some(ReferenceOr::Reference {
@@ -517,7 +506,7 @@ async fn health(state: web::Data<ServiceState>) -> Result<web::Json<Health>, Una
         level: logging::level(),
         version: version(),
         checks: results,
-        http: HttpSettings::of(&state.server),
+        http: state.http.clone(),
     };
     if healthy {
         Ok(web::Json(report))

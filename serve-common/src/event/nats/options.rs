@@ -160,7 +160,7 @@ impl NatsOptions {
             url: url.into(),
             subject_prefix: format!(
                 "serve-common.{}",
-                crate::main_entry::app_name()
+                crate::identity::app_name()
                     .chars()
                     .map(|c| if c.is_ascii_alphanumeric() || c == '-' {
                         c
