@@ -28,6 +28,29 @@ fn bodies_over_max_body_bytes_get_a_413_json_body_for_every_extractor() {
     assert_eq!(health["http"]["max_body_bytes"], 100, "{health}");
     assert_eq!(health["http"]["request_timeout_ms"], 2500, "{health}");
     assert_eq!(health["http"]["compress"], false, "{health}");
+    // Every setting of the request path, defaults filled in.
+    assert_eq!(
+        health["http"]["client_request_timeout_ms"], 5000,
+        "{health}"
+    );
+    assert_eq!(
+        health["http"]["client_disconnect_timeout_ms"], 1000,
+        "{health}"
+    );
+    assert_eq!(health["http"]["keep_alive_ms"], 5000, "{health}");
+    assert_eq!(
+        health["http"]["forwarded_header"], "x-forwarded-for",
+        "{health}"
+    );
+    assert_eq!(
+        health["http"]["trusted_proxies"],
+        serde_json::json!([]),
+        "{health}"
+    );
+    assert_eq!(
+        health["http"]["cors_supports_credentials"], false,
+        "{health}"
+    );
     let small = post_json(service.address, "/echo", &json_of_len(100));
     assert_eq!(small.status, 200, "{}", small.body);
     assert_eq!(json(&small.body), 100 - 11);
@@ -326,6 +349,12 @@ fn cors_answers_preflights_and_marks_responses_for_the_allowed_origins_only() {
         serde_json::json!(["https://app.example.com"]),
         "{health}"
     );
+    assert_eq!(
+        health["http"]["cors_allowed_methods"],
+        serde_json::json!(["GET", "POST"]),
+        "{health}"
+    );
+    assert_eq!(health["http"]["cors_max_age"], 600, "{health}");
 }
 
 #[test]
@@ -422,6 +451,13 @@ fn the_client_address_comes_from_forwarded_headers_of_trusted_proxies_only() {
     );
     let line = rfc.wait_log("hit /slow/3");
     assert!(line.contains("client=2001:db8::1"), "{line}");
+    let health = json(&request(rfc.address, "GET", "/manage/health", &[], None).body);
+    assert_eq!(
+        health["http"]["trusted_proxies"],
+        serde_json::json!(["127.0.0.1"]),
+        "{health}"
+    );
+    assert_eq!(health["http"]["forwarded_header"], "forwarded", "{health}");
 
     // Without trusted proxies, anyone's header is ignored.
     let plain = Service::start(PROGRAM, "");

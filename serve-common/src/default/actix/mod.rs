@@ -648,6 +648,19 @@ impl ServerSettings {
     /// What these settings make the service use, as `/manage/health`
     /// shows it.
     pub fn http_settings(&self) -> HttpSettings {
+        /// Seconds (or the default) in milliseconds.
+        fn millis(seconds: Option<f64>, default: f64) -> u64 {
+            let ms = (seconds.unwrap_or(default) * 1000.0).round();
+            if ms.is_finite() && ms >= 0.0 {
+                // In range: checked above, and u64::MAX ms is 584 million years.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let ms = ms.min(u64::MAX as f64) as u64;
+                ms
+            } else {
+                0
+            }
+        }
+        let cors = self.cors.as_ref();
         HttpSettings {
             max_body_bytes: self.max_body_bytes(),
             request_timeout_ms: self
@@ -657,11 +670,20 @@ impl ServerSettings {
             compress_min_bytes: self
                 .compress_min_bytes
                 .unwrap_or(DEFAULT_COMPRESS_MIN_BYTES),
-            cors_allowed_origins: self
-                .cors
-                .as_ref()
-                .map(|c| c.allowed_origins.clone())
-                .unwrap_or_default(),
+            client_request_timeout_ms: millis(self.client_request_timeout, 5.0),
+            client_disconnect_timeout_ms: millis(self.client_disconnect_timeout, 1.0),
+            keep_alive_ms: millis(self.keep_alive, 5.0),
+            trusted_proxies: self.trusted_proxies.clone().unwrap_or_default(),
+            forwarded_header: self
+                .forwarded_header
+                .clone()
+                .unwrap_or_else(|| "x-forwarded-for".to_owned()),
+            cors_allowed_origins: cors.map(|c| c.allowed_origins.clone()).unwrap_or_default(),
+            cors_allowed_methods: cors.and_then(|c| c.allowed_methods.clone()),
+            cors_allowed_headers: cors.and_then(|c| c.allowed_headers.clone()),
+            cors_expose_headers: cors.and_then(|c| c.expose_headers.clone()),
+            cors_supports_credentials: cors.is_some_and(|c| c.supports_credentials),
+            cors_max_age: cors.and_then(|c| c.max_age),
         }
     }
 

@@ -412,7 +412,9 @@ pub struct Health {
     pub http: HttpSettings,
 }
 
-/// The HTTP settings of [`Health::http`]: none of them is secret.
+/// The HTTP settings of [`Health::http`], every `[server]` key of the
+/// request path as the process uses it (defaults filled in): none of them
+/// is secret, so all are shown.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, ApiComponent)]
 pub struct HttpSettings {
     /// `server.max_body_bytes`.
@@ -423,8 +425,29 @@ pub struct HttpSettings {
     pub compress: bool,
     /// `server.compress_min_bytes`.
     pub compress_min_bytes: usize,
+    /// `server.client_request_timeout` in milliseconds (`0`: none).
+    pub client_request_timeout_ms: u64,
+    /// `server.client_disconnect_timeout` in milliseconds.
+    pub client_disconnect_timeout_ms: u64,
+    /// `server.keep_alive` in milliseconds (`0`: connections close after
+    /// each response).
+    pub keep_alive_ms: u64,
+    /// `server.trusted_proxies`.
+    pub trusted_proxies: Vec<String>,
+    /// `server.forwarded_header`: the header read from trusted proxies.
+    pub forwarded_header: String,
     /// `server.cors.allowed_origins` (empty: no CORS).
     pub cors_allowed_origins: Vec<String>,
+    /// `server.cors.allowed_methods` (none: any).
+    pub cors_allowed_methods: Option<Vec<String>>,
+    /// `server.cors.allowed_headers` (none: any).
+    pub cors_allowed_headers: Option<Vec<String>>,
+    /// `server.cors.expose_headers` (none: `X-Request-Id`).
+    pub cors_expose_headers: Option<Vec<String>>,
+    /// `server.cors.supports_credentials`.
+    pub cors_supports_credentials: bool,
+    /// `server.cors.max_age`, seconds.
+    pub cors_max_age: Option<usize>,
 }
 
 /// What the app's handlers share: the rendered OpenAPI document, the
