@@ -140,6 +140,7 @@ pub(crate) struct Compression {
 mod compression {
     use std::future::{ready, Future, Ready};
     use std::pin::Pin;
+    use std::task::{Context, Poll};
 
     use actix_http::encoding::Encoder;
     use actix_web::body::{BodySize, EitherBody, MessageBody};
@@ -182,13 +183,55 @@ mod compression {
         settings: Compression,
     }
 
-    type BoxedResponse<B> = Pin<
-        Box<
-            dyn Future<
-                Output = Result<ServiceResponse<EitherBody<B, Encoder<B>>>, actix_web::Error>,
-            >,
-        >,
-    >;
+    pin_project_lite::pin_project! {
+        /// The response of [`CompressionService`]: its service's, encoded
+        /// when worth it. Not boxed: nothing allocated per request.
+        pub(crate) struct CompressionFuture<F> {
+            #[pin]
+            future: F,
+            encoding: Option<ContentEncoding>,
+            min: usize,
+        }
+    }
+
+    impl<F, B> Future for CompressionFuture<F>
+    where
+        F: Future<Output = Result<ServiceResponse<B>, actix_web::Error>>,
+        B: MessageBody,
+    {
+        type Output = Result<ServiceResponse<EitherBody<B, Encoder<B>>>, actix_web::Error>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let this = self.project();
+            let mut response = std::task::ready!(this.future.poll(cx))?;
+            // The encoder says `Vary: accept-encoding` when it encodes; an
+            // answer that was not encoded says it here.
+            let vary = |response: &mut ServiceResponse<B>| {
+                response
+                    .headers_mut()
+                    .append(header::VARY, HeaderValue::from_static("accept-encoding"));
+            };
+            let Some(encoding) = *this.encoding else {
+                vary(&mut response);
+                return Poll::Ready(Ok(response.map_into_left_body()));
+            };
+            let worth = match response.response().body().size() {
+                BodySize::None => false,
+                BodySize::Sized(n) => n >= *this.min as u64,
+                BodySize::Stream => true,
+            };
+            if !worth
+                || response.headers().contains_key(header::CONTENT_ENCODING)
+                || !compressible(response.headers().get(header::CONTENT_TYPE))
+            {
+                vary(&mut response);
+                return Poll::Ready(Ok(response.map_into_left_body()));
+            }
+            Poll::Ready(Ok(response.map_body(|head, body| {
+                EitherBody::right(Encoder::response(encoding, head, body))
+            })))
+        }
+    }
 
     /// Whether a body of this type is worth compressing.
     fn compressible(content_type: Option<&HeaderValue>) -> bool {
@@ -211,7 +254,7 @@ mod compression {
     {
         type Response = ServiceResponse<EitherBody<B, Encoder<B>>>;
         type Error = actix_web::Error;
-        type Future = BoxedResponse<B>;
+        type Future = CompressionFuture<S::Future>;
 
         actix_web::dev::forward_ready!(service);
 
@@ -229,36 +272,11 @@ mod compression {
             } else {
                 None
             };
-            let future = self.service.call(request);
-            Box::pin(async move {
-                let mut response = future.await?;
-                // The encoder says `Vary: accept-encoding` when it encodes;
-                // an answer that was not encoded says it here.
-                let vary = |response: &mut ServiceResponse<B>| {
-                    response
-                        .headers_mut()
-                        .append(header::VARY, HeaderValue::from_static("accept-encoding"));
-                };
-                let Some(encoding) = encoding else {
-                    vary(&mut response);
-                    return Ok(response.map_into_left_body());
-                };
-                let worth = match response.response().body().size() {
-                    BodySize::None => false,
-                    BodySize::Sized(n) => n >= min as u64,
-                    BodySize::Stream => true,
-                };
-                if !worth
-                    || response.headers().contains_key(header::CONTENT_ENCODING)
-                    || !compressible(response.headers().get(header::CONTENT_TYPE))
-                {
-                    vary(&mut response);
-                    return Ok(response.map_into_left_body());
-                }
-                Ok(response.map_body(|head, body| {
-                    EitherBody::right(Encoder::response(encoding, head, body))
-                }))
-            })
+            CompressionFuture {
+                future: self.service.call(request),
+                encoding,
+                min,
+            }
         }
     }
 }
