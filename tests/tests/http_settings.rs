@@ -316,6 +316,35 @@ fn cors_answers_preflights_and_marks_responses_for_the_allowed_origins_only() {
         "{actual:?}"
     );
 
+    assert!(
+        actual
+            .header("vary")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("origin")),
+        "{actual:?}"
+    );
+
+    // No Origin (not a browser's cross-origin request): no CORS headers,
+    // but `Vary: Origin`, so a cache does not hand it to a page.
+    let plain = request(service.address, "GET", "/slow/1", &[], None);
+    assert_eq!(plain.status, 200, "{plain:?}");
+    assert_eq!(
+        plain.header("access-control-allow-origin"),
+        None,
+        "{plain:?}"
+    );
+    assert_eq!(
+        plain.header("access-control-expose-headers"),
+        None,
+        "{plain:?}"
+    );
+    assert!(
+        plain
+            .headers
+            .iter()
+            .any(|(name, value)| name == "vary" && value.eq_ignore_ascii_case("origin")),
+        "{plain:?}"
+    );
+
     // Another origin: answered without an allowance, so its page cannot
     // read the response (the browser enforces it).
     let other = request(

@@ -120,6 +120,135 @@ impl CorsSettings {
     }
 }
 
+/// CORS (actix-cors) for the requests that carry an `Origin` (a browser's
+/// cross-origin ones, preflights included); the others (curl, services,
+/// load balancers) skip its work and get `Vary: Origin`, so a cache does
+/// not hand their answer to a page of another origin.
+#[derive(Default)]
+pub(crate) struct CorsGate(pub(crate) actix_cors::Cors);
+
+mod cors_gate {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::rc::Rc;
+    use std::task::{Context, Poll};
+
+    use actix_web::body::{EitherBody, MessageBody};
+    use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
+    use actix_web::http::header::{HeaderValue, ORIGIN, VARY};
+
+    use super::CorsGate;
+
+    /// The inner service, shared by the CORS path and the plain one.
+    pub(crate) struct Shared<S>(Rc<S>);
+
+    impl<S: Service<ServiceRequest>> Service<ServiceRequest> for Shared<S> {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = S::Future;
+
+        fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.0.poll_ready(cx)
+        }
+
+        fn call(&self, request: ServiceRequest) -> Self::Future {
+            self.0.call(request)
+        }
+    }
+
+    type Cors<S> = <actix_cors::Cors as Transform<Shared<S>, ServiceRequest>>::Transform;
+
+    impl<S, B> Transform<S, ServiceRequest> for CorsGate
+    where
+        S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>
+            + 'static,
+        S::Future: 'static,
+        B: MessageBody + 'static,
+    {
+        type Response = ServiceResponse<EitherBody<B>>;
+        type Error = actix_web::Error;
+        type Transform = CorsGateService<S>;
+        type InitError = ();
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Transform, ()>>>>;
+
+        fn new_transform(&self, service: S) -> Self::Future {
+            let plain = Rc::new(service);
+            let cors = self.0.new_transform(Shared(plain.clone()));
+            Box::pin(async move {
+                Ok(CorsGateService {
+                    cors: cors.await?,
+                    plain,
+                })
+            })
+        }
+    }
+
+    /// The service [`CorsGate`] wraps.
+    pub(crate) struct CorsGateService<S: Service<ServiceRequest> + 'static>
+    where
+        actix_cors::Cors: Transform<Shared<S>, ServiceRequest>,
+    {
+        cors: Cors<S>,
+        plain: Rc<S>,
+    }
+
+    pin_project_lite::pin_project! {
+        /// A request's answer: through CORS, or plain with `Vary: Origin`.
+        #[project = Projected]
+        pub(crate) enum CorsGateFuture<C, P> {
+            Cors { #[pin] future: C },
+            Plain { #[pin] future: P },
+        }
+    }
+
+    impl<C, P, B> Future for CorsGateFuture<C, P>
+    where
+        C: Future<Output = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>>,
+        P: Future<Output = Result<ServiceResponse<B>, actix_web::Error>>,
+    {
+        type Output = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            match self.project() {
+                Projected::Cors { future } => future.poll(cx),
+                Projected::Plain { future } => {
+                    let mut response = std::task::ready!(future.poll(cx))?;
+                    response
+                        .headers_mut()
+                        .append(VARY, HeaderValue::from_static("origin"));
+                    Poll::Ready(Ok(response.map_into_left_body()))
+                }
+            }
+        }
+    }
+
+    impl<S, B> Service<ServiceRequest> for CorsGateService<S>
+    where
+        S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>
+            + 'static,
+        S::Future: 'static,
+        B: MessageBody + 'static,
+    {
+        type Response = ServiceResponse<EitherBody<B>>;
+        type Error = actix_web::Error;
+        type Future = CorsGateFuture<<Cors<S> as Service<ServiceRequest>>::Future, S::Future>;
+
+        actix_web::dev::forward_ready!(plain);
+
+        fn call(&self, request: ServiceRequest) -> Self::Future {
+            if request.headers().contains_key(ORIGIN) {
+                CorsGateFuture::Cors {
+                    future: self.cors.call(request),
+                }
+            } else {
+                CorsGateFuture::Plain {
+                    future: self.plain.call(request),
+                }
+            }
+        }
+    }
+}
+
 /// The default of `server.compress_min_bytes`.
 pub const DEFAULT_COMPRESS_MIN_BYTES: usize = 1024;
 

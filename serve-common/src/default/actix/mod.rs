@@ -312,7 +312,10 @@ where
             ))
             .wrap(ManagementGate(gate))
             // Inside the JSON errors: a refused CORS request gets a JSON body.
-            .wrap(Condition::new(cors.is_some(), cors.unwrap_or_default()))
+            .wrap(Condition::new(
+                cors.is_some(),
+                http::CorsGate(cors.unwrap_or_default()),
+            ))
             .wrap(errors::JsonErrors)
             .wrap(Condition::new(compress, compression(compress_min)))
             .wrap(RequestTimer)
