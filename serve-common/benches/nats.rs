@@ -41,6 +41,8 @@ const ROUND_TRIPS: usize = 2_000;
 const THROUGHPUT_EVENTS: u64 = 100_000;
 const RESTART_EVENTS: u64 = 20_000;
 const PAYLOAD: u64 = 42;
+/// A latency round that takes longer is counted as lost (and printed).
+const LOST_AFTER: Duration = Duration::from_secs(5);
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -193,14 +195,23 @@ fn ours(url: &str, delivery: Delivery) -> (f64, f64) {
     std::thread::sleep(Duration::from_millis(200));
 
     let mut latencies = Vec::with_capacity(ROUND_TRIPS);
+    let mut lost = 0;
     for _ in 0..ROUND_TRIPS {
         let before = count.load(Ordering::Acquire);
         let started = Instant::now();
         a.notify("bench.ping", PAYLOAD);
-        while count.load(Ordering::Acquire) == before {
+        // An event that never comes is counted, not waited for forever.
+        while count.load(Ordering::Acquire) == before && started.elapsed() < LOST_AFTER {
             std::hint::spin_loop();
         }
+        if count.load(Ordering::Acquire) == before {
+            lost += 1;
+            continue;
+        }
         latencies.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    if lost > 0 {
+        println!("# ours ({delivery:?}): {lost} of {ROUND_TRIPS} latency events lost");
     }
 
     let start_count = count.load(Ordering::Acquire);
@@ -251,18 +262,35 @@ fn bare_core(url: &str) -> (f64, f64) {
         b.flush().await.unwrap();
         let mut pongs = a.subscribe("bare.pong").await.unwrap();
         a.flush().await.unwrap();
-        let mut halves = Vec::with_capacity(ROUND_TRIPS);
-        for _ in 0..ROUND_TRIPS + 100 {
+        let mut halves = Vec::with_capacity(ROUND_TRIPS + 100);
+        let mut lost = 0;
+        for n in 0..ROUND_TRIPS as u64 + 100 {
+            // Numbered, so a late pong is not taken for the next one's.
+            let ping = bytes::Bytes::from(n.to_be_bytes().to_vec());
             let started = Instant::now();
-            a.publish("bare.ping", payload.clone()).await.unwrap();
+            a.publish("bare.ping", ping.clone()).await.unwrap();
             a.flush().await.unwrap();
-            tokio::time::timeout(Duration::from_secs(30), pongs.next())
-                .await
-                .expect("a pong within 30 s")
-                .unwrap();
-            halves.push(started.elapsed().as_secs_f64() * 1e6 / 2.0);
+            let answered = tokio::time::timeout(LOST_AFTER, async {
+                while let Some(pong) = pongs.next().await {
+                    if pong.payload == ping {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            if answered != Ok(true) {
+                lost += 1;
+                continue;
+            }
+            if n >= 100 {
+                halves.push(started.elapsed().as_secs_f64() * 1e6 / 2.0);
+            }
         }
-        let latency = median(halves.split_off(100));
+        if lost > 0 {
+            println!("# bare core: {lost} of {} pings lost", ROUND_TRIPS + 100);
+        }
+        let latency = median(halves);
 
         let mut sink = b.subscribe("bare.flood").await.unwrap();
         b.flush().await.unwrap();
@@ -352,6 +380,7 @@ fn bare_jetstream(url: &str, round: usize) -> (f64, f64) {
             tokio::task::yield_now().await;
         }
         let mut latencies = Vec::with_capacity(ROUND_TRIPS);
+        let mut lost = 0;
         for n in 0..ROUND_TRIPS {
             let before = count.load(Ordering::Acquire);
             let started = Instant::now();
@@ -364,13 +393,20 @@ fn bare_jetstream(url: &str, round: usize) -> (f64, f64) {
                 .publish_with_headers(subject.clone(), headers, payload.clone())
                 .await
                 .unwrap();
-            while count.load(Ordering::Acquire) == before {
+            while count.load(Ordering::Acquire) == before && started.elapsed() < LOST_AFTER {
                 tokio::task::yield_now().await;
             }
-            latencies.push(started.elapsed().as_secs_f64() * 1e6);
+            if count.load(Ordering::Acquire) == before {
+                lost += 1;
+            } else {
+                latencies.push(started.elapsed().as_secs_f64() * 1e6);
+            }
             ack.await.unwrap();
         }
 
+        if lost > 0 {
+            println!("# bare js: {lost} of {ROUND_TRIPS} latency events lost");
+        }
         let start_count = count.load(Ordering::Acquire);
         let started = Instant::now();
         let mut inflight = futures_util::stream::FuturesUnordered::new();
