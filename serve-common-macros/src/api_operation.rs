@@ -42,7 +42,8 @@ fn try_expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         kept.push(meta);
     }
     if !named {
-        let name = function.sig.ident.to_string();
+        // `r#type` is named `type`.
+        let name = syn::ext::IdentExt::unraw(&function.sig.ident).to_string();
         kept.push(syn::parse_quote!(operation_id = #name));
     }
     let private = runtime.private();

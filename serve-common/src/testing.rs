@@ -224,11 +224,59 @@ pub struct TestService {
     process: &'static Process,
     /// The first log line of this service.
     first_line: usize,
-    stop: Option<mpsc::UnboundedSender<&'static str>>,
     done: Option<oneshot::Receiver<io::Result<()>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
     requests: mpsc::UnboundedSender<Job>,
-    _turn: tokio::sync::OwnedMutexGuard<()>,
+    /// Dropped before the turn: the service has stopped when the next
+    /// one starts.
+    running: Running,
+    _turn: Turn,
+}
+
+/// The turn of a test's service: clears [`HOLDER`], then lets the next
+/// service start.
+struct Turn {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        // Before the guard (a field) unlocks: no other test's thread holds
+        // the turn yet.
+        *HOLDER.lock() = None;
+    }
+}
+
+/// The service's thread: dropped, it closes the stop channel (the
+/// service stops at once) and waits for the thread to end.
+struct Running {
+    stop: Option<mpsc::UnboundedSender<&'static str>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits for the thread; a panic in it is an error.
+    fn join(&mut self) -> io::Result<()> {
+        self.stop.take();
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Err(panic)) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(io::Error::other(format!(
+                    "the service's thread panicked: {what}"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.join();
+    }
 }
 
 impl fmt::Debug for TestService {
@@ -257,31 +305,32 @@ impl TestService {
         if *HOLDER.lock() == Some(me) {
             return Err(TestError::AlreadyRunning);
         }
-        let turn = TURN.clone().lock_owned().await;
+        let turn = Turn {
+            _guard: TURN.clone().lock_owned().await,
+        };
         *HOLDER.lock() = Some(me);
-        let started = Self::start_in_turn(service, config_toml, turn).await;
-        if started.is_err() {
-            *HOLDER.lock() = None;
-        }
-        started
+        // On an error (or if this future is dropped), `turn` clears HOLDER
+        // and unlocks after the service's thread has ended.
+        Self::start_in_turn(service, config_toml, turn).await
     }
 
     async fn start_in_turn<F, R>(
         service: Service<F>,
         config_toml: &str,
-        turn: tokio::sync::OwnedMutexGuard<()>,
+        turn: Turn,
     ) -> Result<Self, TestError>
     where
         F: Fn(App) -> R + Clone + Send + 'static,
         R: RoutesDone + 'static,
     {
         let process = process()?;
+        // Its lines from here on: the config's own (unknown keys...) too.
+        let first_line = process.logs.len();
         write_atomically(&process.file, config_toml).map_err(TestError::Start)?;
         config::config().reload_with(true)?;
         // Its levels now, not when the bus delivers the change.
         crate::default::logging::apply_config_now();
         crate::default::management::probes::reset_readiness();
-        let first_line = process.logs.len();
         let listeners = crate::default::actix::test_listeners().map_err(TestError::Start)?;
         let address = listeners.public.local_addr().map_err(TestError::Start)?;
         let management = listeners.management_address().map_err(TestError::Start)?;
@@ -298,11 +347,15 @@ impl TestService {
                 let _ = done_tx.send(served);
             })
             .map_err(TestError::Start)?;
+        let mut running = Running {
+            stop: Some(stop),
+            thread: Some(thread),
+        };
         // Serving, or stopped before (the routes' document refused...).
         if serving.await.is_err() {
-            let _ = thread.join();
-            return Err(match done.try_recv() {
-                Ok(Err(error)) => TestError::Start(error),
+            let joined = running.join();
+            return Err(match (done.try_recv(), joined) {
+                (Ok(Err(error)), _) | (_, Err(error)) => TestError::Start(error),
                 _ => TestError::Start(io::Error::other("the service stopped as it started")),
             });
         }
@@ -311,10 +364,9 @@ impl TestService {
             management,
             process,
             first_line,
-            stop: Some(stop),
             done: Some(done),
-            thread: Some(thread),
             requests,
+            running,
             _turn: turn,
         })
     }
@@ -448,19 +500,17 @@ impl TestService {
     /// `server.drain_seconds`, in-flight requests finish) and waits until
     /// it has stopped.
     pub async fn stop(mut self) -> Result<(), TestError> {
-        if let Some(stop) = &self.stop {
+        if let Some(stop) = &self.running.stop {
             let _ = stop.send("TestService::stop");
         }
+        // No answer: the thread panicked (its join says so).
         let served = match self.done.take() {
             Some(done) => done.await.unwrap_or(Ok(())),
             None => Ok(()),
         };
-        self.stop.take();
-        if let Some(thread) = self.thread.take() {
-            // Done serving: the thread is on its way out.
-            let _ = thread.join();
-        }
-        served.map_err(TestError::Stopped)
+        // Done serving: the thread is on its way out.
+        let joined = self.running.join();
+        served.and(joined).map_err(TestError::Stopped)
     }
 }
 
@@ -474,12 +524,8 @@ impl Drop for TestService {
                 eprintln!("{line}");
             }
         }
-        // A closed channel stops the service at once.
-        self.stop.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        *HOLDER.lock() = None;
+        // Then `running` stops the service at once (a closed channel) and
+        // waits for it, then `_turn` lets the next one start.
     }
 }
 

@@ -14,7 +14,10 @@ use serve_common_tests::http_support::{Response, Service, request};
 const LIMIT: usize = 4096;
 
 fn start(binary: &str) -> Service {
-    Service::start(binary, &format!("[server]\nmax_body_bytes = {LIMIT}\n"))
+    Service::start(
+        binary,
+        &format!("[server]\nmax_body_bytes = {LIMIT}\nrequest_timeout = 30\n"),
+    )
 }
 
 fn document(service: &Service) -> Value {
@@ -155,7 +158,10 @@ fn fill(spec: &Value, path: &str, operation: &Value, bad: Option<&str>) -> (Stri
         }
         let name = parameter["name"].as_str().unwrap();
         let schema = resolve(spec, &parameter["schema"]);
-        let is_typed = schema["type"] != "string";
+        // As the document has it: a plain string always parses.
+        let is_typed = schema["type"] != "string"
+            || schema.get("format").is_some()
+            || schema.get("enum").is_some();
         typed |= is_typed;
         let value = match (bad, is_typed) {
             (Some(bad), true) => bad.to_owned(),
@@ -177,6 +183,11 @@ fn walk(binary: &str) -> BTreeSet<String> {
         for (method, operation) in item.as_object().unwrap() {
             let id = operation["operationId"].as_str().unwrap_or_default();
             seen.insert(id.to_owned());
+            // With server.request_timeout, any operation can give a 503.
+            assert!(
+                operation["responses"].get("503").is_some(),
+                "{method} {path}: the request timeout's 503 is documented"
+            );
             for (code, answer) in operation["responses"].as_object().unwrap() {
                 assert!(
                     !answer["description"]

@@ -211,3 +211,23 @@ async fn a_clash_of_operation_ids_is_a_start_up_error_naming_both() {
     let me: Name = service.get_json("/whoami").await.unwrap();
     assert_eq!(me.name, "after the clash");
 }
+
+#[tokio::test]
+async fn the_start_s_own_config_lines_are_in_its_logs_every_time() {
+    for _ in 0..2 {
+        let service = TestService::start(actix::service(routes), "[server]\nworker = 1\n")
+            .await
+            .unwrap();
+        // Warned about at each start (a fresh slate), and in this
+        // service's lines.
+        let line = service
+            .wait_for_log(|line| {
+                line.message()
+                    .is_some_and(|m| m.contains("unknown config key `server.worker`"))
+            })
+            .await
+            .unwrap();
+        assert_eq!(line.level(), "WARN", "{line}");
+        service.stop().await.unwrap();
+    }
+}

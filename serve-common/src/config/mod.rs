@@ -705,9 +705,16 @@ impl Config {
     }
 
     /// Where the value at `path` comes from (for an error). Not waiting
-    /// for the layers: a read inside a section's validation holds them.
+    /// long for the layers: a read inside a section's validation holds
+    /// them.
     fn origin_of(&self, path: &str) -> String {
-        match self.inner.layers.try_lock() {
+        // Held for long only by this thread (a validation reading the
+        // config): then it is the change being applied.
+        match self
+            .inner
+            .layers
+            .try_lock_for(std::time::Duration::from_millis(100))
+        {
             Some(layers) => self.sources(&layers).describe(path),
             None => "a change being applied".to_owned(),
         }
@@ -897,6 +904,9 @@ impl Config {
         if clear_sets {
             next.runtime = Table::new();
             next.entries.clear();
+            for slot in self.inner.sections.read().iter() {
+                slot.forget_warnings();
+            }
         }
         if let Some(prefix) = &self.inner.env_prefix {
             next.env = layers::read_env(prefix);

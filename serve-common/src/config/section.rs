@@ -87,8 +87,10 @@ pub(crate) trait Slot: Send + Sync {
         merged: &Table,
         sources: &Sources<'_>,
     ) -> Result<Box<dyn Any + Send>, ConfigError>;
-    /// Stores what `check` returned.
+    /// Stores what `check` returned (and says what it found unknown).
     fn store(&self, value: Box<dyn Any + Send>);
+    /// Warns again about unknown keys still there (a fresh start).
+    fn forget_warnings(&self);
 }
 
 /// The keys of an ignored value's path (options and newtypes are no key).
@@ -175,17 +177,17 @@ fn parse<T: DeserializeOwned>(
     Ok((parsed, unknown))
 }
 
-/// A WARN line for each key of `unknown` not warned about yet, naming the
-/// closest known key; forgets the ones that are gone.
-fn warn_unknown(
+/// An unknown key (its full path) and the WARN line about it.
+type Unknown = (String, String);
+
+/// What to say about each key of `unknown`, naming the closest known key.
+fn describe_unknown(
     path: &str,
     known: Known,
     unknown: Vec<Vec<String>>,
-    warned: &parking_lot::Mutex<Vec<String>>,
     sources: &Sources<'_>,
-) {
-    let mut warned = warned.lock();
-    let mut now = Vec::with_capacity(unknown.len());
+) -> Vec<Unknown> {
+    let mut out = Vec::with_capacity(unknown.len());
     for keys in unknown {
         let Some((key, parents)) = keys.split_last() else {
             continue;
@@ -195,33 +197,39 @@ fn warn_unknown(
             .filter(|k| !k.is_empty())
             .collect::<Vec<_>>()
             .join(".");
-        // A worker's supervisor reads the same file and says it: one line
-        // for the service, not one per process.
-        let worker = crate::identity::role() == crate::identity::Role::Worker;
-        if !warned.contains(&full) && !worker {
-            let origin = sources.describe(&full);
-            match closest(key, known(&parents.join("."))) {
-                Some(near) => {
-                    let near = std::iter::once(path)
-                        .chain(parents.iter().map(String::as_str))
-                        .chain(std::iter::once(near))
-                        .filter(|k| !k.is_empty())
-                        .collect::<Vec<_>>()
-                        .join(".");
-                    tracing::warn!(
-                        key = %full,
-                        %origin,
-                        "unknown config key `{full}` (from {origin}), ignored: did you mean `{near}`?"
-                    );
-                }
-                None => tracing::warn!(
-                    key = %full,
-                    %origin,
-                    "unknown config key `{full}` (from {origin}), ignored: serve-common does not read it"
-                ),
+        let origin = sources.describe(&full);
+        let line = match closest(key, known(&parents.join("."))) {
+            Some(near) => {
+                let near = std::iter::once(path)
+                    .chain(parents.iter().map(String::as_str))
+                    .chain(std::iter::once(near))
+                    .filter(|k| !k.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(".");
+                format!("unknown config key `{full}` (from {origin}), ignored: did you mean `{near}`?")
             }
+            None => format!(
+                "unknown config key `{full}` (from {origin}), ignored: serve-common does not read it"
+            ),
+        };
+        out.push((full, line));
+    }
+    out
+}
+
+/// Once the config that has them is applied: a WARN line for each
+/// unknown key not warned about yet; forgets the ones that are gone.
+fn warn_unknown(unknown: Vec<Unknown>, warned: &parking_lot::Mutex<Vec<String>>) {
+    // A worker's supervisor reads the same file and says it: one line for
+    // the service, not one per process.
+    let worker = crate::identity::role() == crate::identity::Role::Worker;
+    let mut warned = warned.lock();
+    let mut now = Vec::with_capacity(unknown.len());
+    for (key, line) in unknown {
+        if !warned.contains(&key) && !worker {
+            tracing::warn!(%key, "{line}");
         }
-        now.push(full);
+        now.push(key);
     }
     *warned = now;
 }
@@ -239,16 +247,25 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Slot for Cell<T> {
             merged,
             sources,
         )?;
-        if let Some(known) = self.known {
-            warn_unknown(&self.path, known, unknown, &self.warned, sources);
-        }
-        Ok(Box::new(value))
+        let unknown = match self.known {
+            Some(known) => describe_unknown(&self.path, known, unknown, sources),
+            None => Vec::new(),
+        };
+        Ok(Box::new((value, unknown)))
     }
 
     fn store(&self, value: Box<dyn Any + Send>) {
-        if let Ok(value) = value.downcast::<T>() {
-            self.value.store(Arc::new(*value));
+        if let Ok(value) = value.downcast::<(T, Vec<Unknown>)>() {
+            let (value, unknown) = *value;
+            self.value.store(Arc::new(value));
+            if self.known.is_some() {
+                warn_unknown(unknown, &self.warned);
+            }
         }
+    }
+
+    fn forget_warnings(&self) {
+        self.warned.lock().clear();
     }
 }
 
@@ -325,7 +342,7 @@ pub(crate) fn register<T: DeserializeOwned + Send + Sync + 'static>(
     let (value, unknown) = parse(path, validate.as_ref(), known, merged, sources)?;
     let warned = parking_lot::Mutex::new(Vec::new());
     if let Some(known) = known {
-        warn_unknown(path, known, unknown, &warned, sources);
+        warn_unknown(describe_unknown(path, known, unknown, sources), &warned);
     }
     let cell = Arc::new(Cell {
         path: path.to_owned(),

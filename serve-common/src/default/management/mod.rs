@@ -236,9 +236,18 @@ pub(crate) fn document_content_types(spec: &mut serde_json::Value) {
         "/paths/~1manage~1metrics/get/responses",
         json!({ "200": { "description": "The metrics", "content": { (crate::metrics::CONTENT_TYPE): { "schema": { "type": "string" } } } } }),
     ));
-    for (pointer, responses) in answers {
-        if let Some(documented) = spec.pointer_mut(pointer) {
-            *documented = responses;
+    // Each answer replaces its status only: the other passes' (401/403
+    // with a token, 503 with a request timeout) stay.
+    for (pointer, answers) in answers {
+        let Some(serde_json::Value::Object(documented)) = spec.pointer_mut(pointer) else {
+            continue;
+        };
+        if answers.get("308").is_some() {
+            // A redirect, not a 200.
+            documented.remove("200");
+        }
+        if let serde_json::Value::Object(answers) = answers {
+            documented.extend(answers);
         }
     }
 }
