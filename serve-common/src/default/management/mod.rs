@@ -210,6 +210,7 @@ const SECURITY_SCHEME: &str = "managementToken";
 /// /manage/version` answers `text/plain` (a `String` is documented as JSON).
 pub(crate) fn document_content_types(spec: &mut serde_json::Value) {
     use serde_json::json;
+    #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
     let mut answers = vec![
         (
             "/paths/~1manage~1version/get/responses",
