@@ -177,14 +177,27 @@ fn parse<T: DeserializeOwned>(
     Ok((parsed, unknown))
 }
 
-/// An unknown key (its full path) and the WARN line about it.
-type Unknown = (String, String);
+/// An unknown key (its full path) and the WARN line about it, unless it
+/// was warned about already.
+type Unknown = (String, Option<String>);
 
-/// What to say about each key of `unknown`, naming the closest known key.
+/// `path` and the `keys` below it, dotted.
+fn dotted<'a>(path: &'a str, keys: impl IntoIterator<Item = &'a str>) -> String {
+    std::iter::once(path)
+        .chain(keys)
+        .filter(|k| !k.is_empty())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// What to say about each key of `unknown` not in `warned` (naming the
+/// closest known key): the origin is looked up only for those, so a
+/// change checked while an old unknown key stays costs no file parse.
 fn describe_unknown(
     path: &str,
     known: Known,
     unknown: Vec<Vec<String>>,
+    warned: &[String],
     sources: &Sources<'_>,
 ) -> Vec<Unknown> {
     let mut out = Vec::with_capacity(unknown.len());
@@ -192,27 +205,22 @@ fn describe_unknown(
         let Some((key, parents)) = keys.split_last() else {
             continue;
         };
-        let full = std::iter::once(path)
-            .chain(keys.iter().map(String::as_str))
-            .filter(|k| !k.is_empty())
-            .collect::<Vec<_>>()
-            .join(".");
+        let full = dotted(path, keys.iter().map(String::as_str));
+        if warned.contains(&full) {
+            out.push((full, None));
+            continue;
+        }
         let origin = sources.describe(&full);
         let line = match closest(key, known(&parents.join("."))) {
             Some(near) => {
-                let near = std::iter::once(path)
-                    .chain(parents.iter().map(String::as_str))
-                    .chain(std::iter::once(near))
-                    .filter(|k| !k.is_empty())
-                    .collect::<Vec<_>>()
-                    .join(".");
+                let near = dotted(path, parents.iter().map(String::as_str).chain([near]));
                 format!("unknown config key `{full}` (from {origin}), ignored: did you mean `{near}`?")
             }
             None => format!(
                 "unknown config key `{full}` (from {origin}), ignored: serve-common does not read it"
             ),
         };
-        out.push((full, line));
+        out.push((full, Some(line)));
     }
     out
 }
@@ -226,7 +234,7 @@ fn warn_unknown(unknown: Vec<Unknown>, warned: &parking_lot::Mutex<Vec<String>>)
     let mut warned = warned.lock();
     let mut now = Vec::with_capacity(unknown.len());
     for (key, line) in unknown {
-        if !warned.contains(&key) && !worker {
+        if let (Some(line), false) = (line, worker || warned.contains(&key)) {
             tracing::warn!(%key, "{line}");
         }
         now.push(key);
@@ -248,7 +256,10 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Slot for Cell<T> {
             sources,
         )?;
         let unknown = match self.known {
-            Some(known) => describe_unknown(&self.path, known, unknown, sources),
+            Some(known) => {
+                let warned = self.warned.lock();
+                describe_unknown(&self.path, known, unknown, &warned, sources)
+            }
             None => Vec::new(),
         };
         Ok(Box::new((value, unknown)))
@@ -342,7 +353,10 @@ pub(crate) fn register<T: DeserializeOwned + Send + Sync + 'static>(
     let (value, unknown) = parse(path, validate.as_ref(), known, merged, sources)?;
     let warned = parking_lot::Mutex::new(Vec::new());
     if let Some(known) = known {
-        warn_unknown(describe_unknown(path, known, unknown, sources), &warned);
+        warn_unknown(
+            describe_unknown(path, known, unknown, &[], sources),
+            &warned,
+        );
     }
     let cell = Arc::new(Cell {
         path: path.to_owned(),

@@ -342,15 +342,17 @@ where
     /// Renders the OpenAPI document of every route (yours and the
     /// management ones `management.expose` serves) as JSON.
     pub async fn openapi(&self) -> serde_json::Value {
-        self.render(Arc::new(Gate::new(None))).await
+        self.render(Arc::new(Gate::new(None)), server_settings())
+            .await
     }
 
-    async fn render(&self, gate: Arc<Gate>) -> serde_json::Value {
+    /// The document of the app built with `server` (the settings the app
+    /// serves with, so the document says what it does).
+    async fn render(&self, gate: Arc<Gate>, server: Arc<ServerSettings>) -> serde_json::Value {
         let render = async {
-            let server = server_settings();
             let state = service_state(&serde_json::Value::Null, gate, &server);
             let state_timeout = server.request_timeout().is_some();
-            let app = actix_web::test::init_service(self.build(state, server, true)).await;
+            let app = actix_web::test::init_service(self.build(state, server.clone(), true)).await;
             let request = actix_web::test::TestRequest::get()
                 .uri(RENDER_PATH)
                 .to_request();
@@ -384,8 +386,8 @@ where
     > {
         let gate = Arc::new(Gate::new(None));
         let server = server_settings();
-        let state = service_state(&self.render(gate.clone()).await, gate, &server);
-        self.build(state, server, false)
+        let spec = self.render(gate.clone(), server.clone()).await;
+        self.build(service_state(&spec, gate, &server), server, false)
     }
 
     /// Binds (config `server.bind`) and serves until SIGTERM or SIGINT,
@@ -453,10 +455,10 @@ where
     ) -> io::Result<()> {
         let management = listeners.management_address()?;
         let gate = Arc::new(Gate::new(management));
-        let spec = self.render(gate.clone()).await;
+        let server = server_settings();
+        let spec = self.render(gate.clone(), server.clone()).await;
         errors::operation_id_clashes(&spec)
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
-        let server = server_settings();
         let state = service_state(&spec, gate, &server);
         let address = listeners.public.local_addr()?;
         let http = server.clone();
