@@ -201,6 +201,7 @@ fn ours(url: &str, delivery: Delivery) -> (f64, f64) {
         let started = Instant::now();
         a.notify("bench.ping", PAYLOAD);
         // An event that never comes is counted, not waited for forever.
+        // A spin, as the baseline's wait (a task yielding to its runtime).
         while count.load(Ordering::Acquire) == before && started.elapsed() < LOST_AFTER {
             std::hint::spin_loop();
         }

@@ -262,9 +262,15 @@ impl Event {
     /// An event received from another process: `encoded` is the payload in
     /// CBOR (what [`encode_payload`](Self::encode_payload) produced there).
     pub fn from_remote(name: impl Into<Arc<str>>, encoded: impl Into<Arc<[u8]>>) -> Self {
+        Self::from_wire(name.into(), bytes::Bytes::from_owner(encoded.into()))
+    }
+
+    /// [`from_remote`](Self::from_remote) without a copy: the payload
+    /// shares the buffer it was read into.
+    pub(crate) fn from_wire(name: Arc<str>, encoded: bytes::Bytes) -> Self {
         Self {
-            name: name.into(),
-            payload: PayloadRepr::Encoded(encoded.into()),
+            name,
+            payload: PayloadRepr::Encoded(encoded),
             local_only: false,
             origin: Origin::Remote,
         }
@@ -315,6 +321,20 @@ impl Event {
             found: self.payload.describe(),
             message,
         })
+    }
+
+    /// [`encode_payload`](Self::encode_payload), appended to `out` (a
+    /// transport's envelope) instead of a buffer of its own.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn encode_payload_into(&self, out: &mut Vec<u8>) -> Result<(), PayloadError> {
+        self.payload
+            .encode_into(out)
+            .map_err(|message| PayloadError {
+                event: self.name.to_string(),
+                expected: "CBOR",
+                found: self.payload.describe(),
+                message,
+            })
     }
 }
 
@@ -443,7 +463,8 @@ pub(crate) struct Core {
     queue: CachePadded<Mutex<QueueState>>,
     registry: Mutex<Registry>,
     transport: RwLock<Option<Arc<dyn EventTransport>>>,
-    inbound_hooks: RwLock<Vec<InboundHook>>,
+    /// Copied on a change, so a dispatch takes them without a copy.
+    inbound_hooks: RwLock<Arc<[InboundHook]>>,
     /// Called when registrations change (a transport's subscriptions).
     interest_hook: RwLock<Option<Arc<dyn Fn() + Send + Sync>>>,
     dispatcher: OnceCell<Thread>,
@@ -555,10 +576,15 @@ impl Core {
                 seen = self.queued.load(Ordering::Acquire);
                 std::mem::swap(&mut queue.items, &mut batch);
             }
+            // Once a batch, not once an event.
+            let transport = self.transport.read().clone();
+            let hooks = self.inbound_hooks.read().clone();
             for item in batch.drain(..) {
                 self.taken.fetch_add(1, Ordering::Relaxed);
                 match item {
-                    Item::Event(event) => self.dispatch(&event, &mut matched),
+                    Item::Event(event) => {
+                        self.dispatch(&event, transport.as_deref(), &hooks, &mut matched)
+                    }
                     Item::Barrier(slot) => slot.fill(&Event::new("", ())),
                     Item::Shared(event, key, done) => {
                         self.dispatch_shared(&event, &key, done, &mut matched)
@@ -568,10 +594,15 @@ impl Core {
         }
     }
 
-    fn dispatch(&self, event: &Event, matched: &mut Vec<Arc<Entry>>) {
+    fn dispatch(
+        &self,
+        event: &Event,
+        transport: Option<&dyn EventTransport>,
+        hooks: &[InboundHook],
+        matched: &mut Vec<Arc<Entry>>,
+    ) {
         match event.origin {
             Origin::Local if !event.local_only => {
-                let transport = self.transport.read().clone();
                 let published =
                     transport.map(|t| catch_unwind(AssertUnwindSafe(|| t.publish(event))));
                 if let Some(Err(panic)) = published {
@@ -582,7 +613,6 @@ impl Core {
             Origin::Remote => {
                 self.remote_bytes
                     .fetch_sub(event.remote_size(), Ordering::Relaxed);
-                let hooks = self.inbound_hooks.read().clone();
                 for hook in hooks {
                     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| hook(event))) {
                         tracing::error!(event = %event.name, panic = %panic_message(&*panic),
@@ -876,7 +906,7 @@ impl EventBus {
             registry: Mutex::new(Registry::default()),
             transport: RwLock::new(None),
             interest_hook: RwLock::new(None),
-            inbound_hooks: RwLock::new(Vec::new()),
+            inbound_hooks: RwLock::new(Arc::new([])),
             dispatcher: OnceCell::new(),
             failures: AtomicU64::new(0),
             dispatched: CachePadded::new(AtomicU64::new(0)),
@@ -1116,7 +1146,10 @@ impl EventBus {
     /// The config uses this to apply other processes' `set`s first.
     #[doc(hidden)]
     pub fn add_inbound_hook(&self, hook: impl Fn(&Event) + Send + Sync + 'static) {
-        self.core().inbound_hooks.write().push(Arc::new(hook));
+        let mut hooks = self.core().inbound_hooks.write();
+        let mut more = hooks.to_vec();
+        more.push(Arc::new(hook));
+        *hooks = more.into();
     }
 
     /// Returns a waiter for the next event matching `pattern`, registered

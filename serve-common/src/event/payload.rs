@@ -11,13 +11,20 @@ use serde::Serialize;
 #[derive(Clone)]
 pub(crate) enum PayloadRepr {
     Local(Arc<dyn LocalPayload>),
-    Encoded(Arc<[u8]>),
+    /// Shares the buffer it was read into (a NATS message's payload).
+    Encoded(bytes::Bytes),
 }
 
 pub(crate) trait LocalPayload: Any + Send + Sync {
     fn as_any(&self) -> &dyn Any;
     fn to_value(&self) -> Result<ciborium::Value, String>;
-    fn encode(&self) -> Result<Vec<u8>, String>;
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+    /// Appends the CBOR encoding to `out` (no buffer of its own).
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), String>;
     fn type_name(&self) -> &'static str;
 }
 
@@ -30,10 +37,8 @@ impl<T: Serialize + Send + Sync + 'static> LocalPayload for T {
         ciborium::Value::serialized(self).map_err(|e| e.to_string())
     }
 
-    fn encode(&self) -> Result<Vec<u8>, String> {
-        let mut out = Vec::new();
-        ciborium::into_writer(self, &mut out).map_err(|e| e.to_string())?;
-        Ok(out)
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        ciborium::into_writer(self, out).map_err(|e| e.to_string())
     }
 
     fn type_name(&self) -> &'static str {
@@ -124,7 +129,20 @@ impl PayloadRepr {
     pub(crate) fn encode(&self) -> Result<Arc<[u8]>, String> {
         match self {
             Self::Local(local) => local.encode().map(Arc::from),
-            Self::Encoded(bytes) => Ok(bytes.clone()),
+            Self::Encoded(bytes) => Ok(Arc::from(&bytes[..])),
+        }
+    }
+
+    /// Appends the CBOR encoding to `out`; on an error `out` may hold a
+    /// part of it.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        match self {
+            Self::Local(local) => local.encode_into(out),
+            Self::Encoded(bytes) => {
+                out.extend_from_slice(bytes);
+                Ok(())
+            }
         }
     }
 

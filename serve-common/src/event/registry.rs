@@ -54,12 +54,13 @@ const CACHE_LIMIT: usize = 4096;
 #[derive(Default)]
 pub(crate) struct Registry {
     next_id: u64,
-    exact: HashMap<Arc<str>, Vec<Arc<Entry>>>,
+    /// Looked up per event: a fast (seeded) hash, not SipHash.
+    exact: foldhash::HashMap<Arc<str>, Vec<Arc<Entry>>>,
     /// In registration order, with the anchored regex of each.
     patterns: Vec<(Arc<Entry>, String)>,
     /// `None` when `patterns` changed since it was built.
     matcher: Option<Matcher>,
-    cache: HashMap<Box<str>, Arc<[u32]>>,
+    cache: foldhash::HashMap<Box<str>, Arc<[u32]>>,
     /// For unregistering: the exact name, or `None` for a pattern.
     index: HashMap<u64, Option<Arc<str>>>,
     /// Each pattern's literal prefix (every name it matches starts so):

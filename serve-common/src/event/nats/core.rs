@@ -112,7 +112,7 @@ impl Core {
             );
             return;
         }
-        let (seq, subject, bytes) = self.link.wrap(&outgoing);
+        let (seq, subject, bytes) = self.link.wrap(outgoing);
         self.pending.push_back(Pending {
             seq,
             subject,

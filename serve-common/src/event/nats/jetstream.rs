@@ -2,19 +2,15 @@
 //! service's stream, publishing with acknowledgements, and this process's
 //! consumer.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::context::{GetStreamErrorKind, PublishError, PublishErrorKind};
-use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self as js, AckKind, ErrorCode};
-use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -49,7 +45,43 @@ struct Item {
     refusals: u32,
 }
 
-type AckFuture = Pin<Box<dyn Future<Output = (Item, Result<PublishAck, PublishError>)> + Send>>;
+/// An event handed to the server, waiting for the stream's
+/// acknowledgement.
+struct Sent {
+    item: Item,
+    at: Instant,
+}
+
+/// What the stream answers a publish with (JetStream's JSON).
+#[derive(serde::Deserialize)]
+struct AckReply {
+    #[serde(default)]
+    duplicate: bool,
+    #[serde(default)]
+    error: Option<AckError>,
+}
+
+#[derive(serde::Deserialize)]
+struct AckError {
+    #[serde(default)]
+    code: u16,
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+/// How a publish ended, as its acknowledgement (or its absence) says.
+enum Acked {
+    Stored {
+        duplicate: bool,
+    },
+    /// The stream answered with an error (a cluster electing a leader
+    /// answers so).
+    Refused(String),
+    /// No stream took it: no acknowledgement in time, no responders.
+    Lost(&'static str),
+}
 
 struct Js {
     link: Link,
@@ -57,9 +89,20 @@ struct Js {
     stream_name: String,
     /// The stream, once checked (`None` again when it went missing).
     stream_ok: bool,
-    /// Not sent yet (or to send again), by sequence number.
-    pending: BTreeMap<u64, Item>,
-    inflight: FuturesUnordered<AckFuture>,
+    /// Not sent yet, oldest first.
+    pending: VecDeque<Item>,
+    /// To send again (before `pending`: they are older), by sequence
+    /// number.
+    resend: BTreeMap<u64, Item>,
+    /// Sent, waiting for the stream's acknowledgement, by sequence
+    /// number; the acknowledgements come to one subscription (no future,
+    /// timer and channel per event).
+    inflight: foldhash::HashMap<u64, Sent>,
+    /// The sequence numbers sent, in the order sent (some acknowledged
+    /// since): what looks for a missing acknowledgement.
+    sent_order: VecDeque<u64>,
+    /// Where the stream's acknowledgements come: `<ack_prefix><seq>`.
+    ack_prefix: String,
     /// When to try again after a failure (a lost acknowledgement, a
     /// stream that cannot be used).
     retry_at: Option<Instant>,
@@ -72,21 +115,39 @@ struct Js {
     groups: HashMap<Arc<str>, (tokio::task::JoinHandle<()>, watch::Sender<bool>)>,
 }
 
-pub(super) async fn run(link: Link) {
+pub(super) async fn run(mut link: Link) {
     let context = js::ContextBuilder::new()
         .timeout(ACK_TIMEOUT)
-        // Our own window bounds what is in flight: the client's never
-        // makes a publish wait or fail.
-        .max_ack_inflight(link.options.ack_window + 1)
-        .backpressure_on_inflight(true)
         .build(link.client.clone());
+    // This process's acknowledgements, under the service's own subjects.
+    let ack_prefix = format!(
+        "_SERVE_COMMON.{}.ack.{:016x}.",
+        link.options.subject_prefix, link.origin
+    );
+    // Kept across reconnections (the client subscribes again); retried
+    // while the first connection is not there yet.
+    let mut acks = loop {
+        match link.client.subscribe(format!("{ack_prefix}*")).await {
+            Ok(acks) => break acks,
+            Err(error) => {
+                tracing::debug!(%error, "cannot subscribe to JetStream acknowledgements yet");
+                tokio::select! {
+                    _ = link.stopped.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    };
     let mut js = Js {
         stream_name: link.options.stream_name(),
         link,
         context,
         stream_ok: false,
-        pending: BTreeMap::new(),
-        inflight: FuturesUnordered::new(),
+        pending: VecDeque::new(),
+        resend: BTreeMap::new(),
+        inflight: foldhash::HashMap::default(),
+        sent_order: VecDeque::new(),
+        ack_prefix,
         retry_at: None,
         failures: 0,
         next_read: Arc::new(AtomicU64::new(0)),
@@ -97,15 +158,19 @@ pub(super) async fn run(link: Link) {
         // No lingering here (see `Link::linger`): the acknowledgements
         // keep this loop busy, and a spin would take the core the server
         // needs to store the events (measured: twice the latency).
-        let unconfirmed = js.pending.len() + js.inflight.len();
-        let room = unconfirmed < js.link.options.buffer;
+        let room = js.unconfirmed() < js.link.options.buffer;
         let retry_at = js.retry_at;
+        let ack_due = js.ack_due();
         let link = &mut js.link;
         tokio::select! {
             biased;
             _ = link.stopped.changed() => break,
             Some(event) = link.events.recv() => match link.on_client_event(event).await {
                 News::Connected => {
+                    // What was in flight may have lost its
+                    // acknowledgement with the connection: sent again
+                    // now (the server drops a copy by its id).
+                    js.resend_inflight(|_| true);
                     // Fresh readers after a reconnection: a pull stream
                     // that lived through it can under-ask for a while.
                     js.stop_readers().await;
@@ -118,12 +183,16 @@ pub(super) async fn run(link: Link) {
                     js.sync_groups();
                 }
             }
-            Some((item, result)) = js.inflight.next(), if !js.inflight.is_empty() => {
-                js.on_ack(item, result);
+            Some(message) = acks.next() => {
+                js.on_ack(&message);
                 // What else came back, without a turn of the loop each.
-                while let Some(Some((item, result))) = js.inflight.next().now_or_never() {
-                    js.on_ack(item, result);
+                while let Some(Some(message)) = acks.next().now_or_never() {
+                    js.on_ack(&message);
                 }
+                js.update_buffered();
+            }
+            _ = tokio::time::sleep_until(ack_due.unwrap_or_else(Instant::now)), if ack_due.is_some() => {
+                js.on_ack_timeout();
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                 js.retry_at = None;
@@ -133,7 +202,7 @@ pub(super) async fn run(link: Link) {
             }
             Some(first) = link.outgoing.recv(), if room => {
                 js.enqueue(first);
-                while js.pending.len() + js.inflight.len() < js.link.options.buffer {
+                while js.unconfirmed() < js.link.options.buffer {
                     match js.link.outgoing.try_recv() {
                         Some(next) => js.enqueue(next),
                         None => break,
@@ -143,28 +212,60 @@ pub(super) async fn run(link: Link) {
         }
         js.fill().await;
     }
-    js.close().await;
+    js.close(&mut acks).await;
+    let _ = acks.unsubscribe().await;
 }
 
 impl Js {
     fn enqueue(&mut self, outgoing: Outgoing) {
-        let (seq, subject, bytes) = self.link.wrap(&outgoing);
-        self.pending.insert(
+        let (seq, subject, bytes) = self.link.wrap(outgoing);
+        self.pending.push_back(Item {
             seq,
-            Item {
-                seq,
-                subject,
-                bytes,
-                refusals: 0,
-            },
-        );
+            subject,
+            bytes,
+            refusals: 0,
+        });
         self.update_buffered();
     }
 
+    /// Events notified here the stream has not acknowledged yet.
+    fn unconfirmed(&self) -> usize {
+        self.pending.len() + self.resend.len() + self.inflight.len()
+    }
+
     fn update_buffered(&self) {
-        self.link
-            .shared
-            .update_buffered(self.pending.len() + self.inflight.len());
+        self.link.shared.update_buffered(self.unconfirmed());
+    }
+
+    /// When the oldest acknowledgement waited for is overdue.
+    fn ack_due(&mut self) -> Option<Instant> {
+        while let Some(seq) = self.sent_order.front() {
+            match self.inflight.get(seq) {
+                Some(sent) => return Some(sent.at + ACK_TIMEOUT),
+                None => {
+                    self.sent_order.pop_front();
+                }
+            }
+        }
+        None
+    }
+
+    /// Moves what is in flight (those `which` picks) back to be sent
+    /// again.
+    fn resend_inflight(&mut self, which: impl Fn(&Sent) -> bool) -> usize {
+        let mut moved = 0;
+        for (seq, sent) in self.inflight.extract_if(|_, sent| which(sent)) {
+            self.resend.insert(seq, sent.item);
+            moved += 1;
+        }
+        if moved > 0 {
+            self.link
+                .shared
+                .stats
+                .resent
+                .fetch_add(moved as u64, Ordering::Relaxed);
+        }
+        moved
     }
 
     /// Tries again later, waiting longer after each failure in a row.
@@ -182,43 +283,79 @@ impl Js {
             return;
         }
         let window = self.link.options.ack_window;
-        let (context, origin) = (&self.context, self.link.origin);
-        let (pending, inflight) = (&mut self.pending, &mut self.inflight);
-        let oversize = &self.link.shared.stats.oversize;
+        let client = self.link.client.clone();
+        let origin = self.link.origin;
+        let Self {
+            pending,
+            resend,
+            inflight,
+            sent_order,
+            ack_prefix,
+            link,
+            ..
+        } = self;
+        let oversize = &link.shared.stats.oversize;
         // One deadline for the batch (a timer per event costs more than
-        // the publish); an item cut short stays in `pending`.
+        // the publish); an item cut short stays to be sent.
         let published = tokio::time::timeout(SEND_TIMEOUT, async {
+            let mut reply = String::with_capacity(ack_prefix.len() + 20);
             while inflight.len() < window {
                 // Taken out once handed over: an item whose hand-over the
                 // deadline cuts short stays, to be sent again (the server
                 // drops a copy by its id).
-                let Some((&seq, item)) = pending.first_key_value() else {
-                    break;
+                let item = match resend.first_key_value() {
+                    Some((_, item)) => item,
+                    None => match pending.front() {
+                        Some(item) => item,
+                        None => break,
+                    },
                 };
+                let seq = item.seq;
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert(
                     async_nats::header::NATS_MESSAGE_ID,
                     wire::message_id(origin, seq).as_str(),
                 );
-                let sent = context
-                    .publish_with_headers(item.subject.clone(), headers, item.bytes.clone())
+                reply.clear();
+                reply.push_str(ack_prefix);
+                let _ = std::fmt::Write::write_fmt(&mut reply, format_args!("{seq}"));
+                let sent = client
+                    .publish_with_reply_and_headers(
+                        item.subject.clone(),
+                        async_nats::Subject::from(reply.as_str()),
+                        headers,
+                        item.bytes.clone(),
+                    )
                     .await;
+                let taken = match resend.first_key_value() {
+                    Some((&first, _)) if first == seq => resend.pop_first().map(|(_, item)| item),
+                    _ => pending.pop_front(),
+                };
                 match sent {
-                    Ok(ack) => {
-                        let Some(item) = pending.remove(&seq) else {
-                            break;
-                        };
-                        inflight.push(Box::pin(async move {
-                            let result = ack.await;
-                            (item, result)
-                        }));
+                    Ok(()) => {
+                        if let Some(item) = taken {
+                            inflight.insert(
+                                seq,
+                                Sent {
+                                    item,
+                                    at: Instant::now(),
+                                },
+                            );
+                            sent_order.push_back(seq);
+                        }
                     }
-                    Err(error) if error.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                        pending.remove(&seq);
+                    Err(error)
+                        if error.kind()
+                            == async_nats::client::PublishErrorKind::MaxPayloadExceeded =>
+                    {
                         oversize.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(seq, %error, "event not sent over NATS");
                     }
                     Err(error) => {
+                        // Not handed over: kept, in its place.
+                        if let Some(item) = taken {
+                            resend.insert(seq, item);
+                        }
                         tracing::debug!(%error, "JetStream publish failed; kept for a resend");
                         return false;
                     }
@@ -233,51 +370,93 @@ impl Js {
         self.update_buffered();
     }
 
-    fn on_ack(&mut self, mut item: Item, result: Result<PublishAck, PublishError>) {
+    /// An acknowledgement came back: the event is stored (or refused).
+    fn on_ack(&mut self, message: &async_nats::Message) {
+        // The reply subject says which event; anything else is not ours.
+        let Some(seq) = message
+            .subject
+            .as_str()
+            .strip_prefix(self.ack_prefix.as_str())
+            .and_then(|seq| seq.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let Some(sent) = self.inflight.remove(&seq) else {
+            // Late (already sent again and acknowledged): nothing to do.
+            return;
+        };
+        let acked = if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            Acked::Lost("no stream took it (no responders)")
+        } else {
+            match serde_json::from_slice::<AckReply>(&message.payload) {
+                Ok(AckReply {
+                    error: None,
+                    duplicate,
+                }) => Acked::Stored { duplicate },
+                Ok(AckReply {
+                    error: Some(error), ..
+                }) => Acked::Refused(format!(
+                    "{} (code {}, error code {})",
+                    error.description, error.code, error.err_code
+                )),
+                Err(error) => Acked::Refused(format!(
+                    "an acknowledgement that is not JetStream's: {error}"
+                )),
+            }
+        };
+        self.acked(sent.item, acked);
+    }
+
+    /// Acknowledgements overdue: those events go again (the server drops
+    /// a copy by its id).
+    fn on_ack_timeout(&mut self) {
+        let now = Instant::now();
+        let moved = self.resend_inflight(|sent| sent.at + ACK_TIMEOUT <= now);
+        if moved > 0 {
+            tracing::debug!(
+                events = moved,
+                "no JetStream acknowledgement in time; sent again"
+            );
+            self.back_off();
+        }
+        self.update_buffered();
+    }
+
+    fn acked(&mut self, mut item: Item, acked: Acked) {
         let stats = &self.link.shared.stats;
-        match result {
-            Ok(ack) => {
+        match acked {
+            Acked::Stored { duplicate } => {
                 self.failures = 0;
                 stats.sent.fetch_add(1, Ordering::Relaxed);
-                if ack.duplicate {
+                if duplicate {
                     stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Err(error) => match error.kind() {
-                PublishErrorKind::MaxPayloadExceeded => {
-                    stats.oversize.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(seq = item.seq, %error, "event not sent over NATS");
-                }
-                PublishErrorKind::Other
-                | PublishErrorKind::WrongLastMessageId
-                | PublishErrorKind::WrongLastSequence => {
-                    // The stream answered, with an error: a few more tries
-                    // (a cluster electing a leader answers so), then drop.
-                    item.refusals += 1;
-                    if item.refusals >= MAX_REFUSALS {
-                        tracing::error!(seq = item.seq, %error, "the JetStream stream keeps refusing an event; dropped");
-                        count_drop(&stats.dropped, "stream refused", item.subject.as_str());
-                    } else {
-                        tracing::debug!(seq = item.seq, %error, "the JetStream stream refused an event; sent again");
-                        stats.resent.fetch_add(1, Ordering::Relaxed);
-                        self.pending.insert(item.seq, item);
-                        self.back_off();
-                    }
-                }
-                PublishErrorKind::StreamNotFound
-                | PublishErrorKind::TimedOut
-                | PublishErrorKind::BrokenPipe
-                | PublishErrorKind::MaxAckPending => {
-                    // Lost on the way (or no server has the stream now):
-                    // sent again; the server drops a copy by its id.
-                    tracing::debug!(seq = item.seq, %error, "no JetStream acknowledgement; sent again");
+            Acked::Refused(error) => {
+                // The stream answered, with an error: a few more tries,
+                // then dropped.
+                item.refusals += 1;
+                if item.refusals >= MAX_REFUSALS {
+                    tracing::error!(seq = item.seq, %error, "the JetStream stream keeps refusing an event; dropped");
+                    count_drop(&stats.dropped, "stream refused", item.subject.as_str());
+                } else {
+                    tracing::debug!(seq = item.seq, %error, "the JetStream stream refused an event; sent again");
                     stats.resent.fetch_add(1, Ordering::Relaxed);
-                    self.pending.insert(item.seq, item);
+                    self.resend.insert(item.seq, item);
                     self.back_off();
                 }
-            },
+            }
+            Acked::Lost(why) => {
+                tracing::debug!(
+                    seq = item.seq,
+                    why,
+                    "no JetStream acknowledgement; sent again"
+                );
+                stats.resent.fetch_add(1, Ordering::Relaxed);
+                self.resend.insert(item.seq, item);
+                self.back_off();
+            }
         }
-        self.update_buffered();
     }
 
     /// The stream as the options describe it.
@@ -409,24 +588,20 @@ impl Js {
     }
 
     /// Sends what waits, for up to two seconds, and stops the consumer.
-    async fn close(&mut self) {
+    async fn close(&mut self, acks: &mut async_nats::Subscriber) {
         while let Some(next) = self.link.outgoing.try_recv() {
             self.enqueue(next);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
-        while (!self.pending.is_empty() || !self.inflight.is_empty())
-            && self.stream_ok
-            && Instant::now() < deadline
-        {
+        while self.unconfirmed() > 0 && self.stream_ok && Instant::now() < deadline {
             self.retry_at = None;
             self.fill().await;
-            match tokio::time::timeout_at(deadline, self.inflight.next()).await {
-                Ok(Some((item, result))) => self.on_ack(item, result),
-                Ok(None) => {}
-                Err(_) => break,
+            match tokio::time::timeout_at(deadline, acks.next()).await {
+                Ok(Some(message)) => self.on_ack(&message),
+                Ok(None) | Err(_) => break,
             }
         }
-        let unsent = self.pending.len() + self.inflight.len();
+        let unsent = self.unconfirmed();
         if unsent > 0 {
             tracing::warn!(
                 unsent,

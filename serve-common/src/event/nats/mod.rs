@@ -55,6 +55,11 @@
 //! against the handlers, so these are filters that can only let more
 //! through, never less.
 //!
+//! Replies to a process (the stream's acknowledgements of its publishes,
+//! the answer that tells it the server has its subscriptions) come on
+//! subjects under `_SERVE_COMMON.<prefix>.`: with subject permissions on
+//! the server, let the service's user publish and subscribe there too.
+//!
 //! ## Faults
 //!
 //! - [`CONNECTED_EVENT`], [`DISCONNECTED_EVENT`] and [`ERROR_EVENT`]
@@ -200,56 +205,124 @@ fn count_drop(counter: &AtomicU64, what: &str, event: &str) {
 /// An event handed from the bus to the link's thread.
 struct Outgoing {
     name: Arc<str>,
-    payload: Arc<[u8]>,
+    /// The event's envelope ([`wire::begin`]), sealed by the link.
+    envelope: Vec<u8>,
 }
 
 /// The bus's side of the hand-off to the link's thread: at most `room`
 /// events wait in it; beyond, an event is dropped (counted), except the
 /// config's own events, which always get in (see
 /// [`crate::config::is_control_event`]).
+///
+/// A vector under a lock, not a channel: the link takes all that waits at
+/// once, and the dispatcher wakes it only when the vector was empty (a
+/// flood costs a lock per event, not a channel's atomics and a wake-up).
 struct Handoff {
-    tx: mpsc::UnboundedSender<Outgoing>,
-    waiting: Arc<AtomicUsize>,
+    shared: Arc<HandoffShared>,
     room: usize,
+}
+
+struct HandoffShared {
+    items: Mutex<Vec<Outgoing>>,
+    wake: tokio::sync::Notify,
+    /// The bus's side is gone: nothing more will come.
+    closed: AtomicBool,
+    /// The link's side is gone: nothing more is taken.
+    gone: AtomicBool,
 }
 
 /// The link's side of the hand-off.
 pub(super) struct Outbox {
-    rx: mpsc::UnboundedReceiver<Outgoing>,
-    waiting: Arc<AtomicUsize>,
+    shared: Arc<HandoffShared>,
+    /// Taken from the shared vector, not handed out yet.
+    taken: std::collections::VecDeque<Outgoing>,
 }
 
 fn handoff(room: usize) -> (Handoff, Outbox) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let waiting = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(HandoffShared {
+        items: Mutex::new(Vec::new()),
+        wake: tokio::sync::Notify::new(),
+        closed: AtomicBool::new(false),
+        gone: AtomicBool::new(false),
+    });
     let handoff = Handoff {
-        tx,
-        waiting: waiting.clone(),
+        shared: shared.clone(),
         room: room.max(1),
     };
-    (handoff, Outbox { rx, waiting })
+    let outbox = Outbox {
+        shared,
+        taken: std::collections::VecDeque::new(),
+    };
+    (handoff, outbox)
+}
+
+/// Why [`Handoff::send`] did not take an event.
+enum Refused {
+    Full,
+    Closed,
+}
+
+impl Handoff {
+    fn send(&self, outgoing: Outgoing) -> Result<(), Refused> {
+        if self.shared.gone.load(Ordering::Relaxed) {
+            return Err(Refused::Closed);
+        }
+        let was_empty = {
+            let mut items = self.shared.items.lock();
+            if items.len() >= self.room && !crate::config::is_control_event(&outgoing.name) {
+                return Err(Refused::Full);
+            }
+            items.push(outgoing);
+            items.len() == 1
+        };
+        if was_empty {
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.shared.gone.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Outbox {
-    /// The next event (cancel-safe: the count moves with the receipt).
+    /// The next event; `None` once the bus's side is gone and all was
+    /// taken. Cancel-safe: what was taken stays in `taken`.
     async fn recv(&mut self) -> Option<Outgoing> {
-        let next = self.rx.recv().await;
-        if next.is_some() {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        loop {
+            if let Some(next) = self.try_recv() {
+                return Some(next);
+            }
+            if self.shared.closed.load(Ordering::Acquire) {
+                return self.try_recv();
+            }
+            // A send since the look left a permit (`notify_one`): no
+            // wake-up is lost.
+            let shared = self.shared.clone();
+            shared.wake.notified().await;
         }
-        next
     }
 
     fn try_recv(&mut self) -> Option<Outgoing> {
-        let next = self.rx.try_recv().ok();
-        if next.is_some() {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        if self.taken.is_empty() {
+            let mut items = self.shared.items.lock();
+            self.taken.extend(items.drain(..));
         }
-        next
+        self.taken.pop_front()
     }
 
     fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.taken.is_empty() && self.shared.items.lock().is_empty()
     }
 }
 
@@ -294,32 +367,31 @@ impl NatsTransport {
 
 impl EventTransport for NatsTransport {
     fn publish(&self, event: &Event) {
-        let payload = match event.encode_payload() {
-            Ok(payload) => payload,
-            Err(error) => {
-                tracing::error!(%error, "event not sent over NATS");
-                return;
-            }
-        };
-        if let Err(error) = self.check_size(event.name(), payload.len()) {
+        // The payload goes straight into the envelope (no buffer of its
+        // own to copy from).
+        let mut envelope = wire::begin(event.name(), 16);
+        if let Err(error) = event.encode_payload_into(&mut envelope) {
+            tracing::error!(%error, "event not sent over NATS");
+            return;
+        }
+        let payload = envelope.len() - wire::HEADER - event.name().len();
+        if let Err(error) = self.check_size(event.name(), payload) {
             self.shared.stats.oversize.fetch_add(1, Ordering::Relaxed);
             tracing::error!(%error, "event not sent over NATS");
             return;
         }
         let outgoing = Outgoing {
             name: event.name.clone(),
-            payload,
+            envelope,
         };
-        let handoff = &self.handoff;
-        let waiting = handoff.waiting.fetch_add(1, Ordering::Relaxed);
-        if waiting >= handoff.room && !crate::config::is_control_event(&outgoing.name) {
-            handoff.waiting.fetch_sub(1, Ordering::Relaxed);
-            count_drop(&self.shared.stats.dropped, "buffer full", &outgoing.name);
-            return;
-        }
-        if handoff.tx.send(outgoing).is_err() {
-            handoff.waiting.fetch_sub(1, Ordering::Relaxed);
-            tracing::debug!(event = event.name(), "NATS link closed; event stays local");
+        match self.handoff.send(outgoing) {
+            Ok(()) => {}
+            Err(Refused::Full) => {
+                count_drop(&self.shared.stats.dropped, "buffer full", event.name());
+            }
+            Err(Refused::Closed) => {
+                tracing::debug!(event = event.name(), "NATS link closed; event stays local");
+            }
         }
     }
 
@@ -607,6 +679,8 @@ struct Link {
     receiver: Arc<Receiver>,
     /// Subjects of the names seen lately (escaping is not free).
     subject_cache: HashMap<Arc<str>, async_nats::Subject>,
+    /// The last event's name and subject (a run of one event is common).
+    last_subject: Option<(Arc<str>, async_nats::Subject)>,
     /// When TLS was last looked into, and what was found.
     tls_diagnosis: Option<(std::time::Instant, Option<String>)>,
 }
@@ -649,6 +723,7 @@ impl Link {
             prefix: options.subject_prefix.clone(),
             origin,
             seen: Mutex::new(HashMap::new()),
+            last_name: Mutex::new(None),
         });
         let link = Link {
             client,
@@ -664,6 +739,7 @@ impl Link {
             events,
             receiver,
             subject_cache: HashMap::new(),
+            last_subject: None,
             tls_diagnosis: None,
         };
         let bus = link.bus.clone();
@@ -676,20 +752,33 @@ impl Link {
     }
 
     /// The subject and envelope of the next event.
-    fn wrap(&mut self, outgoing: &Outgoing) -> (u64, async_nats::Subject, bytes::Bytes) {
+    fn wrap(&mut self, outgoing: Outgoing) -> (u64, async_nats::Subject, bytes::Bytes) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if self.subject_cache.len() >= 4_096 {
-            self.subject_cache.clear();
-        }
-        let prefix = &self.options.subject_prefix;
-        let subject = self
-            .subject_cache
-            .entry(outgoing.name.clone())
-            .or_insert_with(|| subject_for(prefix, &outgoing.name).into())
-            .clone();
-        let bytes = wire::encode(self.origin, seq, &outgoing.name, &outgoing.payload);
-        (seq, subject, bytes.into())
+        let subject = match &self.last_subject {
+            // A run of one event: no look-up.
+            Some((name, subject))
+                if Arc::ptr_eq(name, &outgoing.name) || **name == *outgoing.name =>
+            {
+                subject.clone()
+            }
+            _ => {
+                if self.subject_cache.len() >= 4_096 {
+                    self.subject_cache.clear();
+                }
+                let prefix = &self.options.subject_prefix;
+                let subject = self
+                    .subject_cache
+                    .entry(outgoing.name.clone())
+                    .or_insert_with(|| subject_for(prefix, &outgoing.name).into())
+                    .clone();
+                self.last_subject = Some((outgoing.name, subject.clone()));
+                subject
+            }
+        };
+        let mut envelope = outgoing.envelope;
+        wire::seal(&mut envelope, self.origin, seq);
+        (seq, subject, envelope.into())
     }
 
     fn is_connected(&self) -> bool {
@@ -825,6 +914,8 @@ struct Receiver {
     /// At most once: per sender, the last sequence number delivered (an
     /// event comes twice while two subscriptions overlap).
     seen: Mutex<HashMap<u64, u64>>,
+    /// The last event's name: a run of one event shares one copy.
+    last_name: Mutex<Option<Arc<str>>>,
 }
 
 impl Receiver {
@@ -833,7 +924,7 @@ impl Receiver {
         &self,
         subject: &str,
         headers: Option<&async_nats::HeaderMap>,
-        payload: &[u8],
+        payload: &bytes::Bytes,
     ) -> bool {
         let wire = match wire::decode(payload, &self.prefix, subject, headers) {
             Ok(wire) => wire,
@@ -878,9 +969,25 @@ impl Receiver {
             );
             return false;
         }
-        self.bus
-            .deliver(Event::from_remote(wire.name, wire.payload));
+        self.bus.deliver(self.event(payload, &wire));
         true
+    }
+
+    /// The bus's event for a decoded message: its payload shares the
+    /// message's buffer, its name the last event's if the same.
+    fn event(&self, message: &bytes::Bytes, wire: &wire::WireRef<'_>) -> Event {
+        let name = {
+            let mut last = self.last_name.lock();
+            match &*last {
+                Some(name) if **name == *wire.name => name.clone(),
+                _ => {
+                    let name: Arc<str> = wire.name.into();
+                    *last = Some(name.clone());
+                    name
+                }
+            }
+        };
+        Event::from_wire(name, message.slice_ref(wire.payload))
     }
 
     /// Checks one message for a one-per-service group (this process's
@@ -892,7 +999,7 @@ impl Receiver {
         key: &Arc<str>,
         subject: &str,
         headers: Option<&async_nats::HeaderMap>,
-        payload: &[u8],
+        payload: &bytes::Bytes,
         done: super::SharedDone,
     ) -> Option<()> {
         let wire = match wire::decode(payload, &self.prefix, subject, headers) {
@@ -902,11 +1009,8 @@ impl Receiver {
                 return None;
             }
         };
-        self.bus.deliver_shared(
-            Event::from_remote(wire.name, wire.payload),
-            key.clone(),
-            done,
-        );
+        self.bus
+            .deliver_shared(self.event(payload, &wire), key.clone(), done);
         Some(())
     }
 

@@ -88,6 +88,10 @@ pub(crate) fn is_subject_of(prefix: &str, name: &str, subject: &str) -> bool {
     else {
         return false;
     };
+    if rest == name && is_plain_name(name) {
+        // Every part is its own token: the common case, without a split.
+        return true;
+    }
     let mut tokens = rest.split('.');
     for part in name.split('.') {
         match tokens.next() {
@@ -96,6 +100,20 @@ pub(crate) fn is_subject_of(prefix: &str, name: &str, subject: &str) -> bool {
         }
     }
     tokens.next().is_none()
+}
+
+/// Whether every dot-separated part of `name` is non-empty and needs no
+/// escape (so the subject is the prefix, a dot and the name).
+fn is_plain_name(name: &str) -> bool {
+    let mut previous = b'.';
+    for &b in name.as_bytes() {
+        let plain = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':');
+        if !(plain || (b == b'.' && previous != b'.')) {
+            return false;
+        }
+        previous = b;
+    }
+    previous != b'.'
 }
 
 /// Whether `token` is [`escape_token`]`(part)`.

@@ -14,14 +14,30 @@ pub(crate) const HEADER: usize = 4 + 8 + 8 + 4;
 /// million events a second takes 285 years to reach it; beyond, a forgery.
 pub(crate) const MAX_SEQ: u64 = 1 << 53;
 
-pub(crate) fn encode(origin: u64, seq: u64, name: &str, payload: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(HEADER + name.len() + payload.len());
+/// An envelope's start for the event `name`, its sender and sequence
+/// number left blank ([`seal`] fills them in): the payload is appended.
+pub(crate) fn begin(name: &str, payload_hint: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER + name.len() + payload_hint);
     bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&origin.to_le_bytes());
-    bytes.extend_from_slice(&seq.to_le_bytes());
+    bytes.extend_from_slice(&[0; 16]);
     bytes.extend_from_slice(&(name.len() as u32).to_le_bytes());
     bytes.extend_from_slice(name.as_bytes());
+    bytes
+}
+
+/// Fills in the sender and the sequence number of an envelope [`begin`]
+/// started.
+pub(crate) fn seal(envelope: &mut [u8], origin: u64, seq: u64) {
+    envelope[4..12].copy_from_slice(&origin.to_le_bytes());
+    envelope[12..20].copy_from_slice(&seq.to_le_bytes());
+}
+
+/// A whole envelope, in one go.
+#[cfg(test)]
+pub(crate) fn encode(origin: u64, seq: u64, name: &str, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = begin(name, payload.len());
     bytes.extend_from_slice(payload);
+    seal(&mut bytes, origin, seq);
     bytes
 }
 
